@@ -1,0 +1,62 @@
+# Everything bootstraps itself: `make test` and `make demo` on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROTOC_VENV := .venv-protoc
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: test demo deps venv servers proto proto-check lint unit clean help
+
+help:
+	@echo "make test   - all tests on real servers (bootstraps venv, deps, servers)"
+	@echo "make demo   - replay the incident side by side (arrives with the benchmarks)"
+	@echo "make servers / proto / lint / unit / clean"
+
+# system tools for the network-namespace scenarios (root + apt only; skipped elsewhere)
+deps:
+	@need=""; for t in ip:iproute2 iptables:iptables conntrack:conntrack; do \
+	  command -v $${t%%:*} >/dev/null 2>&1 || need="$$need $${t##*:}"; done; \
+	if [ -n "$$need" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "deps: installing$$need"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+	  else echo "deps: missing$$need (netns tests will be skipped)"; fi; fi
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench,dev,kube]'
+	@touch $@
+
+venv: $(STAMP)
+
+$(PROTOC_VENV)/.installed: tools/protoc-requirements.txt
+	@test -x $(PROTOC_VENV)/bin/python || $(PYTHON) -m venv $(PROTOC_VENV)
+	$(PROTOC_VENV)/bin/python -m pip install -q -r tools/protoc-requirements.txt
+	@touch $@
+
+servers:
+	@tools/build-servers.sh >/dev/null
+
+proto: $(PROTOC_VENV)/.installed
+	$(PROTOC_VENV)/bin/python tools/gen_proto.py
+
+proto-check: $(PROTOC_VENV)/.installed
+	$(PROTOC_VENV)/bin/python tools/gen_proto.py --check
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy resilient_etcd
+
+unit: venv
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+test: deps venv $(PROTOC_VENV)/.installed servers lint
+	RESILIENT_ETCD_PROTOC_PYTHON=$(PROTOC_VENV)/bin/python $(PY) -m pytest $(PYTEST_ARGS)
+
+demo:
+	@echo "make demo arrives with the benchmarks issue; nothing to replay yet" >&2; exit 2
+
+clean:
+	rm -rf $(VENV) $(PROTOC_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,82 @@
+"""Child processes of the test bed: started in their own session, always reaped.
+
+Every server the harness starts is registered here; an ``atexit`` hook kills
+whatever is still running, so a crashed test run leaves no stray etcd or
+toxiproxy behind (the context managers are the normal path).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Sequence
+from typing import IO, Any, ClassVar
+
+
+class ProcessRegistry:
+    _live: ClassVar[set[subprocess.Popen[bytes]]] = set()
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def spawn(
+        cls, argv: Sequence[str], *, stdout: IO[Any], stderr: IO[Any], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            start_new_session=True,
+        )
+        with cls._lock:
+            cls._live.add(proc)
+        return proc
+
+    @classmethod
+    def signal(cls, proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        if proc.poll() is None:
+            os.kill(proc.pid, sig)
+
+    @classmethod
+    def terminate(cls, proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+        """SIGTERM (after SIGCONT, in case it is paused), then SIGKILL after ``grace`` seconds."""
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.terminate()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        cls._forget(proc)
+
+    @classmethod
+    def kill(cls, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        cls._forget(proc)
+
+    @classmethod
+    def _forget(cls, proc: subprocess.Popen[bytes]) -> None:
+        with cls._lock:
+            cls._live.discard(proc)
+
+    @classmethod
+    def running(cls) -> list[int]:
+        with cls._lock:
+            return [p.pid for p in cls._live if p.poll() is None]
+
+    @classmethod
+    def kill_all(cls) -> None:
+        with cls._lock:
+            procs = list(cls._live)
+        for p in procs:
+            cls.kill(p)
+
+
+atexit.register(ProcessRegistry.kill_all)

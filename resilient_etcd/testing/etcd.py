@@ -1,0 +1,462 @@
+"""Real etcd members and clusters for tests, each client URL behind its own toxiproxy proxy."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import signal
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from resilient_etcd._proto import auth_pb2, rpc_pb2, rpc_pb2_grpc
+
+from ._procs import ProcessRegistry
+from ._support import HarnessError, ensure_port_free, find_binary, free_port, log_tail, wait_until
+from .netns import NetnsHost, VirtualIP
+from .tls import CertFiles, make_certs
+from .toxiproxy import Proxy, ToxiproxyServer
+
+ROOT_PASSWORD_DEFAULT = "root-pw"
+Metadata = tuple[tuple[str, str], ...]
+
+
+class MemberStartError(HarnessError):
+    """An etcd member exited or never became ready; the message carries its log tail."""
+
+
+class EtcdMember:
+    """One etcd process. Verbs: start/stop/kill/restart/pause/resume (+ drop/undrop in a namespace)."""
+
+    def __init__(self, cluster: EtcdCluster, index: int, host: str, netns: NetnsHost | None) -> None:
+        self.cluster = cluster
+        self.index = index
+        self.name = f"m{index}"
+        self.host = host
+        self.netns = netns
+        self.client_port = free_port() if netns is None else 2379
+        self.peer_port = free_port() if netns is None else 2380
+        self.data_dir = cluster.workdir / self.name
+        self.log_path = cluster.workdir / f"{self.name}.log"
+        self.proxy: Proxy | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.served_at: float | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        return f"EtcdMember({self.name}, {self.direct_endpoint}, {state})"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.cluster.tls else "http"
+
+    @property
+    def direct_endpoint(self) -> str:
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def endpoint(self) -> str:
+        """The address clients should use: through the proxy when proxied."""
+        return self.proxy.address if self.proxy else self.direct_endpoint
+
+    @property
+    def netns_backend(self) -> tuple[str, int]:
+        """(address, client port) of a member in a namespace, for :meth:`EtcdCluster.virtual_ip`."""
+        return (self.host, self.client_port)
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _argv(self) -> list[str]:
+        c = self.cluster
+        client_url = f"{self.scheme}://{self.direct_endpoint}"
+        argv = [
+            find_binary("etcd"),
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", client_url,
+            "--advertise-client-urls", client_url,
+            "--listen-peer-urls", self.peer_url,
+            "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", c.initial_cluster,
+            "--initial-cluster-state", "new",
+            "--initial-cluster-token", c.token,
+            "--log-level", "warn",
+            "--auth-token-ttl", str(c.auth_token_ttl),
+            *c.extra_args,
+        ]
+        if c.certs is not None:
+            argv += ["--cert-file", str(c.certs.server_cert), "--key-file", str(c.certs.server_key),
+                     "--trusted-ca-file", str(c.certs.ca)]
+            if c.client_cert_auth:
+                argv.append("--client-cert-auth")
+        return self.netns.command(argv) if self.netns else argv
+
+    def start(self, wait: bool = True) -> None:
+        """Start (or start again, same data dir and ports); with ``wait``, until it answers /readyz."""
+        if self.is_running:
+            return
+        if self.netns is None:
+            ensure_port_free(self.host, self.client_port, f"etcd {self.name} client port")
+            ensure_port_free(self.host, self.peer_port, f"etcd {self.name} peer port")
+        self.served_at = None
+        with open(self.log_path, "ab") as log:
+            self._proc = ProcessRegistry.spawn(self._argv(), stdout=log, stderr=log)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def ready() -> bool:
+            if self._proc is None or self._proc.poll() is not None:
+                code = None if self._proc is None else self._proc.returncode
+                raise MemberStartError(f"etcd {self.name} exited with {code}\n{log_tail(self.log_path)}")
+            return self.readyz()
+
+        try:
+            wait_until(ready, timeout=timeout, what=f"etcd {self.name} ready",
+                       on_timeout=lambda: log_tail(self.log_path))
+        except MemberStartError:
+            raise
+        except HarnessError as exc:
+            raise MemberStartError(str(exc)) from None
+        self.served_at = time.monotonic()
+
+    def readyz(self, timeout: float = 0.5) -> bool:
+        """True when the member's /readyz says ok (it serves linearizable requests)."""
+        url = f"{self.scheme}://{self.direct_endpoint}/readyz"
+        ctx = self.cluster.ssl_context()
+        try:
+            with urllib.request.urlopen(url, timeout=timeout, context=ctx) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM)."""
+        if self._proc is not None:
+            ProcessRegistry.terminate(self._proc)
+            self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash (scenario S1)."""
+        if self._proc is not None:
+            ProcessRegistry.kill(self._proc)
+            self._proc = None
+
+    def restart(self, wait: bool = True) -> None:
+        self.kill()
+        self.start(wait=wait)
+
+    def pause(self) -> None:
+        """SIGSTOP: the kernel still accepts and ACKs, the process answers nothing (S2)."""
+        if self._proc is None:
+            raise HarnessError(f"etcd {self.name} is not running")
+        ProcessRegistry.signal(self._proc, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            ProcessRegistry.signal(self._proc, signal.SIGCONT)
+
+    def drop(self) -> None:
+        """iptables DROP of client traffic, both ways, inside the member's namespace (S4)."""
+        if self.netns is None:
+            raise HarnessError("drop() needs a cluster started with netns=True")
+        self.netns.drop(self.client_port)
+
+    def undrop(self) -> None:
+        if self.netns is None:
+            raise HarnessError("undrop() needs a cluster started with netns=True")
+        self.netns.undrop()
+
+    def channel(self) -> grpc.Channel:
+        """A fresh raw gRPC channel straight to this member (no proxy), for harness checks."""
+        return self.cluster.raw_channel(self.direct_endpoint)
+
+    def status(self, timeout: float = 2.0) -> rpc_pb2.StatusResponse:
+        with self.channel() as ch:
+            resp: rpc_pb2.StatusResponse = rpc_pb2_grpc.MaintenanceStub(ch).Status(
+                rpc_pb2.StatusRequest(), timeout=timeout, metadata=self.cluster.auth_metadata(ch)
+            )
+            return resp
+
+
+class EtcdCluster:
+    """A real etcd cluster on loopback (or in network namespaces), as a context manager.
+
+    >>> with EtcdCluster(size=3) as cluster:                       # doctest: +SKIP
+    ...     cluster.endpoints            # through toxiproxy
+    ...     cluster.members[0].proxy.blackhole()
+    ...     cluster.members[1].pause()
+    """
+
+    def __init__(
+        self,
+        size: int = 3,
+        *,
+        proxied: bool = True,
+        auth: bool = False,
+        tls: bool = False,
+        client_cert_auth: bool = False,
+        netns: bool = False,
+        toxiproxy: ToxiproxyServer | None = None,
+        auth_token_ttl: int = 300,
+        extra_args: tuple[str, ...] = (),
+        start_timeout: float = 30.0,
+    ) -> None:
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"EtcdCluster size must be a positive integer, got {size!r}")
+        if client_cert_auth and not tls:
+            raise ValueError("client_cert_auth=True needs tls=True")
+        if auth_token_ttl < 1:
+            raise ValueError(f"auth_token_ttl must be >= 1 second, got {auth_token_ttl}")
+        self.size = size
+        self.proxied = proxied
+        self.auth = auth
+        self.tls = tls
+        self.client_cert_auth = client_cert_auth
+        self.use_netns = netns
+        self.auth_token_ttl = auth_token_ttl
+        self.extra_args = tuple(extra_args)
+        self.start_timeout = start_timeout
+        self.token = "re-" + secrets.token_hex(4)
+        self._tmp = tempfile.TemporaryDirectory(prefix="re-etcd-")
+        self.workdir = Path(self._tmp.name)
+        self._own_toxiproxy = toxiproxy is None and proxied
+        self.toxiproxy = toxiproxy
+        self.members: list[EtcdMember] = []
+        self.hosts: list[NetnsHost] = []
+        self.certs: CertFiles | None = None
+        self.root_password: str | None = None
+        self._auth_tokens: dict[str, str] = {}
+        self._vips: list[VirtualIP] = []
+        self._started = False
+
+    # ---- lifecycle ----
+    def start(self) -> EtcdCluster:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        for i in range(self.size):
+            host = "127.0.0.1"
+            ns = None
+            if self.use_netns:
+                ns = NetnsHost().create()
+                self.hosts.append(ns)
+                host = ns.address
+            self.members.append(EtcdMember(self, i, host, ns))
+        if self.tls:
+            ips = sorted({"127.0.0.1", *(m.host for m in self.members)})
+            self.certs = make_certs(self.workdir / "certs", ips)
+        if self.proxied:
+            if self.toxiproxy is None:
+                self.toxiproxy = ToxiproxyServer().start()
+            for m in self.members:
+                m.proxy = self.toxiproxy.create_proxy(f"{self.token}-{m.name}", m.direct_endpoint)
+        for m in self.members:
+            m.start(wait=False)
+        for m in self.members:
+            m.wait_ready(timeout=self.start_timeout)
+        self._started = True
+        if self.auth:
+            self.enable_auth("root", ROOT_PASSWORD_DEFAULT)
+
+    def close(self) -> None:
+        for m in self.members:
+            with contextlib.suppress(Exception):
+                m.kill()
+        if self.toxiproxy is not None:
+            if self._own_toxiproxy:
+                self.toxiproxy.close()
+            else:
+                for m in self.members:
+                    if m.proxy:
+                        with contextlib.suppress(Exception):
+                            self.toxiproxy.request("DELETE", f"/proxies/{m.proxy.name}")
+        for vip in self._vips:
+            vip.remove()
+        self._vips.clear()
+        for h in self.hosts:
+            h.destroy()
+        self.hosts.clear()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> EtcdCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- addresses ----
+    @property
+    def initial_cluster(self) -> str:
+        return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+
+    @property
+    def endpoints(self) -> list[str]:
+        """host:port for each member, through its proxy when proxied."""
+        return [m.endpoint for m in self.members]
+
+    @property
+    def direct_endpoints(self) -> list[str]:
+        return [m.direct_endpoint for m in self.members]
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.certs is None:
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.certs.ca))
+        if self.client_cert_auth:
+            ctx.load_cert_chain(str(self.certs.client_cert), str(self.certs.client_key))
+        return ctx
+
+    def raw_channel(self, endpoint: str) -> grpc.Channel:
+        if self.certs is None:
+            return grpc.insecure_channel(endpoint)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.certs.ca.read_bytes(),
+            private_key=self.certs.client_key.read_bytes() if self.client_cert_auth else None,
+            certificate_chain=self.certs.client_cert.read_bytes() if self.client_cert_auth else None,
+        )
+        return grpc.secure_channel(endpoint, creds)
+
+    def auth_metadata(self, channel: grpc.Channel) -> Metadata:
+        """``token`` metadata for raw harness calls once auth is on (root user)."""
+        if self.root_password is None:
+            return ()
+        resp = rpc_pb2_grpc.AuthStub(channel).Authenticate(
+            rpc_pb2.AuthenticateRequest(name="root", password=self.root_password), timeout=5
+        )
+        return (("token", resp.token),)
+
+    # ---- cluster verbs ----
+    def running_members(self) -> list[EtcdMember]:
+        return [m for m in self.members if m.is_running]
+
+    def leader(self, timeout: float = 10.0) -> EtcdMember:
+        """The member that currently leads (waits for an election to settle)."""
+
+        def find() -> EtcdMember | None:
+            for m in self.running_members():
+                with contextlib.suppress(grpc.RpcError):
+                    st = m.status(timeout=0.5)
+                    if st.leader and st.leader == st.header.member_id:
+                        return m
+            return None
+
+        return wait_until(find, timeout=timeout, what="an etcd leader")
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        for m in self.members:
+            if m.is_running:
+                m.wait_ready(timeout=timeout)
+
+    @contextlib.contextmanager
+    def _client(self, member: EtcdMember | None = None) -> Iterator[tuple[grpc.Channel, Metadata]]:
+        m = member or self.running_members()[0]
+        with m.channel() as ch:
+            yield ch, self.auth_metadata(ch)
+
+    def compact(self, revision: int, physical: bool = True) -> None:
+        with self._client() as (ch, md):
+            rpc_pb2_grpc.KVStub(ch).Compact(
+                rpc_pb2.CompactionRequest(revision=revision, physical=physical), timeout=10, metadata=md
+            )
+
+    def revision(self) -> int:
+        with self._client() as (ch, md):
+            resp = rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"\0", count_only=True),
+                                                 timeout=5, metadata=md)
+            return int(resp.header.revision)
+
+    def stop_quorum(self) -> list[EtcdMember]:
+        """Stop a majority so the rest have no quorum; returns the stopped members.
+
+        The first ``size // 2`` members stay up (member 0 among them), so a client pinned to
+        member 0 sees a live member without a leader (scenario S9).
+        """
+        if self.size < 3 or self.size % 2 == 0:
+            raise ValueError(
+                f"stop_quorum needs an odd cluster size >= 3 (got {self.size}): with one member there is "
+                "nothing left running, and with an even size pick the members to stop yourself"
+            )
+        keep = self.size // 2  # one short of quorum
+        stopped = self.members[keep:]
+        for m in stopped:
+            m.stop()
+        return stopped
+
+    def restore_quorum(self, timeout: float = 30.0) -> None:
+        for m in self.members:
+            m.start(wait=False)
+        self.wait_healthy(timeout)
+
+    def enable_auth(self, user: str = "root", password: str = ROOT_PASSWORD_DEFAULT) -> None:
+        """Create ``root`` (and ``user`` with read-write on every key), then turn auth on."""
+        if not password:
+            raise ValueError("enable_auth needs a non-empty password")
+        with self.members[0].channel() as ch:
+            auth = rpc_pb2_grpc.AuthStub(ch)
+            auth.UserAdd(rpc_pb2.AuthUserAddRequest(name="root", password=password), timeout=10)
+            auth.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root"), timeout=10)
+            if user != "root":
+                auth.RoleAdd(rpc_pb2.AuthRoleAddRequest(name=user), timeout=10)
+                perm = auth_pb2.Permission(
+                    permType=auth_pb2.Permission.READWRITE, key=b"\0", range_end=b"\0"
+                )
+                auth.RoleGrantPermission(
+                    rpc_pb2.AuthRoleGrantPermissionRequest(name=user, perm=perm), timeout=10
+                )
+                auth.UserAdd(rpc_pb2.AuthUserAddRequest(name=user, password=password), timeout=10)
+                auth.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user=user, role=user), timeout=10)
+            auth.AuthEnable(rpc_pb2.AuthEnableRequest(), timeout=10)
+        self.root_password = password
+
+    def virtual_ip(self, member: EtcdMember | None = None, port: int = 2379) -> VirtualIP:
+        """A kube-proxy-like virtual address in front of ``member`` (default member 0); needs netns=True.
+
+        Removed when the cluster closes. ``vip.move_to(other.netns_backend)`` strands open flows (S5).
+        """
+        target = member or self.members[0]
+        if target.netns is None:
+            raise HarnessError("virtual_ip() needs a cluster started with netns=True")
+        vip = VirtualIP(port, target.netns_backend, dev=target.netns.host_if).install()
+        self._vips.append(vip)
+        return vip
+
+    def heal_all(self) -> None:
+        """Every member running and resumed, every proxy healed, every namespace rule removed."""
+        for m in self.members:
+            m.resume()
+            if m.proxy:
+                m.proxy.heal()
+            if m.netns:
+                m.undrop()
+        for m in self.members:
+            m.start(wait=False)
+        self.wait_healthy()
+
+    def reset(self) -> None:
+        """Fast reset between tests: heal everything and delete every key."""
+        self.heal_all()
+        with self._client() as (ch, md):
+            everything = rpc_pb2.DeleteRangeRequest(key=b"\0", range_end=b"\0")
+            rpc_pb2_grpc.KVStub(ch).DeleteRange(everything, timeout=10, metadata=md)

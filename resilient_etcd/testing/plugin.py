@@ -1,0 +1,116 @@
+"""pytest plugin (entry point ``pytest11``): real etcd clusters and toxiproxy as fixtures.
+
+Fixtures
+    ``toxiproxy_server`` (session) — one toxiproxy for the whole run.
+    ``etcd_cluster`` — a running cluster, healed and emptied before each test. Configure it
+        with the marker ``@pytest.mark.etcd_cluster(size=3, auth=False, tls=False, netns=False)``.
+        Plain clusters are shared across tests of the same configuration (fast reset); clusters
+        with auth, TLS or namespaces are fresh for each test.
+    ``etcd_member`` — the only member of a single-member cluster.
+
+Tests that use these fixtures get the ``integration`` marker, so ``-m "not integration"``
+runs the fast unit tests alone. At the end of the session the plugin fails the run if any
+server process or network namespace it started is still alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ._procs import ProcessRegistry
+from .etcd import EtcdCluster, EtcdMember
+from .netns import leftover_namespaces, netns_available, reap_stale
+from .toxiproxy import ToxiproxyServer
+
+_FIXTURES = {"etcd_cluster", "etcd_member", "toxiproxy_server"}
+_FRESH_KEYS = {"auth", "tls", "client_cert_auth", "netns", "auth_token_ttl", "extra_args"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "integration: uses real servers (etcd, toxiproxy, namespaces)")
+    config.addinivalue_line(
+        "markers", "etcd_cluster(**kwargs): EtcdCluster arguments for the etcd_cluster fixture"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+class _ClusterCache:
+    def __init__(self) -> None:
+        self.clusters: dict[tuple[tuple[str, Any], ...], EtcdCluster] = {}
+
+    def get(self, toxiproxy: ToxiproxyServer, kwargs: dict[str, Any]) -> EtcdCluster:
+        key = tuple(sorted(kwargs.items()))
+        cluster = self.clusters.get(key)
+        if cluster is not None:
+            try:
+                cluster.reset()
+                return cluster
+            except Exception:
+                cluster.close()
+                del self.clusters[key]
+        cluster = EtcdCluster(toxiproxy=toxiproxy, **kwargs).start()
+        self.clusters[key] = cluster
+        return cluster
+
+    def close(self) -> None:
+        for c in self.clusters.values():
+            with contextlib.suppress(Exception):
+                c.close()
+        self.clusters.clear()
+
+
+@pytest.fixture(scope="session")
+def toxiproxy_server() -> Iterator[ToxiproxyServer]:
+    with ToxiproxyServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def _etcd_cluster_cache() -> Iterator[_ClusterCache]:
+    if netns_available() is None:
+        reap_stale()
+    cache = _ClusterCache()
+    yield cache
+    cache.close()
+
+
+@pytest.fixture
+def etcd_cluster(
+    request: pytest.FixtureRequest, toxiproxy_server: ToxiproxyServer, _etcd_cluster_cache: _ClusterCache
+) -> Iterator[EtcdCluster]:
+    marker = request.node.get_closest_marker("etcd_cluster")
+    kwargs: dict[str, Any] = {"size": 3, **(marker.kwargs if marker else {})}
+    if kwargs.get("netns") and (reason := netns_available()):
+        pytest.skip(reason)
+    if _FRESH_KEYS & {k for k, v in kwargs.items() if v}:
+        with EtcdCluster(toxiproxy=toxiproxy_server, **kwargs) as cluster:
+            yield cluster
+        return
+    yield _etcd_cluster_cache.get(toxiproxy_server, kwargs)
+
+
+@pytest.fixture
+def etcd_member(toxiproxy_server: ToxiproxyServer, _etcd_cluster_cache: _ClusterCache) -> EtcdMember:
+    return _etcd_cluster_cache.get(toxiproxy_server, {"size": 1}).members[0]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    leaks = [f"process {pid}" for pid in ProcessRegistry.running()]
+    if netns_available() is None:
+        leaks += [f"namespace {ns}" for ns in leftover_namespaces()]
+    if leaks:
+        ProcessRegistry.kill_all()
+        session.config.get_terminal_writer().line(
+            f"resilient_etcd.testing: leaked after the session: {', '.join(leaks)}", red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

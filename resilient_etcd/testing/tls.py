@@ -1,0 +1,88 @@
+"""Throw-away certificates for TLS test clusters (CA, server, client), made with ``cryptography``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+@dataclass(frozen=True)
+class CertFiles:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption())
+    )
+    path.chmod(0o600)
+
+
+def make_certs(directory: Path, ips: list[str], client_cn: str = "root") -> CertFiles:
+    """A CA and a server certificate valid for ``ips`` and ``localhost``, plus a client certificate."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("resilient-etcd test CA"))
+        .issuer_name(_name("resilient-etcd test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(cn: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]) -> tuple[
+            x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=2))
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return builder.sign(ca_key, hashes.SHA256()), key
+
+    sans: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    server, server_key = leaf("etcd", ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    client, client_key = leaf(client_cn, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+
+    files = CertFiles(
+        ca=directory / "ca.pem",
+        server_cert=directory / "server.pem",
+        server_key=directory / "server-key.pem",
+        client_cert=directory / "client.pem",
+        client_key=directory / "client-key.pem",
+    )
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.server_cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    files.client_cert.write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    _write_key(server_key, files.server_key)
+    _write_key(client_key, files.client_key)
+    return files

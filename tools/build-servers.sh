@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Build the real servers the test bed runs (etcd, etcdctl, toxiproxy) from the
+# Go module proxy, pinned by the wrapper modules beside this script, into a cache
+# outside the repository keyed by version. Idempotent: a cached binary is kept.
+#
+#   tools/build-servers.sh            # build what is missing, print the bin dir
+#   tools/build-servers.sh --print    # print the bin dir, build nothing
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${RESILIENT_ETCD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/resilient-etcd}
+
+# version of a module required by a wrapper's go.mod
+pinned() { awk -v m="$2" '$1 == m || ($1 == "require" && $2 == m) { print ($1 == m ? $2 : $3); exit }' "$here/$1/go.mod"; }
+
+etcd_v=$(pinned etcd go.etcd.io/etcd/server/v3)
+etcdctl_v=$(pinned etcdctl go.etcd.io/etcd/etcdctl/v3)
+toxi_v=$(pinned toxiproxy github.com/Shopify/toxiproxy/v2)
+bindir="$cache/bin"
+
+if [[ "${1:-}" == "--print" ]]; then echo "$bindir"; exit 0; fi
+
+if ! command -v go >/dev/null 2>&1; then
+  echo "build-servers: Go is not installed (needed to build etcd $etcd_v and toxiproxy $toxi_v); install Go >= 1.24" >&2
+  exit 2
+fi
+
+mkdir -p "$bindir"
+build() { # name version wrapper-dir package
+  local out="$bindir/$1-$2"
+  if [[ -x "$out" ]]; then return 0; fi
+  echo "build-servers: building $1 $2 ..." >&2
+  local start=$SECONDS
+  (cd "$here/$3" && CGO_ENABLED=0 go build -trimpath -o "$out.tmp" "$4")
+  mv "$out.tmp" "$out"
+  echo "build-servers: built $1 $2 in $((SECONDS - start)) s" >&2
+}
+
+build etcd "$etcd_v" etcd .
+build etcdctl "$etcdctl_v" etcdctl .
+build toxiproxy-server "$toxi_v" toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server
+build toxiproxy-cli "$toxi_v" toxiproxy github.com/Shopify/toxiproxy/v2/cmd/cli
+
+# stable names for the harness; the versioned files are the cache
+ln -sf "etcd-$etcd_v" "$bindir/etcd"
+ln -sf "etcdctl-$etcdctl_v" "$bindir/etcdctl"
+ln -sf "toxiproxy-server-$toxi_v" "$bindir/toxiproxy-server"
+ln -sf "toxiproxy-cli-$toxi_v" "$bindir/toxiproxy-cli"
+echo "$bindir"

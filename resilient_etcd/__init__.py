@@ -1,0 +1,63 @@
+"""resilient_etcd: python-etcd3's API, but a restarted, frozen or blackholed member never hangs you.
+
+>>> import resilient_etcd as etcd3                     # doctest: +SKIP
+>>> client = etcd3.client(endpoints=["m1:2379", "m2:2379", "m3:2379"])   # doctest: +SKIP
+"""
+
+from . import exceptions
+from .client import DEFAULT_TIMEOUT, Etcd3Client, client
+from .deadlines import current_deadline, deadline, no_retry, remaining
+from .etcd.lease import Lease
+from .etcd.models import Alarm, KVMetadata, Member, Status
+from .etcd.transactions import Transactions
+from .exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionFailedError,
+    ConnectionTimeoutError,
+    DeadlineExceeded,
+    EndpointsUnavailable,
+    Etcd3Exception,
+    InternalServerError,
+    PreconditionFailedError,
+    RevisionCompactedError,
+    WatchTimedOut,
+)
+from .policies import HealthPolicy, KeepalivePolicy, RetryPolicy
+from .transport.endpoints import Endpoint
+from .transport.pool import EndpointStatus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Alarm",
+    "AuthenticationError",
+    "ConfigurationError",
+    "ConnectionFailedError",
+    "ConnectionTimeoutError",
+    "DeadlineExceeded",
+    "Endpoint",
+    "EndpointStatus",
+    "EndpointsUnavailable",
+    "Etcd3Client",
+    "Etcd3Exception",
+    "HealthPolicy",
+    "InternalServerError",
+    "KVMetadata",
+    "KeepalivePolicy",
+    "Lease",
+    "Member",
+    "PreconditionFailedError",
+    "RetryPolicy",
+    "RevisionCompactedError",
+    "Status",
+    "Transactions",
+    "WatchTimedOut",
+    "client",
+    "current_deadline",
+    "deadline",
+    "exceptions",
+    "no_retry",
+    "remaining",
+]

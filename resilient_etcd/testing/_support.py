@@ -79,7 +79,8 @@ def wait_until(
 ) -> T:
     """Call ``probe`` until it returns something truthy, or raise ``HarnessError`` after ``timeout``.
 
-    ``probe`` may raise; the last exception is named in the error.
+    ``probe`` may raise; the last exception is named in the error. A ``HarnessError`` from the
+    probe ends the wait at once.
     """
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
@@ -88,6 +89,8 @@ def wait_until(
             result = probe()
             if result:
                 return result
+        except HarnessError:
+            raise  # the probe knows waiting is pointless (a process exited, …)
         except Exception as exc:
             last = exc
         if time.monotonic() >= deadline:

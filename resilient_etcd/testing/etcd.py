@@ -101,10 +101,9 @@ class EtcdMember:
             *c.extra_args,
         ]
         if c.certs is not None:
-            argv += ["--cert-file", str(c.certs.server_cert), "--key-file", str(c.certs.server_key),
-                     "--trusted-ca-file", str(c.certs.ca)]
-            if c.client_cert_auth:
-                argv.append("--client-cert-auth")
+            argv += ["--cert-file", str(c.certs.server_cert), "--key-file", str(c.certs.server_key)]
+            if c.client_cert_auth:  # etcd verifies client certificates whenever a trusted CA is set
+                argv += ["--trusted-ca-file", str(c.certs.ca), "--client-cert-auth"]
         return self.netns.command(argv) if self.netns else argv
 
     def start(self, wait: bool = True) -> None:

@@ -1,0 +1,390 @@
+"""``Etcd3Client``: python-etcd3's API over resilient transport.
+
+Every method keeps python-etcd3's name, arguments and return shape, and takes an extra
+keyword-only ``timeout`` (seconds) where a call is made. Each call's deadline is
+``min(deadline() scope, timeout, client default)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import IO, Any
+
+from . import deadlines
+from ._proto import rpc_pb2
+from .etcd.lease import Lease
+from .etcd.models import Alarm, Key, KVMetadata, Member, Status, prefix_range_end, to_bytes
+from .etcd.transactions import (
+    BaseCompare,
+    Transactions,
+    build_txn,
+    is_read_only,
+    lease_id,
+)
+from .exceptions import ConfigurationError
+from .policies import HealthPolicy, KeepalivePolicy, RetryPolicy
+from .transport.endpoints import Endpoint, TlsConfig, parse_endpoint
+from .transport.pool import EndpointStatus, Stubs
+from .transport.transport import Metadata, Transport
+
+log = logging.getLogger("resilient_etcd")
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds a call may take when neither a scope nor ``timeout`` says otherwise (python-etcd3 has none)."""
+
+_SORT_ORDERS = {None: rpc_pb2.RangeRequest.NONE, "ascend": rpc_pb2.RangeRequest.ASCEND,
+                "descend": rpc_pb2.RangeRequest.DESCEND}
+_SORT_TARGETS = {"key": rpc_pb2.RangeRequest.KEY, "version": rpc_pb2.RangeRequest.VERSION,
+                 "create": rpc_pb2.RangeRequest.CREATE, "mod": rpc_pb2.RangeRequest.MOD,
+                 "value": rpc_pb2.RangeRequest.VALUE}
+_ALARM_TYPES = {"none": rpc_pb2.NONE, "no_space": rpc_pb2.NOSPACE, "nospace": rpc_pb2.NOSPACE,
+                "corrupt": rpc_pb2.CORRUPT}
+
+
+def _range_request(
+    key: bytes, range_end: bytes | None = None, limit: int | None = None, revision: int | None = None,
+    sort_order: str | None = None, sort_target: str = "key", serializable: bool = False,
+    keys_only: bool = False, count_only: bool = False, min_mod_revision: int | None = None,
+    max_mod_revision: int | None = None, min_create_revision: int | None = None,
+    max_create_revision: int | None = None,
+) -> rpc_pb2.RangeRequest:
+    if sort_order not in _SORT_ORDERS:
+        raise ValueError(f'sort_order must be "ascend", "descend" or None, got {sort_order!r}')
+    if sort_target not in _SORT_TARGETS:
+        raise ValueError(f"sort_target must be one of {sorted(_SORT_TARGETS)}, got {sort_target!r}")
+    return rpc_pb2.RangeRequest(
+        key=key, range_end=range_end or b"", limit=limit or 0, revision=revision or 0,
+        sort_order=_SORT_ORDERS[sort_order], sort_target=_SORT_TARGETS[sort_target],
+        serializable=serializable, keys_only=keys_only, count_only=count_only,
+        min_mod_revision=min_mod_revision or 0, max_mod_revision=max_mod_revision or 0,
+        min_create_revision=min_create_revision or 0, max_create_revision=max_create_revision or 0,
+    )
+
+
+class Etcd3Client:
+    """An etcd v3 client with python-etcd3's API that survives member restarts and hung connections.
+
+    ``host``/``port`` name one member; ``endpoints=[...]`` names several (``"host:port"`` or
+    ``"http(s)://host:port"``). ``timeout`` is the default deadline of every call (10 s when None).
+    ``user``/``password`` enable auth (the token travels as gRPC metadata and is renewed when the
+    server forgets it). ``ca_cert``, ``cert_key``, ``cert_cert`` are PEM file paths for TLS/mTLS.
+    """
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 2379,
+        ca_cert: str | None = None,
+        cert_key: str | None = None,
+        cert_cert: str | None = None,
+        timeout: float | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        grpc_options: Sequence[tuple[str, Any]] | None = None,
+        *,
+        endpoints: Sequence[str | Endpoint] | None = None,
+        keepalive: KeepalivePolicy | None = None,
+        health: HealthPolicy | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._endpoints = self._parse_endpoints(host, port, endpoints)
+        self.timeout = deadlines.validate_timeout("timeout", timeout) or DEFAULT_TIMEOUT
+        if (user is None) != (password is None):
+            raise ConfigurationError("user and password must be given together")
+        if user is not None and not user:
+            raise ConfigurationError("user must not be empty")
+        for name, policy, cls in (("keepalive", keepalive, KeepalivePolicy), ("health", health, HealthPolicy),
+                                  ("retry", retry, RetryPolicy)):
+            if policy is not None and not isinstance(policy, cls):
+                raise ConfigurationError(f"{name} must be a {cls.__name__}, got {type(policy).__name__}")
+        self._user = user
+        self.transactions = Transactions()
+        self._transport = Transport(
+            self._endpoints,
+            tls=TlsConfig.from_files(ca_cert, cert_key, cert_cert),
+            default_timeout=self.timeout,
+            keepalive=keepalive or KeepalivePolicy(),
+            health=health or HealthPolicy(),
+            retry=retry or RetryPolicy(),
+            grpc_options=list(grpc_options or ()),
+            user=user,
+            password=password,
+        )
+        if user is not None:
+            try:
+                self._transport.authenticate()
+            except BaseException:
+                self._transport.close()
+                raise
+
+    @staticmethod
+    def _parse_endpoints(host: str, port: int, endpoints: Sequence[str | Endpoint] | None) -> list[Endpoint]:
+        if endpoints is not None:
+            if isinstance(endpoints, (str, bytes)):
+                raise ConfigurationError("endpoints must be a list of addresses, not a single string")
+            if (host, port) != ("localhost", 2379):
+                raise ConfigurationError("give either host/port or endpoints, not both")
+            parsed = [parse_endpoint(e) for e in endpoints]
+            if not parsed:
+                raise ConfigurationError("endpoints must not be empty")
+            if len({e.target for e in parsed}) != len(parsed):
+                raise ConfigurationError(f"duplicate endpoints in {[e.target for e in parsed]}")
+            return parsed
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ConfigurationError(f"port must be an integer 1-65535, got {port!r}")
+        return [parse_endpoint(f"{host}:{port}" if ":" not in host or host.startswith("[") else f"[{host}]:{port}")]
+
+    def __repr__(self) -> str:
+        eps = ", ".join(e.target for e in self._endpoints)
+        auth = f", user={self._user!r}" if self._user else ""
+        tls = ", tls=True" if self._transport.tls else ""
+        return f"Etcd3Client(endpoints=[{eps}], timeout={self.timeout:g}{auth}{tls})"
+
+    # ---- lifecycle ----
+    def close(self) -> None:
+        """Close every channel and stop the health prober."""
+        self._transport.close()
+
+    def __enter__(self) -> Etcd3Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def endpoint_health(self) -> list[EndpointStatus]:
+        """One record per endpoint: state, whether active, latency, failures, ejections, last error."""
+        return self._transport.pool.status()
+
+    # ---- KV ----
+    def _range(self, req: rpc_pb2.RangeRequest, timeout: float | None) -> rpc_pb2.RangeResponse:
+        resp: rpc_pb2.RangeResponse = self._transport.unary("kv", "Range", req, timeout=timeout)
+        return resp
+
+    def get_response(self, key: Key, *, timeout: float | None = None, **kwargs: Any) -> rpc_pb2.RangeResponse:
+        """The raw ``RangeResponse`` for ``key`` (kwargs: revision, serializable, keys_only, …)."""
+        return self._range(_range_request(to_bytes(key), **kwargs), timeout)
+
+    def get(self, key: Key, *, timeout: float | None = None,
+            **kwargs: Any) -> tuple[bytes, KVMetadata] | tuple[None, None]:
+        """``(value, metadata)`` of ``key``, or ``(None, None)`` when it does not exist."""
+        resp = self.get_response(key, timeout=timeout, **kwargs)
+        if not resp.kvs:
+            return None, None
+        kv = resp.kvs[0]
+        return kv.value, KVMetadata(kv, resp.header)
+
+    def get_prefix_response(self, key_prefix: Key, *, timeout: float | None = None,
+                            **kwargs: Any) -> rpc_pb2.RangeResponse:
+        prefix = to_bytes(key_prefix)
+        return self._range(_range_request(prefix, prefix_range_end(prefix), **kwargs), timeout)
+
+    def get_prefix(self, key_prefix: Key, *, timeout: float | None = None,
+                   **kwargs: Any) -> Iterator[tuple[bytes, KVMetadata]]:
+        """``(value, metadata)`` for every key under ``key_prefix`` (sort_order, sort_target, keys_only …)."""
+        resp = self.get_prefix_response(key_prefix, timeout=timeout, **kwargs)
+        return ((kv.value, KVMetadata(kv, resp.header)) for kv in resp.kvs)
+
+    def get_range_response(self, range_start: Key, range_end: Key, sort_order: str | None = None,
+                           sort_target: str = "key", *, timeout: float | None = None,
+                           **kwargs: Any) -> rpc_pb2.RangeResponse:
+        req = _range_request(to_bytes(range_start), to_bytes(range_end), sort_order=sort_order,
+                             sort_target=sort_target, **kwargs)
+        return self._range(req, timeout)
+
+    def get_range(self, range_start: Key, range_end: Key, *, timeout: float | None = None,
+                  **kwargs: Any) -> Iterator[tuple[bytes, KVMetadata]]:
+        """Keys in ``[range_start, range_end)``."""
+        resp = self.get_range_response(range_start, range_end, timeout=timeout, **kwargs)
+        return ((kv.value, KVMetadata(kv, resp.header)) for kv in resp.kvs)
+
+    def get_all_response(self, sort_order: str | None = None, sort_target: str = "key", keys_only: bool = False,
+                         *, timeout: float | None = None, **kwargs: Any) -> rpc_pb2.RangeResponse:
+        req = _range_request(b"\0", b"\0", sort_order=sort_order, sort_target=sort_target,
+                             keys_only=keys_only, **kwargs)
+        return self._range(req, timeout)
+
+    def get_all(self, *, timeout: float | None = None, **kwargs: Any) -> Iterator[tuple[bytes, KVMetadata]]:
+        """Every key in the store."""
+        resp = self.get_all_response(timeout=timeout, **kwargs)
+        return ((kv.value, KVMetadata(kv, resp.header)) for kv in resp.kvs)
+
+    def put(self, key: Key, value: Key, lease: Lease | int | None = None, prev_kv: bool = False,
+            *, timeout: float | None = None) -> rpc_pb2.PutResponse:
+        """Write ``value`` to ``key``; never sent twice unless the first send provably never left."""
+        req = rpc_pb2.PutRequest(key=to_bytes(key), value=to_bytes(value, "value"), lease=lease_id(lease),
+                                 prev_kv=prev_kv)
+        resp: rpc_pb2.PutResponse = self._transport.unary("kv", "Put", req, timeout=timeout)
+        return resp
+
+    def put_if_not_exists(self, key: Key, value: Key, lease: Lease | int | None = None,
+                          *, timeout: float | None = None) -> bool:
+        """Create ``key`` only if absent; True when it was created."""
+        succeeded, _ = self.transaction(
+            compare=[self.transactions.create(key) == 0],
+            success=[self.transactions.put(key, value, lease=lease)],
+            failure=[], timeout=timeout,
+        )
+        return succeeded
+
+    def replace(self, key: Key, initial_value: Key, new_value: Key, *, timeout: float | None = None) -> bool:
+        """Set ``key`` to ``new_value`` only if it holds ``initial_value``; True when replaced."""
+        succeeded, _ = self.transaction(
+            compare=[self.transactions.value(key) == initial_value],
+            success=[self.transactions.put(key, new_value)],
+            failure=[], timeout=timeout,
+        )
+        return succeeded
+
+    def delete(self, key: Key, prev_kv: bool = False, return_response: bool = False,
+               *, timeout: float | None = None) -> bool | rpc_pb2.DeleteRangeResponse:
+        """Delete ``key``; True if it existed (or the response with ``return_response=True``)."""
+        req = rpc_pb2.DeleteRangeRequest(key=to_bytes(key), prev_kv=prev_kv)
+        resp: rpc_pb2.DeleteRangeResponse = self._transport.unary("kv", "DeleteRange", req, timeout=timeout)
+        return resp if return_response else resp.deleted >= 1
+
+    def delete_prefix(self, prefix: Key, *, timeout: float | None = None) -> rpc_pb2.DeleteRangeResponse:
+        """Delete every key under ``prefix``."""
+        p = to_bytes(prefix)
+        req = rpc_pb2.DeleteRangeRequest(key=p, range_end=prefix_range_end(p))
+        resp: rpc_pb2.DeleteRangeResponse = self._transport.unary("kv", "DeleteRange", req, timeout=timeout)
+        return resp
+
+    def transaction(self, compare: list[BaseCompare], success: list[Any] | None = None,
+                    failure: list[Any] | None = None, *, timeout: float | None = None) -> tuple[bool, list[Any]]:
+        """Atomic compare-and-swap. Returns ``(succeeded, responses)``; a range op's response is a list of
+        ``(value, metadata)``, other ops give their protobuf response. Retried only when read-only."""
+        success, failure = success or [], failure or []
+        req = build_txn(compare, success, failure)
+        resp: rpc_pb2.TxnResponse = self._transport.unary(
+            "kv", "Txn", req, timeout=timeout, idempotent=is_read_only(success + failure))
+        responses: list[Any] = []
+        for r in resp.responses:
+            kind = r.WhichOneof("response")
+            if kind == "response_range":
+                responses.append([(kv.value, KVMetadata(kv, resp.header)) for kv in r.response_range.kvs])
+            else:
+                responses.append(getattr(r, kind))
+        return resp.succeeded, responses
+
+    def compact(self, revision: int, physical: bool = False, *, timeout: float | None = None) -> None:
+        """Compact the history up to ``revision``."""
+        self._transport.unary("kv", "Compact", rpc_pb2.CompactionRequest(revision=revision, physical=physical),
+                              timeout=timeout)
+
+    # ---- leases ----
+    def lease(self, ttl: int, lease_id: int | None = None, *, timeout: float | None = None) -> Lease:
+        """Grant a lease of ``ttl`` seconds."""
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
+            raise ValueError(f"lease ttl must be a positive integer of seconds, got {ttl!r}")
+        resp = self._transport.unary("lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=ttl, ID=lease_id or 0),
+                                     timeout=timeout)
+        return Lease(resp.ID, resp.TTL, self)
+
+    def revoke_lease(self, lease_id: int, *, timeout: float | None = None) -> None:
+        self._transport.unary("lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=lease_id), timeout=timeout)
+
+    def refresh_lease(self, lease_id: int, *, timeout: float | None = None) -> Iterator[rpc_pb2.LeaseKeepAliveResponse]:
+        """One keep-alive for ``lease_id``; yields the server's answer (python-etcd3 shape)."""
+
+        def invoke(stubs: Stubs, budget: float | None, md: Metadata) -> list[rpc_pb2.LeaseKeepAliveResponse]:
+            stream = stubs.lease.LeaseKeepAlive(iter([rpc_pb2.LeaseKeepAliveRequest(ID=lease_id)]),
+                                                timeout=budget, metadata=md)
+            try:
+                return [next(stream)]
+            finally:
+                stream.cancel()
+
+        return iter(self._transport.call("Lease.LeaseKeepAlive", invoke, timeout=timeout, idempotent=True))
+
+    def get_lease_info(self, lease_id: int, *, timeout: float | None = None) -> rpc_pb2.LeaseTimeToLiveResponse:
+        resp: rpc_pb2.LeaseTimeToLiveResponse = self._transport.unary(
+            "lease", "LeaseTimeToLive", rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id, keys=True), timeout=timeout)
+        return resp
+
+    # ---- cluster ----
+    @property
+    def members(self) -> Iterator[Member]:
+        """Every member of the cluster."""
+        resp = self._transport.unary("cluster", "MemberList", rpc_pb2.MemberListRequest())
+        return (Member.from_proto(m, self) for m in resp.members)
+
+    def add_member(self, urls: list[str], *, timeout: float | None = None) -> Member:
+        resp = self._transport.unary("cluster", "MemberAdd", rpc_pb2.MemberAddRequest(peerURLs=urls),
+                                     timeout=timeout)
+        return Member.from_proto(resp.member, self)
+
+    def remove_member(self, member_id: int, *, timeout: float | None = None) -> None:
+        self._transport.unary("cluster", "MemberRemove", rpc_pb2.MemberRemoveRequest(ID=member_id), timeout=timeout)
+
+    def update_member(self, member_id: int, peer_urls: list[str], *, timeout: float | None = None) -> None:
+        self._transport.unary("cluster", "MemberUpdate",
+                              rpc_pb2.MemberUpdateRequest(ID=member_id, peerURLs=peer_urls), timeout=timeout)
+
+    # ---- maintenance ----
+    def status(self, *, timeout: float | None = None) -> Status:
+        """Status of the member in use, with the leader resolved to a :class:`Member`."""
+        st = self._transport.unary("maintenance", "Status", rpc_pb2.StatusRequest(), timeout=timeout)
+        leader = next((m for m in self.members if m.id == st.leader), None)
+        return Status(st.version, st.dbSize, leader, st.raftIndex, st.raftTerm)
+
+    def defragment(self, *, timeout: float | None = None) -> rpc_pb2.DefragmentResponse:
+        resp: rpc_pb2.DefragmentResponse = self._transport.unary(
+            "maintenance", "Defragment", rpc_pb2.DefragmentRequest(), timeout=timeout)
+        return resp
+
+    def hash(self, *, timeout: float | None = None) -> int:
+        return int(self._transport.unary("maintenance", "Hash", rpc_pb2.HashRequest(), timeout=timeout).hash)
+
+    def _alarm(self, action: Any, member_id: int, alarm_type: Any, timeout: float | None) -> list[Alarm]:
+        req = rpc_pb2.AlarmRequest(action=action, memberID=member_id, alarm=alarm_type)
+        resp = self._transport.unary("maintenance", "Alarm", req, timeout=timeout,
+                                     idempotent=action == rpc_pb2.AlarmRequest.GET)
+        return [Alarm(rpc_pb2.AlarmType.Name(a.alarm), a.memberID) for a in resp.alarms]
+
+    def create_alarm(self, member_id: int = 0, *, timeout: float | None = None) -> list[Alarm]:
+        """Raise a NOSPACE alarm (for tests of alarm handling)."""
+        return self._alarm(rpc_pb2.AlarmRequest.ACTIVATE, member_id, rpc_pb2.NOSPACE, timeout)
+
+    def list_alarms(self, member_id: int = 0, alarm_type: str = "none",
+                    *, timeout: float | None = None) -> list[Alarm]:
+        if alarm_type.lower() not in _ALARM_TYPES:
+            raise ValueError(f"alarm_type must be one of {sorted(_ALARM_TYPES)}, got {alarm_type!r}")
+        return self._alarm(rpc_pb2.AlarmRequest.GET, member_id, _ALARM_TYPES[alarm_type.lower()], timeout)
+
+    def disarm_alarm(self, member_id: int = 0, *, timeout: float | None = None) -> list[Alarm]:
+        return self._alarm(rpc_pb2.AlarmRequest.DEACTIVATE, member_id, rpc_pb2.NOSPACE, timeout)
+
+    def snapshot(self, file_obj: IO[bytes], *, timeout: float | None = None) -> None:
+        """Write a snapshot of the backend database to ``file_obj`` (retried from scratch if it breaks)."""
+
+        def invoke(stubs: Stubs, budget: float | None, md: Metadata) -> list[bytes]:
+            return [r.blob for r in stubs.maintenance.Snapshot(rpc_pb2.SnapshotRequest(), timeout=budget,
+                                                                metadata=md)]
+
+        for blob in self._transport.call("Maintenance.Snapshot", invoke, timeout=timeout, idempotent=True):
+            file_obj.write(blob)
+
+
+def client(
+    host: str = "localhost",
+    port: int = 2379,
+    ca_cert: str | None = None,
+    cert_key: str | None = None,
+    cert_cert: str | None = None,
+    timeout: float | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    grpc_options: Sequence[tuple[str, Any]] | None = None,
+    *,
+    endpoints: Sequence[str | Endpoint] | None = None,
+    keepalive: KeepalivePolicy | None = None,
+    health: HealthPolicy | None = None,
+    retry: RetryPolicy | None = None,
+) -> Etcd3Client:
+    """Build an :class:`Etcd3Client` (python-etcd3's ``etcd3.client`` signature, plus keyword-only
+    ``endpoints``, ``keepalive``, ``health`` and ``retry``)."""
+    return Etcd3Client(host, port, ca_cert, cert_key, cert_cert, timeout, user, password, grpc_options,
+                       endpoints=endpoints, keepalive=keepalive, health=health, retry=retry)

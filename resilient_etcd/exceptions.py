@@ -1,0 +1,92 @@
+"""Exceptions: python-etcd3's names (so ``except etcd3.exceptions.X`` keeps working) plus ours.
+
+Hierarchy::
+
+    Etcd3Exception
+    ├── ConnectionFailedError          gRPC UNAVAILABLE: the member could not be reached
+    │   └── EndpointsUnavailable       no endpoint answered within the deadline
+    ├── ConnectionTimeoutError         gRPC DEADLINE_EXCEEDED
+    │   └── DeadlineExceeded           the caller's deadline ran out (before or during I/O)
+    ├── InternalServerError            gRPC INTERNAL / DATA_LOSS
+    ├── PreconditionFailedError        gRPC FAILED_PRECONDITION
+    ├── RevisionCompactedError         a revision was compacted (``compacted_revision``)
+    ├── WatchTimedOut                  a ``watch_once`` timed out
+    ├── AuthenticationError            bad credentials or permission denied
+    └── ConfigurationError (also ValueError)   bad arguments at construction
+"""
+
+from __future__ import annotations
+
+
+class Etcd3Exception(Exception):
+    """Base of every error this library raises. ``detail_message`` keeps the server's text."""
+
+    def __init__(self, detail_message: str | None = None, *args: object) -> None:
+        self.detail_message = detail_message
+        super().__init__(detail_message, *args)
+
+    def __str__(self) -> str:
+        return self.detail_message or self.__class__.__name__
+
+
+class WatchTimedOut(Etcd3Exception):
+    pass
+
+
+class InternalServerError(Etcd3Exception):
+    pass
+
+
+class ConnectionFailedError(Etcd3Exception):
+    pass
+
+
+class ConnectionTimeoutError(Etcd3Exception):
+    pass
+
+
+class PreconditionFailedError(Etcd3Exception):
+    pass
+
+
+class RevisionCompactedError(Etcd3Exception):
+    """The requested revision is older than the last compaction."""
+
+    def __init__(self, compacted_revision: int, detail_message: str | None = None) -> None:
+        self.compacted_revision = compacted_revision
+        super().__init__(detail_message or f"revision compacted (compacted revision {compacted_revision})")
+
+
+class DeadlineExceeded(ConnectionTimeoutError):
+    """The deadline for the call (scope, per-call ``timeout`` or client default) ran out."""
+
+
+class EndpointsUnavailable(ConnectionFailedError):
+    """Every endpoint failed; ``errors`` maps endpoint to its last error."""
+
+    def __init__(self, detail_message: str, errors: dict[str, str] | None = None) -> None:
+        self.errors = dict(errors or {})
+        super().__init__(detail_message)
+
+
+class AuthenticationError(Etcd3Exception):
+    """Authentication failed (wrong user/password) or the user lacks permission."""
+
+
+class ConfigurationError(Etcd3Exception, ValueError):
+    """An argument is invalid; raised when the client or policy is built, never later."""
+
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "ConnectionFailedError",
+    "ConnectionTimeoutError",
+    "DeadlineExceeded",
+    "EndpointsUnavailable",
+    "Etcd3Exception",
+    "InternalServerError",
+    "PreconditionFailedError",
+    "RevisionCompactedError",
+    "WatchTimedOut",
+]

@@ -1,0 +1,146 @@
+"""Keepalive, health and retry policies: frozen, validated when built, printed usefully.
+
+>>> KeepalivePolicy(time=10, timeout=3)
+KeepalivePolicy(time=10.0, timeout=3.0, permit_without_calls=False, allow_below_server_minimum=False)
+>>> KeepalivePolicy(time=1)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+resilient_etcd.exceptions.ConfigurationError: KeepalivePolicy.time=1.0 s is below etcd's ...
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from .exceptions import ConfigurationError
+
+ETCD_KEEPALIVE_MIN_TIME = 5.0
+"""etcd's default ``--grpc-keepalive-min-time``: a client pinging more often gets GOAWAY."""
+
+
+def _seconds(owner: object, name: str, *, allow_zero: bool = False) -> None:
+    value = getattr(owner, name)
+    label = f"{type(owner).__name__}.{name}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{label} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigurationError(f"{label} must be {'≥' if allow_zero else '>'} 0 and finite, got {value!r}")
+    object.__setattr__(owner, name, float(value))
+
+
+def _count(owner: object, name: str, minimum: int = 1) -> None:
+    value = getattr(owner, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{type(owner).__name__}.{name} must be an integer ≥ {minimum}, got {value!r}")
+
+
+def _floats(owner: object) -> None:
+    for f in fields(owner):  # type: ignore[arg-type]
+        if f.type in ("float", float):
+            _seconds(owner, f.name)
+
+
+@dataclass(frozen=True)
+class KeepalivePolicy:
+    """HTTP/2 keepalive on every connection to etcd.
+
+    ``time``: seconds between PINGs while calls are active; ``timeout``: seconds to wait for the
+    PING ack before the connection is closed. grpcio also sets ``TCP_USER_TIMEOUT`` on the socket
+    to ``timeout`` when keepalive is on (gRFC A18), so unacknowledged data is bounded too.
+
+    etcd enforces ``--grpc-keepalive-min-time`` (5 s by default) and forbids PINGs without active
+    calls: a client that pings faster, or pings an idle connection, gets ``GOAWAY
+    ENHANCE_YOUR_CALM``. So ``time`` below 5 s is refused unless ``allow_below_server_minimum``
+    says your server permits it, and ``permit_without_calls`` defaults to off. Idle connections
+    are watched by the health prober's RPCs instead (see :class:`HealthPolicy`).
+    """
+
+    time: float = 10.0
+    timeout: float = 3.0
+    permit_without_calls: bool = False
+    allow_below_server_minimum: bool = False
+
+    def __post_init__(self) -> None:
+        _floats(self)
+        if self.time < ETCD_KEEPALIVE_MIN_TIME and not self.allow_below_server_minimum:
+            raise ConfigurationError(
+                f"KeepalivePolicy.time={self.time} s is below etcd's --grpc-keepalive-min-time "
+                f"({ETCD_KEEPALIVE_MIN_TIME:g} s): the server would answer with GOAWAY too_many_pings; "
+                "pass allow_below_server_minimum=True if your server allows it"
+            )
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.keepalive_time_ms", int(self.time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(self.timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", int(self.permit_without_calls)),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    """How endpoints are judged alive, ejected and re-admitted.
+
+    A prober sends a cheap RPC (``Maintenance.Status``) every ``probe_interval`` on each
+    endpoint's own connection — the one the traffic uses. An endpoint whose oldest unanswered
+    probe is older than the *dead time* is ejected: its channel is closed (calls stuck on it
+    return at once and are retried elsewhere when safe) and a fresh connection is dialled. The
+    dead time is ``max(dead_after, latency_factor * slowest recent answer)``, so a slow but
+    alive member (answers keep arriving) is never ejected. Half the dead time without an answer
+    marks the endpoint *suspect*.
+
+    Ejected endpoints are probed again after ``readmit_backoff`` (doubling up to
+    ``readmit_backoff_max``) and re-admitted on the first answer. When every endpoint is
+    ejected the client keeps trying them all and lets deadlines speak (no endpoint is
+    ever excluded for good).
+    """
+
+    probe_interval: float = 0.2
+    dead_after: float = 1.0
+    latency_factor: float = 3.0
+    readmit_backoff: float = 0.2
+    readmit_backoff_max: float = 5.0
+    latency_window: int = 20
+
+    def __post_init__(self) -> None:
+        _floats(self)
+        _count(self, "latency_window")
+        if self.probe_interval >= self.dead_after:
+            raise ConfigurationError(
+                f"HealthPolicy.probe_interval ({self.probe_interval} s) must be shorter than "
+                f"dead_after ({self.dead_after} s)"
+            )
+        if self.latency_factor < 1:
+            raise ConfigurationError(f"HealthPolicy.latency_factor must be ≥ 1, got {self.latency_factor}")
+        if self.readmit_backoff_max < self.readmit_backoff:
+            raise ConfigurationError("HealthPolicy.readmit_backoff_max must be ≥ readmit_backoff")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of failed calls, driven by tenacity inside the caller's deadline.
+
+    Idempotent RPCs (reads, status, member list, lease TTL …) are retried on another endpoint on
+    connection errors; mutating RPCs only when the request provably never left (no connection
+    could be made). ``max_attempts`` counts the first try; None means "until the call's deadline"
+    (every call has one). Waits are exponential with full jitter, from ``backoff_initial`` up to
+    ``backoff_max`` seconds — short, because the wait is spent on *another* endpoint or on a
+    member that is coming back, and a long wait would be the gap after it serves again.
+    """
+
+    max_attempts: int | None = None
+    backoff_initial: float = 0.02
+    backoff_max: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.max_attempts is not None:
+            _count(self, "max_attempts")
+        _seconds(self, "backoff_initial")
+        _seconds(self, "backoff_max")
+        if self.backoff_max < self.backoff_initial:
+            raise ConfigurationError("RetryPolicy.backoff_max must be ≥ backoff_initial")
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)

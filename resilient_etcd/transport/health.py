@@ -1,0 +1,139 @@
+"""Per-endpoint health as a pure state machine: no I/O, no threads, time passed in.
+
+States::
+
+    HEALTHY ──probe late > dead/2──▶ SUSPECT ──answer──▶ HEALTHY
+       │                               │
+       └──── probe dead / hard failure ┴──▶ EJECTED ──backoff──▶ PROBING ──answer──▶ HEALTHY
+                                                ▲                    │
+                                                └──── probe fails ───┘
+
+*dead* is ``max(policy.dead_after, policy.latency_factor * slowest recent probe answer)``:
+a connection that keeps answering, however slowly, stays in. A hard failure (connection
+refused or reset, reported by a real call) ejects at once. Each transition is returned to the
+driver, which logs it and acts on it (an ejection means: close the channel, dial a fresh one).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+
+from ..policies import HealthPolicy
+
+
+class State(enum.Enum):
+    HEALTHY = "healthy"
+    SUSPECT = "suspect"
+    EJECTED = "ejected"
+    PROBING = "probing"
+
+
+@dataclass(frozen=True)
+class Transition:
+    old: State
+    new: State
+    reason: str
+
+    @property
+    def ejected(self) -> bool:
+        return self.new is State.EJECTED
+
+
+class EndpointHealth:
+    """The health record of one endpoint. Every method takes ``now`` (monotonic seconds)."""
+
+    def __init__(self, policy: HealthPolicy, now: float) -> None:
+        self.policy = policy
+        self.state = State.HEALTHY
+        self.since = now
+        self.latencies: deque[float] = deque(maxlen=policy.latency_window)
+        self.probe_sent_at: float | None = None
+        self.last_probe_at = float("-inf")
+        self.consecutive_failures = 0
+        self.last_error: str | None = None
+        self.ejections = 0
+        self.readmit_at = 0.0
+        self._backoff = policy.readmit_backoff
+
+    # ---- derived values ----
+    @property
+    def latency(self) -> float | None:
+        """Mean of recent probe round trips (seconds)."""
+        return sum(self.latencies) / len(self.latencies) if self.latencies else None
+
+    def dead_time(self) -> float:
+        slowest = max(self.latencies, default=0.0)
+        return max(self.policy.dead_after, self.policy.latency_factor * slowest)
+
+    @property
+    def usable(self) -> bool:
+        """May carry traffic while other endpoints exist (slow is not dead: suspect is usable)."""
+        return self.state in (State.HEALTHY, State.SUSPECT)
+
+    # ---- probes ----
+    def probe_due(self, now: float) -> bool:
+        if self.probe_sent_at is not None:
+            return False
+        if self.state is State.EJECTED:
+            return now >= self.readmit_at
+        return now - self.last_probe_at >= self.policy.probe_interval
+
+    def probe_sent(self, now: float) -> Transition | None:
+        self.probe_sent_at = now
+        self.last_probe_at = now
+        if self.state is State.EJECTED:
+            return self._move(State.PROBING, "re-admission probe", now)
+        return None
+
+    def probe_answered(self, now: float) -> Transition | None:
+        if self.probe_sent_at is not None:
+            self.latencies.append(now - self.probe_sent_at)
+        self.probe_sent_at = None
+        self.consecutive_failures = 0
+        if self.state is not State.HEALTHY:
+            self._backoff = self.policy.readmit_backoff
+            return self._move(State.HEALTHY, "probe answered", now)
+        return None
+
+    def probe_failed(self, now: float, error: str) -> Transition | None:
+        """The probe got no answer within the dead time, or the connection failed."""
+        self.probe_sent_at = None
+        return self.fail(now, error, hard=True)
+
+    def tick(self, now: float) -> Transition | None:
+        """Mark an endpoint suspect when its probe is late (ejection comes from the probe's deadline)."""
+        sent = self.probe_sent_at
+        if self.state is State.HEALTHY and sent is not None and now - sent > self.dead_time() / 2:
+            return self._move(State.SUSPECT, f"probe unanswered for {now - sent:.2f} s", now)
+        return None
+
+    # ---- passive signals from real calls ----
+    def succeeded(self, now: float) -> Transition | None:
+        """A real call was answered on this endpoint's current connection: it is alive."""
+        self.consecutive_failures = 0
+        if self.state is State.HEALTHY:
+            return None
+        self._backoff = self.policy.readmit_backoff
+        return self._move(State.HEALTHY, "a call was answered", now)
+
+    def fail(self, now: float, error: str, *, hard: bool) -> Transition | None:
+        """A failure seen on this endpoint. ``hard``: the connection itself is gone or hung."""
+        self.consecutive_failures += 1
+        self.last_error = error
+        if not hard:
+            return None
+        if self.state is State.EJECTED:
+            return None
+        if self.state is State.PROBING:
+            self._backoff = min(self._backoff * 2, self.policy.readmit_backoff_max)
+        self.ejections += 1
+        self.readmit_at = now + self._backoff
+        return self._move(State.EJECTED, error, now)
+
+    def _move(self, new: State, reason: str, now: float) -> Transition:
+        t = Transition(self.state, new, reason)
+        self.state = new
+        self.since = now
+        return t

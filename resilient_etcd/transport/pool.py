@@ -1,0 +1,242 @@
+"""Endpoint connections, the pick of the one to use, ejection with redial, and the prober.
+
+Each endpoint has exactly one gRPC channel, opened with a *local* subchannel pool: grpcio
+otherwise shares one TCP connection between channels to the same target, so "a new channel"
+could silently reuse the hung connection. Ejection closes the channel — calls stuck on it
+return at once with CANCELLED — and opens a fresh one, which dials a new TCP connection.
+
+The prober thread sends ``Maintenance.Status`` on each endpoint's channel (the one traffic
+uses) every ``HealthPolicy.probe_interval`` and feeds the answers to the health state machine.
+gRPC completion callbacks only enqueue; all decisions and channel work happen on the prober
+thread or on the calling thread, never inside gRPC's callback threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from .._proto import rpc_pb2, rpc_pb2_grpc
+from ..policies import HealthPolicy
+from .endpoints import Endpoint
+from .health import EndpointHealth, State, Transition
+
+log = logging.getLogger("resilient_etcd.health")
+
+_STATUS_REQUEST = rpc_pb2.StatusRequest()
+
+
+class Stubs:
+    """The generated stubs bound to one channel."""
+
+    __slots__ = ("auth", "cluster", "kv", "lease", "maintenance", "watch")
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.kv = rpc_pb2_grpc.KVStub(channel)
+        self.watch = rpc_pb2_grpc.WatchStub(channel)
+        self.lease = rpc_pb2_grpc.LeaseStub(channel)
+        self.cluster = rpc_pb2_grpc.ClusterStub(channel)
+        self.maintenance = rpc_pb2_grpc.MaintenanceStub(channel)
+        self.auth = rpc_pb2_grpc.AuthStub(channel)
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    """A snapshot of one endpoint's health, as returned by ``client.endpoint_health()``."""
+
+    endpoint: str
+    state: str
+    active: bool
+    since: float
+    latency: float | None
+    consecutive_failures: int
+    ejections: int
+    redials: int
+    last_error: str | None
+
+
+class Connection:
+    """One endpoint: its channel, stubs and health. ``generation`` counts redials."""
+
+    def __init__(self, endpoint: Endpoint, dial: Callable[[Endpoint], grpc.Channel], policy: HealthPolicy) -> None:
+        self.endpoint = endpoint
+        self.name = endpoint.target
+        self._dial = dial
+        self.channel = dial(endpoint)
+        self.stubs = Stubs(self.channel)
+        self.generation = 0
+        self.health = EndpointHealth(policy, time.monotonic())
+
+    def redial(self) -> grpc.Channel:
+        """Swap in a fresh channel; returns the old one for the caller to close."""
+        old = self.channel
+        self.channel = self._dial(self.endpoint)
+        self.stubs = Stubs(self.channel)
+        self.generation += 1
+        return old
+
+
+class EndpointPool:
+    """All endpoints of one client. ``pick()`` is the hot path: one attribute read when healthy."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        dial: Callable[[Endpoint], grpc.Channel],
+        policy: HealthPolicy,
+        probe_metadata: Callable[[], Any],
+    ) -> None:
+        self.policy = policy
+        self.conns = [Connection(e, dial, policy) for e in endpoints]
+        self.active = self.conns[0]
+        self._lock = threading.RLock()
+        self._events: queue.SimpleQueue[tuple[Connection, int, float, grpc.Future]] = queue.SimpleQueue()
+        self._probe_metadata = probe_metadata
+        self._closed = threading.Event()
+        self._prober = threading.Thread(target=self._probe_loop, name="resilient-etcd-prober", daemon=True)
+        self._prober.start()
+
+    # ---- choosing ----
+    def pick(self, avoid: Connection | None = None) -> Connection:
+        a = self.active
+        if a is not avoid and a.health.usable:
+            return a
+        with self._lock:
+            return self._choose(avoid)
+
+    def _choose(self, avoid: Connection | None) -> Connection:
+        n = len(self.conns)
+        start = self.conns.index(self.active)
+        order = [self.conns[(start + i) % n] for i in range(n)]
+        for wanted in (State.HEALTHY, State.SUSPECT):
+            for c in order:
+                if c is not avoid and c.health.state is wanted:
+                    return self._activate(c)
+        # panic mode: nothing usable — keep trying every endpoint, the least recently ejected last
+        candidates = [c for c in order if c is not avoid] or order
+        return self._activate(min(candidates, key=lambda c: c.health.since))
+
+    def _activate(self, c: Connection) -> Connection:
+        if c is not self.active:
+            old = self.active
+            self.active = c
+            log.info("active endpoint %s -> %s", old.name, c.name,
+                     extra={"endpoint": c.name, "previous": old.name, "event": "failover"})
+        return c
+
+    # ---- outcomes ----
+    def report_failure(self, conn: Connection, generation: int, error: str, *, hard: bool) -> None:
+        """A real call failed on ``conn`` (as of ``generation``). Hard failures eject now."""
+        with self._lock:
+            if generation != conn.generation:
+                return  # already redialled since that call started
+            was_ejected = conn.health.state is State.EJECTED
+            t = conn.health.fail(time.monotonic(), error, hard=hard)
+            old = self._apply(conn, t)
+            if hard and was_ejected:
+                # panic mode sends traffic to ejected endpoints; a failed dial leaves the channel in
+                # gRPC's reconnect backoff, so the next try gets a fresh channel that dials at once
+                old = conn.redial()
+        if old is not None:
+            old.close()
+
+    def report_success(self, conn: Connection, generation: int) -> None:
+        """A real call succeeded on a connection that was not marked healthy (the rare path)."""
+        with self._lock:
+            if generation == conn.generation:
+                self._apply(conn, conn.health.succeeded(time.monotonic()))
+
+    def _apply(self, conn: Connection, t: Transition | None) -> grpc.Channel | None:
+        """Log a transition; on ejection swap in a fresh channel and return the old one to close."""
+        if t is None:
+            return None
+        level = logging.WARNING if t.new in (State.EJECTED, State.SUSPECT) else logging.INFO
+        if State.PROBING in (t.old, t.new) and t.new is not State.HEALTHY:
+            level = logging.DEBUG  # re-admission attempts of an endpoint already known to be out
+        log.log(
+            level, "endpoint %s %s -> %s: %s", conn.name, t.old.value, t.new.value, t.reason,
+            extra={"endpoint": conn.name, "from_state": t.old.value, "to_state": t.new.value, "reason": t.reason},
+        )
+        if t.ejected:
+            return conn.redial()
+        return None
+
+    def status(self) -> list[EndpointStatus]:
+        with self._lock:
+            return [
+                EndpointStatus(
+                    endpoint=c.name, state=c.health.state.value, active=c is self.active,
+                    since=c.health.since, latency=c.health.latency,
+                    consecutive_failures=c.health.consecutive_failures, ejections=c.health.ejections,
+                    redials=c.generation, last_error=c.health.last_error,
+                )
+                for c in self.conns
+            ]
+
+    # ---- the prober ----
+    def _probe_loop(self) -> None:
+        tick = min(self.policy.probe_interval / 2, 0.05)
+        while not self._closed.is_set():
+            try:
+                conn, gen, _sent, fut = self._events.get(timeout=tick)
+            except queue.Empty:
+                pass
+            else:
+                self._on_probe_done(conn, gen, fut)
+                continue
+            self._probe_round()
+
+    def _probe_round(self) -> None:
+        now = time.monotonic()
+        to_close = []
+        with self._lock:
+            for c in self.conns:
+                h = c.health
+                to_close.append(self._apply(c, h.tick(now)))
+                if h.probe_due(now):
+                    to_close.append(self._apply(c, h.probe_sent(now)))
+                    self._send_probe(c, h.dead_time(), now)
+        for ch in to_close:
+            if ch is not None:
+                ch.close()
+
+    def _send_probe(self, c: Connection, timeout: float, now: float) -> None:
+        gen = c.generation
+        try:
+            fut = c.stubs.maintenance.Status.future(_STATUS_REQUEST, timeout=timeout,
+                                                    metadata=self._probe_metadata())
+        except ValueError:  # channel closed between redial and send; the next round probes again
+            c.health.probe_sent_at = None
+            return
+        fut.add_done_callback(lambda f, c=c, gen=gen: self._events.put((c, gen, now, f)))
+
+    def _on_probe_done(self, c: Connection, gen: int, fut: grpc.Future) -> None:
+        now = time.monotonic()
+        code = fut.code()
+        with self._lock:
+            if gen != c.generation:
+                c.health.probe_sent_at = None
+                return
+            # any answer from the server — even an error status — proves the connection carries data
+            if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                t = c.health.probe_failed(now, f"probe: {code.name}: {fut.details()}")
+            else:
+                t = c.health.probe_answered(now)
+            old = self._apply(c, t)
+        if old is not None:
+            old.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._prober is not threading.current_thread():
+            self._prober.join(timeout=2)
+        with self._lock:
+            for c in self.conns:
+                c.channel.close()

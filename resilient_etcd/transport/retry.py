@@ -1,0 +1,152 @@
+"""Which RPCs may be retried, how a gRPC failure is classified, and the tenacity policy.
+
+One table (:data:`IDEMPOTENT`) says which RPCs are safe to send twice. Everything else
+mutates and is retried only when the request provably never left the client: no connection
+could be made, or the channel was already closed when the call was attempted.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_base
+
+from .. import exceptions as exc
+from ..policies import RetryPolicy
+
+IDEMPOTENT: frozenset[str] = frozenset({
+    "KV.Range",
+    "Maintenance.Status",
+    "Maintenance.Hash",
+    "Maintenance.HashKV",
+    "Maintenance.Alarm.GET",
+    "Cluster.MemberList",
+    "Lease.LeaseTimeToLive",
+    "Lease.LeaseLeases",
+    "Auth.Authenticate",
+    "Auth.AuthStatus",
+    "Maintenance.Defragment",
+})
+"""RPCs that may be sent again after an ambiguous failure. Put, DeleteRange, Txn with writes,
+LeaseGrant, Compact and member/auth changes are absent: they mutate."""
+
+
+class Failure(enum.Enum):
+    NOT_SENT = "not sent"          # no connection / closed channel: safe to retry anything
+    BROKEN = "broken"              # connection failed mid-call: ambiguous for mutations
+    EJECTED = "ejected"            # we closed the channel under the call (endpoint ejected)
+    SERVER_UNAVAILABLE = "server"  # etcd answered "unavailable" (no leader, leader changed …)
+    AUTH_TOKEN = "auth token"      # token expired or unknown after a restart: re-authenticate
+    TIMEOUT = "timeout"            # the call's own deadline ran out
+    FATAL = "fatal"                # an answer; retrying cannot help
+
+
+_CONNECT_MARKERS = ("failed to connect to all addresses", "failed to connect to remote host",
+                    "connection refused", "dns resolution failed", "no route to host")
+_TOKEN_MARKERS = ("invalid auth token", "user name is empty", "auth token is expired")
+
+
+def classify(code: grpc.StatusCode | None, details: str) -> Failure:
+    """Pure classification of one gRPC outcome (details lower-cased by the caller or not)."""
+    text = (details or "").lower()
+    if any(m in text for m in _TOKEN_MARKERS):
+        return Failure.AUTH_TOKEN
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if text.startswith("etcdserver:"):
+            return Failure.SERVER_UNAVAILABLE
+        if any(m in text for m in _CONNECT_MARKERS):
+            return Failure.NOT_SENT
+        return Failure.BROKEN
+    if code == grpc.StatusCode.CANCELLED and "channel closed" in text:
+        return Failure.EJECTED
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Failure.TIMEOUT
+    return Failure.FATAL
+
+
+def is_hard(failure: Failure) -> bool:
+    """Does this failure say the *connection* is gone (eject the endpoint now)?"""
+    return failure in (Failure.NOT_SENT, Failure.BROKEN)
+
+
+def may_retry(failure: Failure, idempotent: bool) -> bool:
+    if failure in (Failure.NOT_SENT, Failure.AUTH_TOKEN):
+        return True
+    if failure in (Failure.BROKEN, Failure.EJECTED, Failure.SERVER_UNAVAILABLE):
+        return idempotent
+    return False
+
+
+class stop_when(stop_base):
+    """Stop retrying when ``predicate()`` is true (here: the call's deadline has passed)."""
+
+    def __init__(self, predicate: Callable[[], bool]) -> None:
+        self.predicate = predicate
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.predicate()
+
+
+class RetryableError(Exception):
+    """Internal: one attempt failed in a way the retry loop may try again."""
+
+    def __init__(self, failure: Failure, error: BaseException, endpoint: str) -> None:
+        self.failure, self.error, self.endpoint = failure, error, endpoint
+        super().__init__(f"{endpoint}: {failure.value}: {error}")
+
+
+def make_retrying(policy: RetryPolicy, out_of_time: Callable[[], bool]) -> Retrying:
+    """A tenacity ``Retrying`` for the attempts *after* the first (which runs outside it).
+
+    Stops when the call's deadline is gone or after ``max_attempts`` tries in all.
+    """
+
+    stop: stop_base = stop_when(out_of_time)
+    if policy.max_attempts is not None:
+        stop = stop_after_attempt(policy.max_attempts - 1) | stop
+
+    return Retrying(
+        stop=stop,
+        wait=wait_random_exponential(multiplier=policy.backoff_initial, max=policy.backoff_max),
+        retry=retry_if_exception(lambda e: isinstance(e, RetryableError)),
+        reraise=True,
+    )
+
+
+def to_exception(error: grpc.RpcError | BaseException, endpoint: str | None = None) -> exc.Etcd3Exception:
+    """Map a gRPC error to python-etcd3's exception types (ours subclass them)."""
+    if isinstance(error, exc.Etcd3Exception):
+        return error
+    code: Any = error.code() if isinstance(error, grpc.RpcError) and hasattr(error, "code") else None
+    details: str = (error.details() if isinstance(error, grpc.RpcError) and hasattr(error, "details")
+                    else str(error)) or ""
+    where = f" [{endpoint}]" if endpoint else ""
+    msg = f"{details}{where}"
+    lower = details.lower()
+    result: exc.Etcd3Exception
+    if "compacted" in lower:
+        result = exc.RevisionCompactedError(-1, msg)
+    elif code == grpc.StatusCode.UNAVAILABLE or code == grpc.StatusCode.CANCELLED:
+        result = exc.ConnectionFailedError(msg)
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        result = exc.DeadlineExceeded(msg)
+    elif code == grpc.StatusCode.FAILED_PRECONDITION:
+        result = exc.PreconditionFailedError(msg)
+    elif code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS):
+        result = exc.InternalServerError(msg)
+    elif code == grpc.StatusCode.PERMISSION_DENIED or "authentication failed" in lower:
+        result = exc.AuthenticationError(msg)
+    else:
+        result = exc.Etcd3Exception(msg)
+    result.code = code  # type: ignore[attr-defined]
+    return result

@@ -1,0 +1,243 @@
+"""The path of one call: deadline → endpoint pick → gRPC → (on failure) classify → retry.
+
+The first attempt calls grpcio directly on the caller's thread, with no retry machinery in
+the way, so a healthy call costs little more than a raw stub call. Only a failed attempt enters
+the tenacity loop, which retries on another endpoint when the retry table allows it, inside the
+call's absolute deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from .. import deadlines
+from ..deadlines import retries_enabled
+from ..exceptions import AuthenticationError, ConfigurationError, ConnectionFailedError, DeadlineExceeded
+from ..policies import HealthPolicy, KeepalivePolicy, RetryPolicy
+from .endpoints import Endpoint, TlsConfig
+from .health import State
+from .pool import Connection, EndpointPool, Stubs
+from .retry import IDEMPOTENT, Failure, RetryableError, classify, is_hard, make_retrying, may_retry, to_exception
+
+Metadata = tuple[tuple[str, str], ...]
+T = TypeVar("T")
+
+_BASE_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.use_local_subchannel_pool", 1),     # a new channel must mean a new TCP connection
+    ("grpc.max_receive_message_length", -1),    # large ranges; etcd bounds requests itself
+    # gRPC's own reconnect backoff (1 s, growing to 120 s) would be the gap after a member
+    # returns; ours is short. (Not grpc.min_reconnect_backoff_ms: that is the *connect timeout*,
+    # and a short one never lets a handshake over a slow path complete.)
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),                 # retries are ours, inside the caller's deadline
+]
+
+
+def _check_user_options(options: Sequence[tuple[str, Any]], keepalive: KeepalivePolicy) -> list[tuple[str, Any]]:
+    checked = []
+    for item in options:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise ConfigurationError(f"grpc_options entries must be (name, value) pairs, got {item!r}")
+        name, value = item
+        if name == "grpc.keepalive_time_ms" and not keepalive.allow_below_server_minimum:
+            KeepalivePolicy(time=value / 1000, timeout=keepalive.timeout)  # raises when below etcd's minimum
+        checked.append((name, value))
+    return checked
+
+
+class Transport:
+    """Endpoints, health, auth token and retries for one client."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        *,
+        tls: TlsConfig | None,
+        default_timeout: float | None,
+        keepalive: KeepalivePolicy,
+        health: HealthPolicy,
+        retry: RetryPolicy,
+        grpc_options: Sequence[tuple[str, Any]] = (),
+        user: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        for e in endpoints:
+            if e.secure is True and tls is None:
+                tls = TlsConfig(None, None, None)  # https:// with system roots
+            if e.secure is False and tls is not None:
+                raise ConfigurationError(f"endpoint http://{e.target} given together with TLS certificates")
+        self.tls = tls
+        self.default_timeout = default_timeout
+        self.retry_policy = retry
+        self._options = _BASE_OPTIONS + keepalive.channel_options() + _check_user_options(grpc_options, keepalive)
+        self._creds = tls.credentials() if tls is not None else None
+        self._user = user
+        self.__password = password
+        self._token_md: Metadata = ()
+        self._token_lock = threading.Lock()
+        self._token_version = 0
+        self.pool = EndpointPool(endpoints, self._dial, health, lambda: self._token_md)
+
+    def _dial(self, endpoint: Endpoint) -> grpc.Channel:
+        if self._creds is not None:
+            return grpc.secure_channel(endpoint.target, self._creds, options=self._options)
+        return grpc.insecure_channel(endpoint.target, options=self._options)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    # ---- auth ----
+    @property
+    def has_credentials(self) -> bool:
+        return self._user is not None
+
+    def authenticate(self, seen_version: int | None = None) -> None:
+        """Fetch a token (once per expiry, whichever thread notices first)."""
+        from .._proto import rpc_pb2
+
+        with self._token_lock:
+            if seen_version is not None and seen_version != self._token_version:
+                return  # another thread already renewed it
+            req = rpc_pb2.AuthenticateRequest(name=self._user or "", password=self.__password or "")
+            resp = self.unary("auth", "Authenticate", req, idempotent=True, with_token=False)
+            self._token_md = (("token", resp.token),)
+            self._token_version += 1
+
+    # ---- calls ----
+    def unary(
+        self,
+        service: str,
+        method: str,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        with_token: bool = True,
+        metadata: Metadata = (),
+    ) -> Any:
+        """Call ``service.method`` (stub attribute names, e.g. ``"kv", "Range"``) with resilience.
+
+        ``idempotent`` overrides the retry table (False: retry only if the request never left).
+        """
+
+        def invoke(stubs: Stubs, budget: float | None, md: Metadata) -> Any:
+            return getattr(getattr(stubs, service), method)(request, timeout=budget, metadata=md)
+
+        return self.call(f"{_SERVICE_NAMES[service]}.{method}", invoke, timeout=timeout,
+                         idempotent=idempotent, with_token=with_token, metadata=metadata)
+
+    def call(
+        self,
+        name: str,
+        invoke: Callable[[Stubs, float | None, Metadata], T],
+        *,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        with_token: bool = True,
+        metadata: Metadata = (),
+    ) -> T:
+        """Run ``invoke(stubs, timeout, metadata)`` against the picked endpoint, retrying as allowed.
+
+        ``name`` ("KV.Range") looks up the retry table unless ``idempotent`` is given. ``invoke``
+        must do all of its I/O before returning (drain a stream into a list, for instance), so
+        that every failure is seen here.
+        """
+        budget = deadlines.call_timeout(timeout, self.default_timeout)
+        deadline = None if budget is None else time.monotonic() + budget
+        conn = self.pool.pick()
+        gen = conn.generation
+        try:
+            result = invoke(conn.stubs, budget, (self._token_md + metadata) if with_token else metadata)
+        except grpc.RpcError as e:
+            first: BaseException = e
+        except ValueError as e:  # "Cannot invoke RPC on closed channel!": ejected just now, never sent
+            first = e
+        else:
+            if conn.health.state is not State.HEALTHY:
+                self.pool.report_success(conn, gen)
+            return result
+        if idempotent is None:
+            idempotent = name in IDEMPOTENT
+        return self._recover(invoke, deadline, idempotent, with_token, metadata, conn, gen, first)
+
+    def _attempt_failed(self, conn: Connection, gen: int, error: BaseException, idempotent: bool) -> RetryableError:
+        """Classify one failed attempt, feed the health machine, and decide: retry or raise."""
+        code: grpc.StatusCode | None = None
+        if isinstance(error, grpc.RpcError):
+            code, details = error.code(), error.details() or ""
+            failure = classify(code, details)
+            if code == grpc.StatusCode.CANCELLED and gen != conn.generation:
+                failure = Failure.EJECTED  # we closed the channel under this call
+            self.pool.report_failure(conn, gen, f"{code.name}: {details}", hard=is_hard(failure))
+        else:  # the channel was closed before the call could start: it never left
+            failure, details = Failure.NOT_SENT, str(error)
+        if failure is Failure.AUTH_TOKEN and not self.has_credentials:
+            raise AuthenticationError(f"{details} (no user/password configured) [{conn.name}]")
+        if not may_retry(failure, idempotent) or self.retry_policy.max_attempts == 1 or not retries_enabled():
+            if isinstance(error, ValueError):
+                raise to_exception(ConnectionFailedError(f"channel closed before the call: {error}"), conn.name)
+            raise to_exception(error, conn.name) from error
+        return RetryableError(failure, error, conn.name)
+
+    def _recover(
+        self, invoke: Callable[[Stubs, float | None, Metadata], T], deadline: float | None,
+        idempotent: bool, with_token: bool, metadata: Metadata, conn: Connection, gen: int,
+        first: BaseException,
+    ) -> T:
+        last = self._attempt_failed(conn, gen, first, idempotent)
+        current = conn
+        reauthed = False
+
+        def out_of_time() -> bool:
+            return deadline is not None and time.monotonic() >= deadline
+
+        def attempt() -> T:
+            nonlocal last, current, reauthed
+            if last.failure is Failure.AUTH_TOKEN:
+                if reauthed:
+                    raise AuthenticationError(f"token rejected again after re-authentication [{last.endpoint}]")
+                reauthed = True
+                self.authenticate()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded(f"deadline exceeded; last error: {last}")
+            # move off the endpoint that failed, unless the failure was only a stale token
+            c = self.pool.pick(avoid=None if last.failure is Failure.AUTH_TOKEN else current)
+            g = c.generation
+            current = c
+            md = (self._token_md + metadata) if with_token else metadata
+            try:
+                result = invoke(c.stubs, remaining, md)
+            except (grpc.RpcError, ValueError) as e:
+                last = self._attempt_failed(c, g, e, idempotent)
+                raise last from e
+            if c.health.state is not State.HEALTHY:
+                self.pool.report_success(c, g)
+            return result
+
+        try:
+            result: T = make_retrying(self.retry_policy, out_of_time)(attempt)
+        except RetryableError as e:
+            if out_of_time():
+                raise DeadlineExceeded(f"deadline exceeded; last error: {e}") from e.error
+            raise to_exception(e.error, e.endpoint) from e.error
+        return result
+
+    # ---- streams ----
+    def stubs(self) -> tuple[Connection, Stubs]:
+        c = self.pool.pick()
+        return c, c.stubs
+
+    @property
+    def token_metadata(self) -> Metadata:
+        return self._token_md
+
+
+_SERVICE_NAMES = {"kv": "KV", "watch": "Watch", "lease": "Lease", "cluster": "Cluster",
+                  "maintenance": "Maintenance", "auth": "Auth"}

@@ -1,0 +1,81 @@
+"""The health state machine with a fake clock: ejection, slow-but-alive, re-admission."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from resilient_etcd.policies import HealthPolicy
+from resilient_etcd.transport.health import EndpointHealth, State
+
+P = HealthPolicy(probe_interval=0.2, dead_after=1.0, latency_factor=3.0, readmit_backoff=0.2,
+                 readmit_backoff_max=1.6)
+
+
+def probe(h: EndpointHealth, now: float, rtt: float) -> None:
+    assert h.probe_due(now)
+    h.probe_sent(now)
+    h.probe_answered(now + rtt)
+
+
+def test_healthy_probes_on_schedule() -> None:
+    h = EndpointHealth(P, 0.0)
+    probe(h, 0.0, 0.001)
+    assert not h.probe_due(0.1)
+    assert h.probe_due(0.2)
+    assert h.state is State.HEALTHY and h.latency == 0.001
+
+
+def test_late_probe_makes_suspect_then_dead_probe_ejects() -> None:
+    h = EndpointHealth(P, 0.0)
+    h.probe_sent(0.0)
+    assert h.tick(0.4) is None
+    t = h.tick(0.6)
+    assert t is not None and t.new is State.SUSPECT
+    assert h.usable, "suspect endpoints still carry traffic: slow is not dead"
+    t = h.probe_failed(1.0, "DEADLINE_EXCEEDED")
+    assert t is not None and t.ejected and h.state is State.EJECTED and not h.usable
+
+
+def test_slow_but_alive_is_never_ejected() -> None:
+    h = EndpointHealth(P, 0.0)
+    now = 0.0
+    for rtt in [0.001] * 5 + [0.6, 0.8, 0.7, 0.9] * 10:
+        now += P.probe_interval
+        probe(h, now, rtt)
+        now += rtt
+        assert h.state is not State.EJECTED
+    assert h.dead_time() >= 3.0 * 0.9 - 1e-9  # the dead time stretched with the observed latency
+
+
+def test_readmission_with_doubling_backoff() -> None:
+    h = EndpointHealth(P, 0.0)
+    h.fail(0.0, "connection refused", hard=True)
+    assert h.state is State.EJECTED and not h.probe_due(0.1) and h.probe_due(0.2)
+    h.probe_sent(0.2)
+    assert h.state is State.PROBING
+    h.probe_failed(0.3, "refused")
+    assert h.state is State.EJECTED and h.readmit_at == 0.3 + 0.4
+    h.probe_sent(0.7)
+    t = h.probe_answered(0.71)
+    assert t is not None and t.new is State.HEALTHY
+
+
+def test_soft_failures_do_not_eject() -> None:
+    h = EndpointHealth(P, 0.0)
+    for i in range(10):
+        assert h.fail(float(i), "etcdserver: leader changed", hard=False) is None
+    assert h.state is State.HEALTHY and h.consecutive_failures == 10
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=0.9), min_size=1, max_size=50))
+def test_any_answer_within_dead_time_keeps_it_in(rtts: list[float]) -> None:
+    h = EndpointHealth(P, 0.0)
+    now = 0.0
+    for rtt in rtts:
+        now += P.probe_interval
+        h.probe_sent(now)
+        h.tick(now + rtt)
+        h.probe_answered(now + rtt)
+        now += rtt
+        assert h.state is State.HEALTHY

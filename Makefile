@@ -7,11 +7,12 @@ PROTOC_VENV := .venv-protoc
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo deps venv servers proto proto-check lint unit clean help
+.PHONY: test demo bench deps venv servers proto proto-check lint unit clean help
 
 help:
 	@echo "make test   - all tests on real servers (bootstraps venv, deps, servers)"
-	@echo "make demo   - replay the incident side by side (arrives with the benchmarks)"
+	@echo "make demo   - replay the incident: a plain client stalls, resilient_etcd recovers"
+	@echo "make bench  - the full benchmark run (~20 min): benchmarks/results + docs/benchmarks.md"
 	@echo "make servers / proto / lint / unit / clean"
 
 # system tools for the network-namespace scenarios (root + apt only; skipped elsewhere)
@@ -47,7 +48,7 @@ proto-check: $(PROTOC_VENV)/.installed
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy resilient_etcd
+	$(VENV)/bin/mypy resilient_etcd benchmarks
 
 unit: venv
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
@@ -55,8 +56,11 @@ unit: venv
 test: deps venv $(PROTOC_VENV)/.installed servers lint
 	RESILIENT_ETCD_PROTOC_PYTHON=$(PROTOC_VENV)/bin/python $(PY) -m pytest $(PYTEST_ARGS)
 
-demo:
-	@echo "make demo arrives with the benchmarks issue; nothing to replay yet" >&2; exit 2
+demo: deps venv servers
+	$(PY) -m benchmarks.demo
+
+bench: deps venv servers
+	$(PY) -m benchmarks run --out benchmarks/results --docs docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) $(PROTOC_VENV) .pytest_cache .mypy_cache .ruff_cache

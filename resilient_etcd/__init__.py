@@ -7,7 +7,9 @@
 from . import exceptions
 from .client import DEFAULT_TIMEOUT, Etcd3Client, client
 from .deadlines import current_deadline, deadline, no_retry, remaining
+from .etcd.events import DeleteEvent, Event, PutEvent, WatchResponse
 from .etcd.lease import Lease
+from .etcd.lock import Lock
 from .etcd.models import Alarm, KVMetadata, Member, Status
 from .etcd.transactions import Transactions
 from .exceptions import (
@@ -19,6 +21,8 @@ from .exceptions import (
     EndpointsUnavailable,
     Etcd3Exception,
     InternalServerError,
+    LeaseLostError,
+    LockLostError,
     PreconditionFailedError,
     RevisionCompactedError,
     WatchTimedOut,
@@ -37,22 +41,29 @@ __all__ = [
     "ConnectionFailedError",
     "ConnectionTimeoutError",
     "DeadlineExceeded",
+    "DeleteEvent",
     "Endpoint",
     "EndpointStatus",
     "EndpointsUnavailable",
     "Etcd3Client",
     "Etcd3Exception",
+    "Event",
     "HealthPolicy",
     "InternalServerError",
     "KVMetadata",
     "KeepalivePolicy",
     "Lease",
+    "LeaseLostError",
+    "Lock",
+    "LockLostError",
     "Member",
     "PreconditionFailedError",
+    "PutEvent",
     "RetryPolicy",
     "RevisionCompactedError",
     "Status",
     "Transactions",
+    "WatchResponse",
     "WatchTimedOut",
     "client",
     "current_deadline",

@@ -8,13 +8,17 @@ keyword-only ``timeout`` (seconds) where a call is made. Each call's deadline is
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import IO, Any
 
 from . import deadlines
 from ._proto import rpc_pb2
+from .etcd.events import Event, WatchResponse
 from .etcd.lease import Lease
+from .etcd.lock import Lock
 from .etcd.models import Alarm, Key, KVMetadata, Member, Status, prefix_range_end, to_bytes
 from .etcd.transactions import (
     BaseCompare,
@@ -23,7 +27,8 @@ from .etcd.transactions import (
     is_read_only,
     lease_id,
 )
-from .exceptions import ConfigurationError
+from .etcd.watch import WatchManager
+from .exceptions import ConfigurationError, WatchTimedOut
 from .policies import HealthPolicy, KeepalivePolicy, RetryPolicy
 from .transport.endpoints import Endpoint, TlsConfig, parse_endpoint
 from .transport.pool import EndpointStatus, Stubs
@@ -101,6 +106,8 @@ class Etcd3Client:
                 raise ConfigurationError(f"{name} must be a {cls.__name__}, got {type(policy).__name__}")
         self._user = user
         self.transactions = Transactions()
+        self._watch_lock = threading.Lock()
+        self._watch_manager: WatchManager | None = None
         self._transport = Transport(
             self._endpoints,
             tls=TlsConfig.from_files(ca_cert, cert_key, cert_cert),
@@ -144,7 +151,11 @@ class Etcd3Client:
 
     # ---- lifecycle ----
     def close(self) -> None:
-        """Close every channel and stop the health prober."""
+        """Stop the watches, close every channel and stop the health prober."""
+        with self._watch_lock:
+            manager, self._watch_manager = self._watch_manager, None
+        if manager is not None:
+            manager.close()
         self._transport.close()
 
     def __enter__(self) -> Etcd3Client:
@@ -165,7 +176,8 @@ class Etcd3Client:
 
     def get_response(self, key: Key, *, timeout: float | None = None, **kwargs: Any) -> rpc_pb2.RangeResponse:
         """The raw ``RangeResponse`` for ``key`` (kwargs: revision, serializable, keys_only, …)."""
-        return self._range(_range_request(to_bytes(key), **kwargs), timeout)
+        req = _range_request(to_bytes(key), **kwargs) if kwargs else rpc_pb2.RangeRequest(key=to_bytes(key))
+        return self._range(req, timeout)
 
     def get(self, key: Key, *, timeout: float | None = None,
             **kwargs: Any) -> tuple[bytes, KVMetadata] | tuple[None, None]:
@@ -303,6 +315,103 @@ class Etcd3Client:
         resp: rpc_pb2.LeaseTimeToLiveResponse = self._transport.unary(
             "lease", "LeaseTimeToLive", rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id, keys=True), timeout=timeout)
         return resp
+
+    # ---- watches ----
+    @property
+    def _watcher(self) -> WatchManager:
+        with self._watch_lock:
+            if self._watch_manager is None:
+                self._watch_manager = WatchManager(self._transport)
+            return self._watch_manager
+
+    def add_watch_callback(self, key: Key, callback: Callable[[Any], None], range_end: Key | None = None,
+                           start_revision: int | None = None, progress_notify: bool = False,
+                           filters: list[int] | None = None, prev_kv: bool = False) -> int:
+        """Call ``callback`` with each :class:`WatchResponse` for ``key`` (or ``[key, range_end)``), or
+        with the exception that ended the watch. Returns the watch id for :meth:`cancel_watch`.
+
+        The watch resumes by itself after restarts, hangs and failovers, from the first revision it has
+        not delivered: no event is lost or repeated. Callbacks run on the watch thread; keep them short.
+        """
+        k = to_bytes(key)
+        end = to_bytes(range_end) if range_end is not None else b""
+        timeout = deadlines.call_timeout(None, self.timeout)
+        return self._watcher.add(k, end, callback, start_revision=start_revision, progress_notify=progress_notify,
+                                 filters=filters, prev_kv=prev_kv, timeout=timeout)
+
+    def add_watch_prefix_callback(self, key_prefix: Key, callback: Callable[[Any], None], **kwargs: Any) -> int:
+        p = to_bytes(key_prefix)
+        return self.add_watch_callback(p, callback, range_end=prefix_range_end(p), **kwargs)
+
+    def cancel_watch(self, watch_id: int) -> None:
+        """Stop a watch; its iterator ends."""
+        self._watcher.cancel(watch_id)
+
+    def watch_response(self, key: Key, **kwargs: Any) -> tuple[Iterator[WatchResponse], Callable[[], None]]:
+        """``(iterator of WatchResponse, cancel)``; the iterator raises the error that ends the watch."""
+        responses: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        watch_id = self.add_watch_callback(key, responses.put, **kwargs)
+        done = threading.Event()
+
+        def cancel() -> None:
+            done.set()
+            responses.put(None)
+            self.cancel_watch(watch_id)
+
+        def iterate() -> Iterator[WatchResponse]:
+            while not done.is_set():
+                item = responses.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    done.set()
+                    raise item
+                yield item
+
+        return iterate(), cancel
+
+    def watch_prefix_response(self, key_prefix: Key,
+                              **kwargs: Any) -> tuple[Iterator[WatchResponse], Callable[[], None]]:
+        p = to_bytes(key_prefix)
+        return self.watch_response(p, range_end=prefix_range_end(p), **kwargs)
+
+    def watch(self, key: Key, **kwargs: Any) -> tuple[Iterator[Event], Callable[[], None]]:
+        """``(iterator of events, cancel)`` for ``key``: python-etcd3's ``watch``, but resumable."""
+        responses, cancel = self.watch_response(key, **kwargs)
+        return (e for r in responses for e in r.events), cancel
+
+    def watch_prefix(self, key_prefix: Key, **kwargs: Any) -> tuple[Iterator[Event], Callable[[], None]]:
+        p = to_bytes(key_prefix)
+        return self.watch(p, range_end=prefix_range_end(p), **kwargs)
+
+    def watch_once(self, key: Key, timeout: float | None = None, **kwargs: Any) -> Event:
+        """The next event on ``key``, or :class:`WatchTimedOut` after ``timeout`` seconds."""
+        got: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+        def first(item: Any) -> None:
+            if isinstance(item, BaseException) or item.events:
+                got.put(item)
+
+        watch_id = self.add_watch_callback(key, first, **kwargs)
+        try:
+            item = got.get(timeout=timeout)
+        except queue.Empty:
+            raise WatchTimedOut(f"no event on {key!r} within {timeout} s") from None
+        finally:
+            self.cancel_watch(watch_id)
+        if isinstance(item, BaseException):
+            raise item
+        event: Event = item.events[0]
+        return event
+
+    def watch_prefix_once(self, key_prefix: Key, timeout: float | None = None, **kwargs: Any) -> Event:
+        p = to_bytes(key_prefix)
+        return self.watch_once(p, timeout=timeout, range_end=prefix_range_end(p), **kwargs)
+
+    # ---- locks ----
+    def lock(self, name: str, ttl: int = 60, on_lost: Callable[[Lock], None] | None = None) -> Lock:
+        """A :class:`Lock` named ``name`` (key ``/locks/<name>``), held through a kept lease of ``ttl`` s."""
+        return Lock(name, ttl=ttl, etcd_client=self, on_lost=on_lost)
 
     # ---- cluster ----
     @property

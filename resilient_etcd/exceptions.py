@@ -12,6 +12,8 @@ Hierarchy::
     ├── RevisionCompactedError         a revision was compacted (``compacted_revision``)
     ├── WatchTimedOut                  a ``watch_once`` timed out
     ├── AuthenticationError            bad credentials or permission denied
+    ├── LeaseLostError                 a kept lease expired or was revoked (``lease_id``, ``reason``)
+    ├── LockLostError                  a held lock was lost with its lease
     └── ConfigurationError (also ValueError)   bad arguments at construction
 """
 
@@ -73,6 +75,18 @@ class AuthenticationError(Etcd3Exception):
     """Authentication failed (wrong user/password) or the user lacks permission."""
 
 
+class LeaseLostError(Etcd3Exception):
+    """The lease is gone (expired, revoked, or never refreshed in time); ``lease_id`` and ``reason``."""
+
+    def __init__(self, lease_id: int, reason: str) -> None:
+        self.lease_id, self.reason = lease_id, reason
+        super().__init__(f"lease {lease_id:x} lost: {reason}")
+
+
+class LockLostError(Etcd3Exception):
+    """A lock was lost with its lease: someone else may hold it now."""
+
+
 class ConfigurationError(Etcd3Exception, ValueError):
     """An argument is invalid; raised when the client or policy is built, never later."""
 
@@ -86,6 +100,8 @@ __all__ = [
     "EndpointsUnavailable",
     "Etcd3Exception",
     "InternalServerError",
+    "LeaseLostError",
+    "LockLostError",
     "PreconditionFailedError",
     "RevisionCompactedError",
     "WatchTimedOut",

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the real servers the test bed runs (etcd, etcdctl, toxiproxy) from the
+# Build the real servers the test bed runs (etcd, etcdctl, toxiproxy) and the
+# benchmarks' Go clientv3 baseline from the
 # Go module proxy, pinned by the wrapper modules beside this script, into a cache
 # outside the repository keyed by version. Idempotent: a cached binary is kept.
 #
@@ -16,6 +17,8 @@ pinned() { awk -v m="$2" '$1 == m || ($1 == "require" && $2 == m) { print ($1 ==
 etcd_v=$(pinned etcd go.etcd.io/etcd/server/v3)
 etcdctl_v=$(pinned etcdctl go.etcd.io/etcd/etcdctl/v3)
 toxi_v=$(pinned toxiproxy github.com/Shopify/toxiproxy/v2)
+# the benchmark's Go baseline: keyed by client version and by its own source
+drv_v="$(pinned clientv3-driver go.etcd.io/etcd/client/v3)-$(cat "$here/clientv3-driver/main.go" "$here/clientv3-driver/go.sum" | sha256sum | cut -c1-8)"
 bindir="$cache/bin"
 
 if [[ "${1:-}" == "--print" ]]; then echo "$bindir"; exit 0; fi
@@ -40,10 +43,12 @@ build etcd "$etcd_v" etcd .
 build etcdctl "$etcdctl_v" etcdctl .
 build toxiproxy-server "$toxi_v" toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server
 build toxiproxy-cli "$toxi_v" toxiproxy github.com/Shopify/toxiproxy/v2/cmd/cli
+build clientv3-driver "$drv_v" clientv3-driver .
 
 # stable names for the harness; the versioned files are the cache
 ln -sf "etcd-$etcd_v" "$bindir/etcd"
 ln -sf "etcdctl-$etcdctl_v" "$bindir/etcdctl"
 ln -sf "toxiproxy-server-$toxi_v" "$bindir/toxiproxy-server"
 ln -sf "toxiproxy-cli-$toxi_v" "$bindir/toxiproxy-cli"
+ln -sf "clientv3-driver-$drv_v" "$bindir/clientv3-driver"
 echo "$bindir"

@@ -1,36 +1,79 @@
-"""python-etcd3's ``Lease`` handle (the restart-proof keeper arrives with the watch/lease work)."""
+"""python-etcd3's ``Lease`` handle, plus a keeper that keeps it alive through restarts and failovers
+and says so — loudly — when the lease is gone."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from .._proto import rpc_pb2
+from ..exceptions import Etcd3Exception, LeaseLostError
 
 if TYPE_CHECKING:
     from ..client import Etcd3Client
 
+log = logging.getLogger("resilient_etcd.lease")
+
 
 class Lease:
     """A granted lease: ``id``, ``ttl``; ``refresh()``, ``revoke()``; ``remaining_ttl``,
-    ``granted_ttl`` and ``keys`` ask the server each time."""
+    ``granted_ttl`` and ``keys`` ask the server each time.
+
+    ``keep_alive(on_lost=…)`` starts a keeper thread that refreshes every ``ttl / 3`` seconds through
+    the client's failover and retries. When the lease is gone — the server says it expired or was
+    revoked, or no refresh got through before the TTL ran out — the lease flips to *lost*,
+    ``on_lost(lease)`` is called once, and every later use raises :class:`LeaseLostError`.
+    """
 
     def __init__(self, lease_id: int, ttl: int, etcd_client: Etcd3Client | None = None) -> None:
         self.id = lease_id
         self.ttl = ttl
         self.etcd_client = etcd_client
+        self._lost: str | None = None
+        self._on_lost: list[Callable[[Lease], None]] = []
+        self._keeper: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.expires_at = time.monotonic() + ttl  # local, conservative estimate of the server's expiry
 
     def __repr__(self) -> str:
-        return f"Lease(id={self.id}, ttl={self.ttl})"
+        state = f", lost: {self._lost}" if self._lost else ""
+        return f"Lease(id={self.id}, ttl={self.ttl}{state})"
+
+    @property
+    def is_lost(self) -> bool:
+        return self._lost is not None
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLostError` if the lease is known to be gone."""
+        if self._lost is not None:
+            raise LeaseLostError(self.id, self._lost)
 
     def _client(self) -> Etcd3Client:
         if self.etcd_client is None:
             raise ValueError("this Lease is not bound to a client")
+        self.check()
         return self.etcd_client
 
     def revoke(self) -> bool:
+        self._stop.set()
         self._client().revoke_lease(self.id)
+        self._mark_lost("revoked", notify=False)
         return True
 
-    def refresh(self) -> list[object]:
-        return list(self._client().refresh_lease(self.id))
+    def refresh(self) -> list[rpc_pb2.LeaseKeepAliveResponse]:
+        """One keep-alive; raises :class:`LeaseLostError` when the server says the lease is gone."""
+        sent = time.monotonic()
+        responses = list(self._client().refresh_lease(self.id))
+        for r in responses:
+            if r.TTL <= 0:
+                self._mark_lost("expired or revoked on the server (keep-alive answered TTL 0)")
+                self.check()
+            self.expires_at = sent + r.TTL
+        return responses
 
     @property
     def remaining_ttl(self) -> int:
@@ -43,3 +86,57 @@ class Lease:
     @property
     def keys(self) -> list[bytes]:
         return list(self._client().get_lease_info(self.id).keys)
+
+    # ---- the keeper ----
+    def keep_alive(self, on_lost: Callable[[Lease], None] | None = None) -> Lease:
+        """Start refreshing in the background (idempotent); ``on_lost`` is called once if it is lost."""
+        with self._lock:
+            if on_lost is not None:
+                self._on_lost.append(on_lost)
+            if self._keeper is None:
+                self._keeper = threading.Thread(target=self._keep, name=f"resilient-etcd-lease-{self.id:x}",
+                                                daemon=True)
+                self._keeper.start()
+        return self
+
+    def stop_keep_alive(self) -> None:
+        self._stop.set()
+        if self._keeper is not None and self._keeper is not threading.current_thread():
+            self._keeper.join(timeout=5)
+
+    def _keep(self) -> None:
+        from ..deadlines import deadline
+
+        interval = max(self.ttl / 3.0, 0.2)
+        while not self._stop.wait(interval if self._lost is None else 0):
+            if self._lost is not None:
+                return
+            left = self.expires_at - time.monotonic()
+            if left <= 0:
+                self._mark_lost(f"no keep-alive got through within its TTL ({self.ttl} s)")
+                return
+            try:
+                with deadline(left):
+                    self.refresh()
+                interval = max(self.ttl / 3.0, 0.2)
+            except LeaseLostError:
+                return
+            except Etcd3Exception as e:
+                log.warning("lease %x keep-alive failed (%.1f s of TTL left): %s", self.id, left, e,
+                            extra={"lease": self.id, "event": "lease_keepalive_failed"})
+                interval = min(0.5, max(left / 4, 0.05))  # try again soon, well before it runs out
+
+    def _mark_lost(self, reason: str, *, notify: bool = True) -> None:
+        with self._lock:
+            if self._lost is not None:
+                return
+            self._lost = reason
+            callbacks = list(self._on_lost) if notify else []
+        self._stop.set()
+        if notify:
+            log.error("lease %x lost: %s", self.id, reason, extra={"lease": self.id, "event": "lease_lost"})
+        for cb in callbacks:
+            try:
+                cb(self)
+            except Exception:
+                log.exception("on_lost callback failed")

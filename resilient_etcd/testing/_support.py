@@ -21,6 +21,10 @@ class BinaryNotFoundError(HarnessError):
     """A server binary (etcd, toxiproxy…) is neither built nor on PATH."""
 
 
+class WaitAborted(HarnessError):
+    """Raised by a probe to end a :func:`wait_until` at once (the awaited thing cannot happen)."""
+
+
 class PortInUseError(HarnessError):
     """A port the test bed was told to use is already taken."""
 
@@ -79,7 +83,7 @@ def wait_until(
 ) -> T:
     """Call ``probe`` until it returns something truthy, or raise ``HarnessError`` after ``timeout``.
 
-    ``probe`` may raise; the last exception is named in the error. A ``HarnessError`` from the
+    ``probe`` may raise; the last exception is named in the error. A ``WaitAborted`` from the
     probe ends the wait at once.
     """
     deadline = time.monotonic() + timeout
@@ -89,7 +93,7 @@ def wait_until(
             result = probe()
             if result:
                 return result
-        except HarnessError:
+        except WaitAborted:
             raise  # the probe knows waiting is pointless (a process exited, …)
         except Exception as exc:
             last = exc

@@ -18,7 +18,7 @@ import grpc
 from resilient_etcd._proto import auth_pb2, rpc_pb2, rpc_pb2_grpc
 
 from ._procs import ProcessRegistry
-from ._support import HarnessError, ensure_port_free, find_binary, free_port, log_tail, wait_until
+from ._support import HarnessError, WaitAborted, ensure_port_free, find_binary, free_port, log_tail, wait_until
 from .netns import NetnsHost, VirtualIP
 from .tls import CertFiles, make_certs
 from .toxiproxy import Proxy, ToxiproxyServer
@@ -27,7 +27,7 @@ ROOT_PASSWORD_DEFAULT = "root-pw"
 Metadata = tuple[tuple[str, str], ...]
 
 
-class MemberStartError(HarnessError):
+class MemberStartError(WaitAborted):
     """An etcd member exited or never became ready; the message carries its log tail."""
 
 
@@ -73,6 +73,12 @@ class EtcdMember:
     @property
     def peer_url(self) -> str:
         return f"http://{self.host}:{self.peer_port}"
+
+    def require_proxy(self) -> Proxy:
+        """This member's toxiproxy proxy; a clear error when the cluster is not proxied."""
+        if self.proxy is None:
+            raise HarnessError(f"etcd {self.name} has no proxy: start the cluster with proxied=True")
+        return self.proxy
 
     @property
     def pid(self) -> int | None:

@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from ._procs import ProcessRegistry
-from ._support import HarnessError, find_binary, free_port, log_tail, wait_until
+from ._support import HarnessError, WaitAborted, find_binary, free_port, log_tail, wait_until
 
 
 class ToxiproxyError(HarnessError):
     """toxiproxy answered with an error, or not at all."""
+
+
+class ToxiproxyExited(ToxiproxyError, WaitAborted):
+    """The toxiproxy process is gone."""
 
 
 class ToxiproxyServer:
@@ -63,7 +67,7 @@ class ToxiproxyServer:
 
     def _alive(self) -> bool:
         if self._proc is not None and self._proc.poll() is not None:
-            raise ToxiproxyError(f"toxiproxy exited with {self._proc.returncode}\n{log_tail(self.log_path)}")
+            raise ToxiproxyExited(f"toxiproxy exited with {self._proc.returncode}\n{log_tail(self.log_path)}")
         return True
 
     def stop(self) -> None:

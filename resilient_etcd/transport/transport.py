@@ -123,14 +123,31 @@ class Transport:
     ) -> Any:
         """Call ``service.method`` (stub attribute names, e.g. ``"kv", "Range"``) with resilience.
 
-        ``idempotent`` overrides the retry table (False: retry only if the request never left).
+        ``idempotent`` overrides the retry table (False: retry only if the request never left). This
+        is the hot path, so its first attempt is written out inline rather than going through
+        :meth:`call`'s closure.
         """
+        budget = deadlines.call_timeout(timeout, self.default_timeout)
+        started = time.monotonic()
+        conn = self.pool.pick()
+        gen = conn.generation
+        try:
+            result = getattr(getattr(conn.stubs, service), method)(
+                request, timeout=budget, metadata=(self._token_md + metadata) if with_token else metadata)
+        except (grpc.RpcError, ValueError) as e:
+            first: BaseException = e
+        else:
+            if conn.health.state is not State.HEALTHY:
+                self.pool.report_success(conn, gen)
+            return result
 
-        def invoke(stubs: Stubs, budget: float | None, md: Metadata) -> Any:
-            return getattr(getattr(stubs, service), method)(request, timeout=budget, metadata=md)
+        def invoke(stubs: Stubs, left: float | None, md: Metadata) -> Any:
+            return getattr(getattr(stubs, service), method)(request, timeout=left, metadata=md)
 
-        return self.call(f"{_SERVICE_NAMES[service]}.{method}", invoke, timeout=timeout,
-                         idempotent=idempotent, with_token=with_token, metadata=metadata)
+        name = f"{_SERVICE_NAMES[service]}.{method}"
+        deadline = None if budget is None else started + budget
+        return self._recover(invoke, deadline, name in IDEMPOTENT if idempotent is None else idempotent,
+                             with_token, metadata, conn, gen, first)
 
     def call(
         self,
@@ -175,8 +192,10 @@ class Transport:
             if code == grpc.StatusCode.CANCELLED and gen != conn.generation:
                 failure = Failure.EJECTED  # we closed the channel under this call
             self.pool.report_failure(conn, gen, f"{code.name}: {details}", hard=is_hard(failure))
-        else:  # the channel was closed before the call could start: it never left
-            failure, details = Failure.NOT_SENT, str(error)
+        elif isinstance(error, ValueError) and "closed channel" in str(error):
+            failure, details = Failure.NOT_SENT, str(error)  # closed before the call started: never left
+        else:
+            raise error
         if failure is Failure.AUTH_TOKEN and not self.has_credentials:
             raise AuthenticationError(f"{details} (no user/password configured) [{conn.name}]")
         if not may_retry(failure, idempotent) or self.retry_policy.max_attempts == 1 or not retries_enabled():

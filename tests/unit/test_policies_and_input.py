@@ -33,7 +33,7 @@ def test_policies_are_frozen_and_print_usefully() -> None:
     p = HealthPolicy()
     with pytest.raises(AttributeError):
         p.dead_after = 5  # type: ignore[misc]
-    assert "dead_after=1.0" in repr(p)
+    assert "dead_after=0.8" in repr(p)
 
 
 @pytest.mark.parametrize("kwargs, match", [

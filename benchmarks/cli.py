@@ -1,0 +1,153 @@
+"""``python -m benchmarks run [--scenario …] [--trials N] [--quick] --out DIR`` and ``… report``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from resilient_etcd.testing import EtcdCluster, ToxiproxyServer, netns_available
+
+from . import report
+from .baselines import CLIENTS, ClientSpec
+from .scenarios import (
+    FAULTS,
+    Session,
+    Trial,
+    recovery_trial,
+    restart_gap_trial,
+    slow_stream_trial,
+    slow_trial,
+    steady_throughput,
+)
+
+ALL = ["S1", "S2", "S3", "S4", "S8", "S6", "S7", "S1-restart", "steady"]
+QUICK = ["S3", "S1-restart", "steady"]
+
+
+def _machine() -> str:
+    cpu = "unknown cpu"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    system = f"{platform.system()} {platform.release()}"
+    return f"{system}, {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    scenarios = args.scenario or (QUICK if args.quick else ALL)
+    clients = args.client or (["resilient", "raw"] if args.quick else list(CLIENTS))
+    cap = args.cap or (5.0 if args.quick else 20.0)
+    hold = 2.0 if args.quick else 3.0
+    ours_trials = args.trials or (2 if args.quick else 20)
+    base_trials = args.baseline_trials or (1 if args.quick else 3)
+    trials: list[Trial] = []
+    steady: dict[str, Any] | None = None
+    started = time.monotonic()
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {msg}", flush=True)
+
+    def count(spec: ClientSpec) -> int:
+        return ours_trials if spec.name == "resilient" else base_trials
+
+    with ToxiproxyServer() as tp:
+        with EtcdCluster(size=3, toxiproxy=tp) as cluster:
+            etcd_version = cluster.members[0].status().version
+            for name in [s for s in scenarios if s in ("S1", "S2", "S3", "S8", "S6")]:
+                for cname in clients:
+                    spec = CLIENTS[cname]
+                    session = Session(cluster, spec)
+                    try:
+                        for i in range(count(spec)):
+                            t = (slow_trial(session, name, hold=3.0 if args.quick else 10.0) if name == "S6"
+                                 else recovery_trial(session, name, cap, hold))
+                            trials.append(t)
+                            log(f"{name} {cname} #{i + 1}: recover={t.recover} failed={t.failed_calls} "
+                                f"failovers={t.failovers}")
+                    finally:
+                        session.close()
+            if "S7" in scenarios:
+                t = slow_stream_trial(cluster, hold=5.0 if args.quick else 15.0)
+                trials.append(t)
+                log(f"S7: keys read={t.extra['keys_read']} errors={t.failed_calls} ejections={t.failovers}")
+            if "steady" in scenarios:
+                steady = steady_throughput(cluster, calls=500 if args.quick else 3000, rounds=3 if args.quick else 7)
+                log(f"steady: ratio {steady['ratio']:.3f}")
+        if "S4" in scenarios:
+            if netns_available() is not None:
+                log(f"S4 skipped: {netns_available()}")
+            else:
+                with EtcdCluster(size=3, netns=True, proxied=False) as ncluster:
+                    for cname in clients:
+                        spec = CLIENTS[cname]
+                        session = Session(ncluster, spec)
+                        try:
+                            for i in range(count(spec)):
+                                t = recovery_trial(session, "S4", cap, hold)
+                                trials.append(t)
+                                log(f"S4 {cname} #{i + 1}: recover={t.recover}")
+                        finally:
+                            session.close()
+        if "S1-restart" in scenarios:
+            with EtcdCluster(size=1, toxiproxy=tp, proxied=False) as single:
+                for cname in clients:
+                    spec = CLIENTS[cname]
+                    session = Session(single, spec)
+                    try:
+                        for i in range(count(spec)):
+                            t = restart_gap_trial(single, session, cap=max(cap, 15.0))
+                            trials.append(t)
+                            log(f"S1-restart {cname} #{i + 1}: gap={t.recover}")
+                    finally:
+                        session.close()
+    return {
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": time.monotonic() - started,
+        "mode": "quick" if args.quick else "full",
+        "machine": _machine(),
+        "etcd_version": etcd_version,
+        "scenarios_requested": scenarios,
+        "known_scenarios": sorted(FAULTS),
+        "trials": [t.as_dict() for t in trials],
+        "steady": steady,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run scenarios and write JSON, markdown and PNG")
+    r.add_argument("--scenario", nargs="+", choices=ALL)
+    r.add_argument("--client", nargs="+", choices=sorted(CLIENTS))
+    r.add_argument("--trials", type=int, help="trials per scenario for resilient_etcd (default 20, quick 2)")
+    r.add_argument("--baseline-trials", type=int, help="trials per scenario for baselines (default 3)")
+    r.add_argument("--cap", type=float, help="seconds before a hung client is reported as '> cap'")
+    r.add_argument("--quick", action="store_true", help="a smoke run: few scenarios, 2 clients, short caps")
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--docs", type=Path, help="also write the report here (e.g. docs/benchmarks.md)")
+    rep = sub.add_parser("report", help="regenerate markdown and PNG from a results JSON")
+    rep.add_argument("--json", type=Path, required=True)
+    rep.add_argument("--out", type=Path, required=True)
+    rep.add_argument("--docs", type=Path)
+    a = p.parse_args(argv)
+    if a.cmd == "run":
+        if a.trials is not None and a.trials < 1:
+            p.error("--trials must be ≥ 1")
+        results = run(a)
+        a.out.mkdir(parents=True, exist_ok=True)
+        path = a.out / "results.json"
+        path.write_text(json.dumps(results, indent=1))
+        report.write(report.load(path), a.out, a.docs)
+        print(f"wrote {path}, {a.out / 'report.md'}, {a.out / 'benchmarks.png'}")
+        return 0
+    report.write(report.load(a.json), a.out, a.docs)
+    return 0

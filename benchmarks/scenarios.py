@@ -1,0 +1,233 @@
+"""The scenarios of ../shared/BRIEF.md as repeatable trials on a real cluster."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import grpc
+
+import resilient_etcd as etcd3
+from resilient_etcd._proto import rpc_pb2, rpc_pb2_grpc
+from resilient_etcd.testing import EtcdCluster, EtcdMember
+
+from .baselines import TIMEOUTS, ClientSpec
+from .drivers import Driver
+
+Fault = Callable[[EtcdMember], None]
+
+
+@dataclass
+class Trial:
+    scenario: str
+    client: str
+    cap: float
+    recover: float | None = None        # seconds from fault to the first success of a call started after it
+    failed_calls: int = 0
+    overruns: int = 0                   # calls that took longer than their deadline + 100 ms
+    failovers: int = 0                  # endpoint changes seen by the client during the trial
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FAULTS: dict[str, tuple[str, Fault, Fault]] = {
+    "S1": ("kill -9 the member in use, start it again", lambda m: m.kill(), lambda m: m.start()),
+    "S2": ("SIGSTOP the member in use", lambda m: m.pause(), lambda m: m.resume()),
+    "S3": ("toxiproxy timeout toxic (blackhole) on the member in use", lambda m: m.require_proxy().blackhole(),
+           lambda m: m.require_proxy().heal()),
+    "S4": ("iptables DROP in the member's namespace", lambda m: m.drop(), lambda m: m.undrop()),
+    "S8": ("toxiproxy reset_peer on the member in use (RST)", lambda m: m.require_proxy().reset_peer(),
+           lambda m: m.require_proxy().heal()),
+}
+
+
+def _victim(cluster: EtcdCluster, driver: Driver) -> EtcdMember:
+    ep = driver.current_endpoint() if driver.spec.multi_endpoint else None
+    for m in cluster.members:
+        if ep in (m.endpoint, m.direct_endpoint):
+            return m
+    return cluster.members[0]
+
+
+def _count(calls: list[Any], timeout: float | None, before: str | None = None) -> tuple[int, int, int]:
+    """Failed calls, deadline overruns, and endpoint changes (counting from ``before``)."""
+    failed = sum(1 for c in calls if not c.ok)
+    overruns = sum(1 for c in calls if timeout is not None and c.e - c.s > timeout + 0.1)
+    eps = ([before] if before else []) + [c.ep for c in calls if c.ok and c.ep]
+    failovers = sum(1 for a, b in itertools.pairwise(eps) if a != b)
+    return failed, overruns, failovers
+
+
+class Session:
+    """One driver per client, restarted when a trial leaves it wedged."""
+
+    def __init__(self, cluster: EtcdCluster, spec: ClientSpec) -> None:
+        self.cluster, self.spec = cluster, spec
+        self.timeout = TIMEOUTS[spec.name]
+        self.driver: Driver | None = None
+
+    def ready(self) -> Driver:
+        if self.driver is not None and self.driver.warm(timeout=10):
+            return self.driver
+        if self.driver is not None:
+            self.driver.stop()
+        self.driver = Driver(self.spec, self.cluster.endpoints, self.timeout)
+        if not self.driver.warm(timeout=60):
+            raise RuntimeError(f"{self.spec.name} driver never warmed up")
+        return self.driver
+
+    def close(self) -> None:
+        if self.driver is not None:
+            self.driver.stop()
+
+
+def recovery_trial(session: Session, scenario: str, cap: float, hold: float) -> Trial:
+    """Fault the member in use for at least ``hold`` s; recovery = the longest time the client's loop
+    went without a successful call while the fault held (from the fault to the first success, or
+    between two successes — a round-robin client that stalls on its next turn is caught too)."""
+    _, inject, heal = FAULTS[scenario]
+    driver = session.ready()
+    victim = _victim(session.cluster, driver)
+    was_leader = session.cluster.leader() is victim
+    n0 = len(driver.calls)
+    before = driver.current_endpoint()
+    t0 = time.monotonic()
+    inject(victim)
+    try:
+        first = driver.wait_for(lambda c: c.ok and c.s >= t0, cap)
+        linger = t0 + hold - time.monotonic()
+        if first is not None and linger > 0:
+            time.sleep(linger)  # the fault's duration is part of the scenario
+        t_end = time.monotonic()
+    finally:
+        heal(victim)
+    session.cluster.wait_healthy()
+    calls = driver.calls[n0:]
+    failed, overruns, failovers = _count(calls, session.timeout, before)
+    done = sorted(c.e for c in calls if c.ok and t0 <= c.e <= t_end)
+    points = [t0, *done, t_end]
+    stall = max(b - a for a, b in itertools.pairwise(points))
+    capped = first is None or stall >= cap
+    return Trial(scenario, session.spec.name, cap, None if capped else stall, failed, overruns, failovers,
+                 {"victim": victim.name, "victim_was_leader": was_leader,
+                  "first_success": None if first is None else first.e - t0, "held": t_end - t0})
+
+
+def slow_trial(session: Session, scenario: str, hold: float) -> Trial:
+    """S6: latency on the member in use. Correct behaviour: slower calls, no failover, no errors."""
+    driver = session.ready()
+    victim = _victim(session.cluster, driver)
+    assert victim.proxy is not None
+    n0 = len(driver.calls)
+    before = driver.current_endpoint()
+    victim.require_proxy().latency(300, jitter=100)
+    try:
+        time.sleep(hold)  # the fault's duration is the measurement window itself
+    finally:
+        victim.require_proxy().heal()
+    calls = driver.calls[n0:]
+    failed, overruns, failovers = _count(calls, session.timeout, before)
+    lat = sorted(c.e - c.s for c in calls if c.ok)
+    extra = {"calls": len(calls), "p50_latency": statistics.median(lat) if lat else None,
+             "victim": victim.name}
+    return Trial(scenario, session.spec.name, hold, None, failed, overruns, failovers, extra)
+
+
+def slow_stream_trial(cluster: EtcdCluster, hold: float, kbps: int = 256) -> Trial:
+    """S7: large get_prefix through a bandwidth-limited proxy: not killed while it makes progress."""
+    value = b"x" * 8192
+    with etcd3.client(endpoints=cluster.endpoints, timeout=60) as c:
+        for i in range(128):  # 1 MiB
+            c.put(f"/bench/big/{i:04d}", value)
+        c.get("/bench/big/0000")
+        victim = next(m for m in cluster.members if m.endpoint == next(h.endpoint for h in c.endpoint_health()
+                                                                         if h.active))
+        assert victim.proxy is not None
+        victim.require_proxy().bandwidth(kbps)
+        started = time.monotonic()
+        done = 0
+        errors: list[str] = []
+        try:
+            while time.monotonic() - started < hold:
+                try:
+                    done += len(list(c.get_prefix("/bench/big/")))
+                except etcd3.Etcd3Exception as e:
+                    errors.append(str(e))
+        finally:
+            victim.require_proxy().heal()
+        health = c.endpoint_health()
+        ejections = sum(h.ejections for h in health)
+        c.delete_prefix("/bench/big/")
+    return Trial("S7", "resilient", hold, None, len(errors), 0, ejections,
+                 {"keys_read": done, "kbps": kbps, "errors": errors[:3]})
+
+
+def restart_gap_trial(cluster: EtcdCluster, session: Session, cap: float) -> Trial:
+    """Single member: kill -9, start again; gap between etcd serving and the client's first success."""
+    driver = session.ready()
+    member = cluster.members[0]
+    served: list[float] = []
+
+    def poll_served() -> None:
+        opts = [("grpc.use_local_subchannel_pool", 1)]
+        while not served:
+            try:
+                with grpc.insecure_channel(member.direct_endpoint, options=opts) as ch:
+                    rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"/bench/key"), timeout=0.2)
+                served.append(time.monotonic())
+            except grpc.RpcError:
+                time.sleep(0.002)
+
+    member.kill()
+    killed = time.monotonic()
+    time.sleep(0.5)  # the outage lasts half a second: part of the scenario, not a synchronisation
+    member.start(wait=False)
+    poller = threading.Thread(target=poll_served, daemon=True)
+    poller.start()
+    first = driver.wait_for(lambda c: c.ok and c.e > killed, cap)
+    poller.join(cap)
+    member.wait_ready()
+    gap = None if first is None or not served else first.e - served[0]
+    return Trial("S1-restart", session.spec.name, cap, gap, 0, 0, 0,
+                 {"note": "recover = first success minus the moment etcd first served a request"})
+
+
+def steady_throughput(cluster: EtcdCluster, calls: int, rounds: int) -> dict[str, Any]:
+    """Sequential Range calls in this process: raw generated stubs vs resilient_etcd, interleaved rounds."""
+    endpoint = cluster.endpoints[0]
+    opts = [("grpc.use_local_subchannel_pool", 1)]
+    results: dict[str, list[float]] = {"raw": [], "resilient": []}
+    lat: dict[str, list[float]] = {"raw": [], "resilient": []}
+    with grpc.insecure_channel(endpoint, options=opts) as ch, \
+            etcd3.client(endpoints=[endpoint], timeout=5) as client:
+        stub = rpc_pb2_grpc.KVStub(ch)
+        # a hand-rolled client builds its request per call too (bytes key, as etcd3 users pass str)
+        ops: dict[str, Callable[[], object]] = {
+            "raw": lambda: stub.Range(rpc_pb2.RangeRequest(key=b"/bench/key"), timeout=5),
+            "resilient": lambda: client.get("/bench/key"),
+        }
+        for fn in ops.values():
+            for _ in range(200):
+                fn()
+        for _ in range(rounds):
+            for name, fn in ops.items():
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    s = time.perf_counter()
+                    fn()
+                    lat[name].append(time.perf_counter() - s)
+                results[name].append(calls / (time.perf_counter() - t0))
+    out: dict[str, Any] = {}
+    for name in results:
+        ls = sorted(lat[name])
+        out[name] = {"ops_per_s": statistics.median(results[name]), "rounds": results[name],
+                     "p50_ms": ls[len(ls) // 2] * 1e3, "p99_ms": ls[int(len(ls) * 0.99)] * 1e3}
+    out["ratio"] = out["resilient"]["ops_per_s"] / out["raw"]["ops_per_s"]
+    return out

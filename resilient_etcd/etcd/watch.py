@@ -1,0 +1,299 @@
+"""Watches that survive restarts, hangs and token loss without losing or repeating an event.
+
+All watches of a client share one gRPC Watch stream on the active endpoint, created with
+client-assigned watch ids (etcd ≥ 3.4) so a resumed stream re-creates them under the same ids.
+Each watch remembers the first revision it has not delivered yet (``next_revision``); every
+(re)creation starts there, and events below it are dropped, so a resume never repeats an event
+and never skips one.
+
+Liveness: every ``progress_interval`` the monitor sends a ``WatchProgressRequest`` on the stream;
+if nothing at all comes back within ``stall_timeout`` the stream is declared dead, cancelled and
+re-opened on another endpoint — a quiet watch is checked as often as a busy one. The endpoint
+prober catches hung connections independently (closing the channel ends the stream here too).
+Progress answers also advance every watch's ``next_revision`` (they promise that everything up
+to their revision has been sent), which keeps resumes clear of compaction.
+
+A watch whose resume point was compacted away receives :class:`RevisionCompactedError` (with the
+compacted revision) and ends: never silently. A token the server no longer knows (restart, TTL)
+is renewed and the stream re-opened.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from tenacity import RetryCallState, wait_random_exponential
+
+from .._proto import rpc_pb2
+from ..exceptions import Etcd3Exception, RevisionCompactedError, WatchTimedOut
+from ..transport.retry import Failure, classify, is_hard
+from .events import WatchResponse, new_event
+
+if TYPE_CHECKING:
+    from ..transport.transport import Transport
+
+log = logging.getLogger("resilient_etcd.watch")
+
+Callback = Callable[[Any], None]
+_PROGRESS = rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest())
+_ALL_WATCHERS = -1  # the watch id etcd puts on answers to a progress request
+
+
+@dataclass
+class _Watch:
+    id: int
+    key: bytes
+    range_end: bytes
+    callback: Callback
+    start_revision: int | None
+    progress_notify: bool
+    filters: list[Any]
+    prev_kv: bool
+    next_revision: int | None = None   # first revision not delivered yet
+    created: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+    on_stream: bool = False
+
+    def create_request(self) -> rpc_pb2.WatchRequest:
+        start = self.next_revision if self.next_revision is not None else (self.start_revision or 0)
+        return rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
+            key=self.key, range_end=self.range_end, start_revision=start, progress_notify=self.progress_notify,
+            filters=self.filters, prev_kv=self.prev_kv, watch_id=self.id))
+
+
+def _requests(q: queue.SimpleQueue[rpc_pb2.WatchRequest | None]) -> Iterator[rpc_pb2.WatchRequest]:
+    while True:
+        item = q.get()
+        if item is None:
+            return
+        yield item
+
+
+def _safe(callback: Callback, arg: Any) -> None:
+    try:
+        callback(arg)
+    except Exception:
+        log.exception("watch callback failed")
+
+
+class _StreamEnded(Exception):
+    pass
+
+
+class WatchManager:
+    """The watch machinery of one client; created on first use."""
+
+    def __init__(self, transport: Transport, *, progress_interval: float = 0.5, stall_timeout: float = 1.0,
+                 require_leader: bool = True) -> None:
+        self._t = transport
+        self.progress_interval = progress_interval
+        self.stall_timeout = stall_timeout
+        self._require_leader = require_leader
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._watches: dict[int, _Watch] = {}
+        self._closed = threading.Event()
+        self._stream: tuple[Any, queue.SimpleQueue[rpc_pb2.WatchRequest | None]] | None = None
+        self._last_activity = 0.0
+        self._progress_sent: float | None = None
+        self._last_progress = 0.0
+        self._in_callback = False
+        self._stalled = False
+        self.resumes = 0
+        self._reader = threading.Thread(target=self._run, name="resilient-etcd-watch", daemon=True)
+        self._monitor = threading.Thread(target=self._watchdog, name="resilient-etcd-watchdog", daemon=True)
+        self._reader.start()
+        self._monitor.start()
+
+    # ---- public ----
+    def add(self, key: bytes, range_end: bytes, callback: Callback, *, start_revision: int | None,
+            progress_notify: bool, filters: list[int] | None, prev_kv: bool, timeout: float | None) -> int:
+        w = _Watch(next(self._ids), key, range_end, callback, start_revision, progress_notify,
+                   list(filters or []), prev_kv)
+        with self._lock:
+            self._watches[w.id] = w
+            if self._stream is not None:
+                w.on_stream = True
+                self._stream[1].put(w.create_request())
+            self._wake.notify_all()
+        if not w.created.wait(timeout):
+            self.cancel(w.id)
+            raise WatchTimedOut(f"watch on {key!r} was not created within {timeout} s")
+        if w.error is not None:
+            raise w.error
+        return w.id
+
+    def cancel(self, watch_id: int) -> None:
+        with self._lock:
+            w = self._watches.pop(watch_id, None)
+            if w is not None and w.on_stream and self._stream is not None:
+                self._stream[1].put(rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=w.id)))
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            self._wake.notify_all()
+            stream = self._stream
+        if stream is not None:
+            stream[0].cancel()
+        for th in (self._reader, self._monitor):
+            if th is not threading.current_thread():
+                th.join(timeout=5)
+
+    # ---- the reader ----
+    def _run(self) -> None:
+        wait = wait_random_exponential(multiplier=0.02, max=1.0)
+        failures = 0
+        while not self._closed.is_set():
+            with self._lock:
+                while not self._watches and not self._closed.is_set():
+                    self._wake.wait()
+            if self._closed.is_set():
+                return
+            healthy = self._pump()
+            failures = 0 if healthy else failures + 1
+            if failures and not self._closed.is_set():
+                state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+                state.attempt_number = failures
+                self._closed.wait(wait(state))
+
+    def _pump(self) -> bool:
+        """Run one stream until it ends; True if it delivered anything (the next may start at once)."""
+        conn = self._t.pool.pick()
+        gen = conn.generation
+        q: queue.SimpleQueue[rpc_pb2.WatchRequest | None] = queue.SimpleQueue()
+        md = self._t.token_metadata + ((("hasleader", "true"),) if self._require_leader else ())
+        delivered = False
+        try:
+            call = conn.stubs.watch.Watch(_requests(q), metadata=md)
+        except ValueError:  # channel closed under us: pick again
+            return False
+        with self._lock:
+            self._stream = (call, q)
+            self._stalled = False
+            self._progress_sent = None
+            self._last_activity = self._last_progress = time.monotonic()
+            for w in self._watches.values():
+                w.on_stream = True
+                q.put(w.create_request())
+        try:
+            for resp in call:
+                self._last_activity = time.monotonic()
+                self._progress_sent = None
+                self._handle(resp)
+                delivered = True
+        except grpc.RpcError as e:
+            code, details = e.code(), e.details() or ""
+            failure = classify(code, details)
+            if self._closed.is_set():
+                return True
+            if failure is Failure.AUTH_TOKEN and self._t.has_credentials:
+                self._reauth()
+            elif self._stalled:
+                self._t.pool.report_failure(conn, gen, "watch stream stalled", hard=False)
+            elif code != grpc.StatusCode.CANCELLED:
+                self._t.pool.report_failure(conn, gen, f"watch: {code.name}: {details}", hard=is_hard(failure))
+            log.info("watch stream on %s ended (%s: %s); resuming", conn.name, code.name, details,
+                     extra={"endpoint": conn.name, "event": "watch_resume"})
+        except _StreamEnded:
+            pass
+        finally:
+            q.put(None)
+            with self._lock:
+                self._stream = None
+                for w in self._watches.values():
+                    w.on_stream = False
+            call.cancel()
+        if not self._closed.is_set():
+            self.resumes += 1
+        return delivered
+
+    def _reauth(self) -> None:
+        try:
+            self._t.authenticate()
+        except Etcd3Exception as e:
+            log.warning("watch could not re-authenticate: %s", e)
+
+    def _handle(self, resp: rpc_pb2.WatchResponse) -> None:
+        wid = resp.watch_id
+        if wid == _ALL_WATCHERS:
+            with self._lock:
+                for w in self._watches.values():
+                    if w.on_stream and w.next_revision is not None:
+                        w.next_revision = max(w.next_revision, resp.header.revision + 1)
+            return
+        with self._lock:
+            found = self._watches.get(wid)
+        if found is None:
+            return
+        w = found
+        if resp.created and not resp.canceled and not resp.compact_revision:
+            if w.next_revision is None:
+                w.next_revision = (w.start_revision or resp.header.revision + 1)
+            w.created.set()
+            return
+        if resp.canceled or resp.compact_revision:
+            self._canceled(w, resp)
+            return
+        if not resp.events:  # progress_notify for this watch
+            if w.next_revision is not None:
+                w.next_revision = max(w.next_revision, resp.header.revision + 1)
+            self._deliver(w, WatchResponse(resp.header, []))
+            return
+        floor = w.next_revision or 0
+        fresh = [e for e in resp.events if e.kv.mod_revision >= floor]
+        if fresh:
+            w.next_revision = fresh[-1].kv.mod_revision + 1
+            self._deliver(w, WatchResponse(resp.header, [new_event(e) for e in fresh]))
+
+    def _canceled(self, w: _Watch, resp: rpc_pb2.WatchResponse) -> None:
+        reason = resp.cancel_reason or "watch canceled by the server"
+        if classify(grpc.StatusCode.UNAUTHENTICATED, reason) is Failure.AUTH_TOKEN and self._t.has_credentials:
+            self._reauth()
+            raise _StreamEnded  # re-open the stream with the new token; the watch resumes
+        err: Etcd3Exception = (RevisionCompactedError(resp.compact_revision) if resp.compact_revision
+                               else Etcd3Exception(reason))
+        with self._lock:
+            self._watches.pop(w.id, None)
+        if not w.created.is_set():
+            w.error = err
+            w.created.set()
+            return
+        self._deliver(w, err)
+
+    def _deliver(self, w: _Watch, item: Any) -> None:
+        self._in_callback = True
+        try:
+            _safe(w.callback, item)
+        finally:
+            self._in_callback = False
+            self._last_activity = time.monotonic()
+
+    # ---- the watchdog ----
+    def _watchdog(self) -> None:
+        tick = min(self.progress_interval, self.stall_timeout) / 4
+        while not self._closed.wait(tick):
+            with self._lock:
+                stream = self._stream
+            if stream is None or self._in_callback:
+                continue
+            now = time.monotonic()
+            sent = self._progress_sent
+            if sent is None:
+                if now - self._last_progress >= self.progress_interval:
+                    self._last_progress = self._progress_sent = now
+                    stream[1].put(_PROGRESS)
+            elif self._last_activity < sent and now - sent > self.stall_timeout:
+                log.warning("watch stream silent for %.2f s after a progress request; re-opening", now - sent,
+                            extra={"event": "watch_stall"})
+                self._stalled = True
+                stream[0].cancel()

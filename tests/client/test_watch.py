@@ -1,0 +1,218 @@
+"""Watches on real clusters: python-etcd3's API, resume without loss or duplicates, stall
+detection on a quiet watch, compaction while away, token loss in a restart."""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+
+import grpc
+import pytest
+
+import resilient_etcd as etcd3
+from resilient_etcd._proto import rpc_pb2, rpc_pb2_grpc
+from resilient_etcd.etcd.events import DeleteEvent, PutEvent
+from resilient_etcd.testing import EtcdCluster, wait_until
+from resilient_etcd.testing.etcd import ROOT_PASSWORD_DEFAULT
+
+
+def test_watch_api(client: etcd3.Etcd3Client) -> None:
+    events, cancel = client.watch("/w/a", prev_kv=True)
+    client.put("/w/a", "1")
+    client.put("/w/a", "2")
+    client.delete("/w/a")
+    got = [next(events) for _ in range(3)]
+    assert [type(e) for e in got] == [PutEvent, PutEvent, DeleteEvent]
+    assert [e.value for e in got[:2]] == [b"1", b"2"] and got[1].prev_value == b"1"
+    assert got[0].key == b"/w/a" and got[1].version == 2
+    cancel()
+    assert list(events) == []
+
+
+def test_watch_prefix_once_and_timeouts(client: etcd3.Etcd3Client) -> None:
+    with pytest.raises(etcd3.WatchTimedOut):
+        client.watch_once("/w/none", timeout=0.3)
+    threading.Timer(0.2, lambda: client.put("/w/p/x", "v")).start()
+    ev = client.watch_prefix_once("/w/p/", timeout=5)
+    assert ev.key == b"/w/p/x" and ev.value == b"v"
+
+
+def test_start_revision_replays_and_callbacks(client: etcd3.Etcd3Client) -> None:
+    first = client.put("/w/r", "1").header.revision
+    client.put("/w/r", "2")
+    seen: queue.SimpleQueue[object] = queue.SimpleQueue()
+    wid = client.add_watch_callback("/w/r", seen.put, start_revision=first)
+    resp = seen.get(timeout=5)
+    assert isinstance(resp, etcd3.WatchResponse)
+    values = [e.value for e in resp.events]
+    while len(values) < 2:
+        values += [e.value for e in seen.get(timeout=5).events]  # type: ignore[attr-defined]
+    assert values == [b"1", b"2"]
+    client.cancel_watch(wid)
+
+
+def test_compacted_start_revision_raises(client: etcd3.Etcd3Client) -> None:
+    first = client.put("/w/c", "1").header.revision
+    latest = client.put("/w/c", "2").header.revision
+    client.compact(latest)
+    # etcd creates the watch, then cancels it with the compacted revision: the error reaches the iterator
+    events, cancel = client.watch("/w/c", start_revision=first)
+    with pytest.raises(etcd3.RevisionCompactedError) as info:
+        next(events)
+    assert info.value.compacted_revision == latest
+    cancel()
+
+
+def test_quiet_watch_on_blackholed_member_resumes_and_sees_next_write(etcd_cluster: EtcdCluster) -> None:
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=5) as c, \
+            etcd3.client(endpoints=etcd_cluster.endpoints[1:], timeout=5) as writer:
+        events, cancel = c.watch("/w/quiet")
+        active = next(h.endpoint for h in c.endpoint_health() if h.active)
+        member = next(m for m in etcd_cluster.members if m.endpoint == active)
+        watcher = c._watcher
+        before = watcher.resumes
+        started = time.monotonic()
+        member.require_proxy().blackhole()
+        wait_until(lambda: watcher.resumes > before, timeout=5, what="the watch to resume elsewhere")
+        resumed_after = time.monotonic() - started
+        writer.put("/w/quiet", "after")
+        got: list[object] = []
+        t = threading.Thread(target=lambda: got.append(next(events)))
+        t.start()
+        t.join(5)
+        cancel()
+        assert got and got[0].value == b"after"  # type: ignore[attr-defined]
+        assert resumed_after < 2.5, f"the stalled quiet watch took {resumed_after:.2f} s to resume"
+
+
+@pytest.mark.etcd_cluster(size=1)
+def test_compaction_while_away_is_reported(etcd_cluster: EtcdCluster) -> None:
+    member = etcd_cluster.members[0]
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=5) as c:
+        responses, cancel = c.watch_response("/w/away")
+        c.put("/w/away", "seen")
+        assert next(responses).events[0].value == b"seen"
+        member.require_proxy().cut()  # the watcher is away: its stream breaks and cannot come back
+        with grpc.insecure_channel(member.direct_endpoint) as ch:
+            kv = rpc_pb2_grpc.KVStub(ch)
+            kv.Put(rpc_pb2.PutRequest(key=b"/w/away", value=b"missed"), timeout=5)
+            rev = kv.Put(rpc_pb2.PutRequest(key=b"/w/other", value=b"x"), timeout=5).header.revision
+            kv.Compact(rpc_pb2.CompactionRequest(revision=rev, physical=True), timeout=5)
+        member.require_proxy().heal()
+        with pytest.raises(etcd3.RevisionCompactedError) as info:
+            next(responses)
+        assert info.value.compacted_revision == rev
+        cancel()
+
+
+@pytest.mark.etcd_cluster(size=1, auth=True)
+def test_watch_survives_restart_with_auth(etcd_cluster: EtcdCluster) -> None:
+    creds = {"user": "root", "password": ROOT_PASSWORD_DEFAULT}
+    with etcd3.client(endpoints=etcd_cluster.endpoints, **creds) as c:
+        events, cancel = c.watch("/w/auth")
+        c.put("/w/auth", "1")
+        assert next(events).value == b"1"
+        etcd_cluster.members[0].restart()  # every simple token dies with the process
+        with etcd3.client(endpoints=etcd_cluster.endpoints, **creds) as writer:
+            writer.put("/w/auth", "2")
+        got: list[object] = []
+        t = threading.Thread(target=lambda: got.append(next(events)))
+        t.start()
+        t.join(10)
+        cancel()
+        assert got and got[0].value == b"2"  # type: ignore[attr-defined]
+
+
+def etcd_history(cluster: EtcdCluster, prefix: bytes, start: int, end: int) -> list[tuple[int, bytes, int, bytes]]:
+    """Every event etcd itself recorded under ``prefix`` in [start, end], replayed by a raw watch."""
+    out: list[tuple[int, bytes, int, bytes]] = []
+    req = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
+        key=prefix, range_end=prefix[:-1] + bytes([prefix[-1] + 1]), start_revision=start))
+    with grpc.insecure_channel(cluster.direct_endpoints[0]) as ch:
+        stream = rpc_pb2_grpc.WatchStub(ch).Watch(iter([req]), timeout=60)
+        for resp in stream:
+            for e in resp.events:
+                out.append((e.kv.mod_revision, e.kv.key, e.type, e.kv.value))
+            if out and out[-1][0] >= end:
+                break
+        stream.cancel()
+    return out
+
+
+def test_history_equals_etcd_history_under_faults(etcd_cluster: EtcdCluster) -> None:
+    """≥ 5,000 writes under a prefix while S1, S2, S3 and S8 hit the watcher's member at random times."""
+    rng = random.Random(7)
+    prefix = b"/hist/"
+    delivered: list[tuple[int, bytes, int, bytes]] = []
+    errors: list[BaseException] = []
+
+    def on_response(item: object) -> None:
+        if isinstance(item, BaseException):
+            errors.append(item)
+            return
+        for e in item.events:  # type: ignore[attr-defined]
+            delivered.append((e.mod_revision, e.key, int(isinstance(e, DeleteEvent)), e.value))
+
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=5) as c, \
+            etcd3.client(endpoints=etcd_cluster.endpoints, timeout=5) as writer:
+        start = writer.put(b"/hist-start", b"x").header.revision + 1
+        c.add_watch_prefix_callback(prefix, on_response)
+        written = 0
+        stop = threading.Event()
+
+        def write() -> None:
+            nonlocal written
+            i = 0
+            while not stop.is_set() and written < 5000:
+                key = prefix + f"{i % 50:02d}".encode()
+                try:
+                    if i % 10 == 9:
+                        writer.delete(key)
+                    else:
+                        writer.put(key, str(i))
+                    written += 1
+                except etcd3.Etcd3Exception:
+                    pass  # an ambiguous write during a fault; etcd's history says what happened
+                i += 1
+
+        w = threading.Thread(target=write)
+        w.start()
+        faults = ["S1", "S2", "S3", "S8"] * 2
+        rng.shuffle(faults)
+        try:
+            for fault in faults:
+                time.sleep(rng.uniform(0.3, 1.2))  # random moments are the point of the scenario
+                active = next(h.endpoint for h in c.endpoint_health() if h.active)
+                m = next(m for m in etcd_cluster.members if m.endpoint == active)
+                if fault == "S1":
+                    m.kill()
+                    m.start()
+                elif fault == "S2":
+                    m.pause()
+                    time.sleep(rng.uniform(1.0, 2.5))
+                    m.resume()
+                elif fault == "S3":
+                    m.require_proxy().blackhole()
+                    time.sleep(rng.uniform(1.0, 2.5))
+                    m.require_proxy().heal()
+                else:
+                    m.require_proxy().reset_peer()
+                    time.sleep(0.5)
+                    m.require_proxy().heal()
+                etcd_cluster.wait_healthy()
+        finally:
+            w.join(120)
+            stop.set()
+        end = writer.put(prefix + b"~end", b"x").header.revision  # a marker inside the prefix closes the history
+        truth = etcd_history(etcd_cluster, prefix, start, end)
+        last = truth[-1][0]
+        wait_until(lambda: delivered and delivered[-1][0] >= last, timeout=30,
+                   what="the watcher to catch up with etcd's history")
+        resumes = c._watcher.resumes
+    assert resumes >= 4, f"the faults should have broken the watch stream repeatedly (resumed {resumes} times)"
+    assert written >= 5000 or len(truth) >= 5000
+    assert not errors, errors
+    assert len(delivered) == len(set(delivered)), "duplicate events"
+    assert delivered == truth, f"lost {len(set(truth) - set(delivered))}, extra {len(set(delivered) - set(truth))}"

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import time
@@ -25,9 +26,11 @@ from .scenarios import (
     slow_stream_trial,
     slow_trial,
     steady_throughput,
+    watch_many_trial,
+    watch_stall_trial,
 )
 
-ALL = ["S1", "S2", "S3", "S4", "S8", "S6", "S7", "S1-restart", "steady"]
+ALL = ["S1", "S2", "S3", "S4", "S8", "S6", "S7", "S1-restart", "steady", "watch-stall", "watch-1000"]
 QUICK = ["S3", "S1-restart", "steady"]
 
 
@@ -79,6 +82,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 t = slow_stream_trial(cluster, hold=5.0 if args.quick else 15.0)
                 trials.append(t)
                 log(f"S7: keys read={t.extra['keys_read']} errors={t.failed_calls} ejections={t.failovers}")
+            if "watch-stall" in scenarios:
+                for i in range(ours_trials):
+                    t = watch_stall_trial(cluster)
+                    trials.append(t)
+                    log(f"watch-stall #{i + 1}: {t.recover} lost={t.extra['lost']} dup={t.extra['duplicates']}")
+            if "watch-1000" in scenarios:
+                for i in range(1 if args.quick else 3):
+                    t = watch_many_trial(cluster, n=100 if args.quick else 1000)
+                    trials.append(t)
+                    log(f"watch-1000 #{i + 1}: {t.recover} lost={t.extra['lost']} "
+                        f"bytes/watch={t.extra['bytes_per_watch']:.0f}")
             if "steady" in scenarios:
                 steady = steady_throughput(cluster, calls=500 if args.quick else 3000, rounds=3 if args.quick else 7)
                 log(f"steady: ratio {steady['ratio']:.3f}")
@@ -134,15 +148,26 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--quick", action="store_true", help="a smoke run: few scenarios, 2 clients, short caps")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--docs", type=Path, help="also write the report here (e.g. docs/benchmarks.md)")
+    r.add_argument("--merge", type=Path, help="add these trials to an earlier results JSON (same run set)")
     rep = sub.add_parser("report", help="regenerate markdown and PNG from a results JSON")
     rep.add_argument("--json", type=Path, required=True)
     rep.add_argument("--out", type=Path, required=True)
     rep.add_argument("--docs", type=Path)
     a = p.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")  # endpoint state changes are expected
     if a.cmd == "run":
         if a.trials is not None and a.trials < 1:
             p.error("--trials must be ≥ 1")
         results = run(a)
+        if a.merge is not None:
+            earlier = json.loads(a.merge.read_text())
+            replaced = {(t["scenario"], t["client"]) for t in results["trials"]}
+            earlier["trials"] = [t for t in earlier["trials"] if (t["scenario"], t["client"]) not in replaced]
+            earlier["trials"] += results["trials"]
+            earlier["steady"] = results["steady"] or earlier.get("steady")
+            earlier.setdefault("merged_runs", []).append(
+                {k: results[k] for k in ("started", "duration_s", "scenarios_requested")})
+            results = earlier
         a.out.mkdir(parents=True, exist_ok=True)
         path = a.out / "results.json"
         path.write_text(json.dumps(results, indent=1))

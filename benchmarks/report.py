@@ -16,6 +16,10 @@ DESCRIPTIONS = {
                   "client's first success",
     "S6": "toxiproxy latency 300 ms ± 100 ms on the member in use (slow but alive)",
     "S7": "1 MiB get_prefix loop through a 256 KB/s bandwidth toxic (slow stream)",
+    "watch-stall": "a quiet watch whose member is blackholed; time until it delivers a write made right "
+                   "after the fault (through another member)",
+    "watch-1000": "1,000 watches on one key, one client; the member in use is killed; time until every "
+                  "watch has delivered a write made right after the kill; Python heap per watch",
 }
 
 
@@ -93,7 +97,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        if r["scenario"] in ("S6", "S7"):
+        if r["scenario"] in ("S6", "S7") or r["scenario"].startswith("watch"):
             continue
         capped = r["capped"] > 0
         out.append(
@@ -109,6 +113,19 @@ def markdown(results: dict[str, Any]) -> str:
             lat = r.get("p50_latency")
             out.append(f"| {r['scenario']} | {r['client']} | {r['trials']} | {r['failed_calls']} "
                        f"| {r['failovers']} | {'-' if lat is None else f'{lat * 1000:.0f} ms'} |")
+    watch_rows = [r for r in rows if r["scenario"].startswith("watch")]
+    if watch_rows:
+        out += ["", "## Watches", "", "| scenario | trials | p50 | p99 | max | events lost | duplicated | "
+                "heap per watch |", "|---|---|---|---|---|---|---|---|"]
+        for r in watch_rows:
+            ts = [t for t in results["trials"] if t["scenario"] == r["scenario"]]
+            lost = sum(t["extra"].get("lost", 0) for t in ts)
+            dups = sum(t["extra"].get("duplicates", 0) for t in ts)
+            per = [t["extra"]["bytes_per_watch"] for t in ts if "bytes_per_watch" in t["extra"]]
+            capped = r["capped"] > 0
+            out.append(f"| {r['scenario']} | {r['trials']} | {_fmt(r.get('p50'), False, r['cap'])} "
+                       f"| {_fmt(r.get('p99'), capped, r['cap'])} | {_fmt(r.get('max'), capped, r['cap'])} "
+                       f"| {lost} | {dups} | {f'{statistics.median(per) / 1024:.1f} KiB' if per else '-'} |")
     st = results.get("steady")
     if st:
         out += ["", "## Steady state, same process (sequential Range on one member)", "",
@@ -130,7 +147,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in summarize(results["trials"]) if r["scenario"] not in ("S6", "S7")]
+    rows = [r for r in summarize(results["trials"]) if r["scenario"] not in ("S6", "S7", "watch-1000")]
     scenarios = sorted({r["scenario"] for r in rows})
     clients = [c for c in CLIENTS if any(r["client"] == c for r in rows)]
     fig, ax = plt.subplots(figsize=(10, 4.5))

@@ -231,3 +231,84 @@ def steady_throughput(cluster: EtcdCluster, calls: int, rounds: int) -> dict[str
                      "p50_ms": ls[len(ls) // 2] * 1e3, "p99_ms": ls[int(len(ls) * 0.99)] * 1e3}
     out["ratio"] = out["resilient"]["ops_per_s"] / out["raw"]["ops_per_s"]
     return out
+
+
+def watch_stall_trial(cluster: EtcdCluster) -> Trial:
+    """A quiet watch whose member is blackholed: time until it sees a write made right after the fault."""
+    with etcd3.client(endpoints=cluster.endpoints, timeout=5) as c, \
+            etcd3.client(endpoints=cluster.endpoints, timeout=5) as writer:
+        got: list[tuple[float, Any]] = []
+        seen = threading.Event()
+
+        def on_response(item: Any) -> None:
+            if isinstance(item, BaseException) or item.events:
+                got.append((time.monotonic(), item))
+                seen.set()
+
+        wid = c.add_watch_callback("/bench/quiet", on_response)
+        active = next(h.endpoint for h in c.endpoint_health() if h.active)
+        victim = next(m for m in cluster.members if m.endpoint == active)
+        other = next(m for m in cluster.members if m is not victim)
+        with etcd3.client(endpoints=[other.endpoint], timeout=5) as w2:
+            t0 = time.monotonic()
+            victim.require_proxy().blackhole()
+            rev = w2.put("/bench/quiet", f"{t0}").header.revision
+            ok = seen.wait(20)
+        victim.require_proxy().heal()
+        c.cancel_watch(wid)
+        del writer
+        events = [e for _, item in got if not isinstance(item, BaseException) for e in item.events]
+        lost = 0 if any(e.mod_revision == rev for e in events) else 1
+        dups = len(events) - len({e.mod_revision for e in events})
+        return Trial("watch-stall", "resilient", 20.0, (got[0][0] - t0) if ok else None, lost, 0, dups,
+                     {"lost": lost, "duplicates": dups, "victim": victim.name})
+
+
+def watch_many_trial(cluster: EtcdCluster, n: int = 1000) -> Trial:
+    """``n`` watches on one client; the member in use is killed (and restarted); time until every watch
+    has seen a write made right after the kill; memory per watch."""
+    import gc
+    import tracemalloc
+
+    with etcd3.client(endpoints=cluster.endpoints, timeout=10) as c:
+        seen = [0] * n
+        all_seen = threading.Event()
+        remaining = [n]
+        lock = threading.Lock()
+
+        def callback_for(i: int) -> Callable[[Any], None]:
+            def cb(item: Any) -> None:
+                if isinstance(item, BaseException) or not item.events:
+                    return
+                with lock:
+                    seen[i] += len(item.events)
+                    if seen[i] == len(item.events):
+                        remaining[0] -= 1
+                        if remaining[0] == 0:
+                            all_seen.set()
+            return cb
+
+        c.get("/bench/many")
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        ids = [c.add_watch_callback("/bench/many", callback_for(i)) for i in range(n)]
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        per_watch = sum(s.size_diff for s in after.compare_to(before, "filename")) / n
+        active = next(h.endpoint for h in c.endpoint_health() if h.active)
+        victim = next(m for m in cluster.members if m.endpoint == active)
+        other = next(m for m in cluster.members if m is not victim)
+        with etcd3.client(endpoints=[other.endpoint], timeout=10) as w:
+            t0 = time.monotonic()
+            victim.kill()
+            w.put("/bench/many", "after-restart")
+            ok = all_seen.wait(30)
+            took = time.monotonic() - t0
+            victim.start()
+        for wid in ids:
+            c.cancel_watch(wid)
+        lost = sum(1 for s in seen if s == 0)
+        dups = sum(1 for s in seen if s > 1)
+    return Trial("watch-1000", "resilient", 30.0, took if ok else None, lost, 0, dups,
+                 {"watches": n, "bytes_per_watch": per_watch, "lost": lost, "duplicates": dups})

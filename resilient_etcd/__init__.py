@@ -7,6 +7,7 @@
 from . import exceptions
 from .client import DEFAULT_TIMEOUT, Etcd3Client, client
 from .deadlines import current_deadline, deadline, no_retry, remaining
+from .etcd.election import Election, NotLeaderError
 from .etcd.events import DeleteEvent, Event, PutEvent, WatchResponse
 from .etcd.lease import Lease
 from .etcd.lock import Lock
@@ -42,6 +43,7 @@ __all__ = [
     "ConnectionTimeoutError",
     "DeadlineExceeded",
     "DeleteEvent",
+    "Election",
     "Endpoint",
     "EndpointStatus",
     "EndpointsUnavailable",
@@ -57,6 +59,7 @@ __all__ = [
     "Lock",
     "LockLostError",
     "Member",
+    "NotLeaderError",
     "PreconditionFailedError",
     "PutEvent",
     "RetryPolicy",

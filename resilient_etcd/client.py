@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from . import deadlines
 from ._proto import rpc_pb2
+from .etcd.election import Election
 from .etcd.events import Event, WatchResponse
 from .etcd.lease import Lease
 from .etcd.lock import Lock
@@ -412,6 +413,10 @@ class Etcd3Client:
     def lock(self, name: str, ttl: int = 60, on_lost: Callable[[Lock], None] | None = None) -> Lock:
         """A :class:`Lock` named ``name`` (key ``/locks/<name>``), held through a kept lease of ``ttl`` s."""
         return Lock(name, ttl=ttl, etcd_client=self, on_lost=on_lost)
+
+    def election(self, name: str, ttl: int = 10, on_lost: Callable[[Election], None] | None = None) -> Election:
+        """An :class:`Election` under ``/election/<name>/``; candidates hold a kept lease of ``ttl`` s."""
+        return Election(self, name, ttl=ttl, on_lost=on_lost)
 
     # ---- cluster ----
     @property

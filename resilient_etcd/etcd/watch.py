@@ -109,6 +109,7 @@ class WatchManager:
         self._in_callback = False
         self._stalled = False
         self.resumes = 0
+        self._avoid: Any = None  # the connection whose stream just failed: try another one first
         self._reader = threading.Thread(target=self._run, name="resilient-etcd-watch", daemon=True)
         self._monitor = threading.Thread(target=self._watchdog, name="resilient-etcd-watchdog", daemon=True)
         self._reader.start()
@@ -168,7 +169,8 @@ class WatchManager:
 
     def _pump(self) -> bool:
         """Run one stream until it ends; True if it delivered anything (the next may start at once)."""
-        conn = self._t.pool.pick()
+        conn = self._t.pool.pick(avoid=self._avoid)
+        self._avoid = None
         gen = conn.generation
         q: queue.SimpleQueue[rpc_pb2.WatchRequest | None] = queue.SimpleQueue()
         md = self._t.token_metadata + ((("hasleader", "true"),) if self._require_leader else ())
@@ -199,8 +201,10 @@ class WatchManager:
             if failure is Failure.AUTH_TOKEN and self._t.has_credentials:
                 self._reauth()
             elif self._stalled:
+                self._avoid = conn
                 self._t.pool.report_failure(conn, gen, "watch stream stalled", hard=False)
             elif code != grpc.StatusCode.CANCELLED:
+                self._avoid = conn  # e.g. "etcdserver: no leader" on a require-leader stream
                 self._t.pool.report_failure(conn, gen, f"watch: {code.name}: {details}", hard=is_hard(failure))
             log.info("watch stream on %s ended (%s: %s); resuming", conn.name, code.name, details,
                      extra={"endpoint": conn.name, "event": "watch_resume"})

@@ -1,0 +1,156 @@
+"""Leader election with clientv3 ``concurrency`` semantics, for controllers that must run single-active.
+
+Each candidate puts ``<prefix><lease id>`` under its own kept lease; the candidate whose key has the
+lowest create revision leads. ``campaign()`` blocks until every earlier key is gone. Leadership
+is lost with the lease: ``on_lost`` fires within the lease TTL of being cut off, and
+``is_leader()`` turns False. ``revision`` (the key's create revision) is a fencing token: a later
+leader always has a larger one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import Etcd3Exception, WatchTimedOut
+from .lease import Lease
+from .models import Key, KVMetadata, to_bytes
+
+if TYPE_CHECKING:
+    from ..client import Etcd3Client
+
+_NOPUT = 0  # only deletions
+
+
+class NotLeaderError(Etcd3Exception):
+    """The operation needs leadership this candidate does not hold (never had it, resigned, or lost it)."""
+
+
+class Election:
+    """``campaign(value)``, ``proclaim(value)``, ``resign()``, ``leader()``, ``observe()``."""
+
+    def __init__(self, client: Etcd3Client, name: str, ttl: int = 10,
+                 on_lost: Callable[[Election], None] | None = None) -> None:
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
+            raise ValueError(f"election ttl must be a positive integer of seconds, got {ttl!r}")
+        self.client = client
+        self.prefix = f"/election/{name}/".encode()
+        self.ttl = ttl
+        self._on_lost = on_lost
+        self.lease: Lease | None = None
+        self.key: bytes | None = None
+        self.revision: int | None = None
+        self._lost = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"Election({self.prefix!r}, leader={self.is_leader()}, revision={self.revision})"
+
+    def campaign(self, value: Key, timeout: float | None = None) -> bool:
+        """Become leader with ``value``; waits for earlier candidates (up to ``timeout`` s, None: forever).
+
+        Returns False on timeout (the candidacy is withdrawn).
+        """
+        c = self.client
+        t = c.transactions
+        end = None if timeout is None else time.monotonic() + timeout
+        self._lost.clear()
+        self.lease = c.lease(self.ttl).keep_alive(on_lost=self._lease_lost)
+        self.key = self.prefix + f"{self.lease.id:x}".encode()
+        ok, responses = c.transaction(compare=[t.create(self.key) == 0],
+                                      success=[t.put(self.key, to_bytes(value, "value"), lease=self.lease)],
+                                      failure=[t.get(self.key)])
+        self.revision = (int(responses[0].header.revision) if ok else responses[0][0][1].create_revision)
+        while True:  # wait until no key created before ours remains
+            resp = c.get_prefix_response(self.prefix, sort_order="descend", sort_target="create", limit=1,
+                                         max_create_revision=self.revision - 1)
+            if not resp.kvs:
+                return True
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                self.resign()
+                return False
+            try:
+                c.watch_once(resp.kvs[0].key, timeout=left, start_revision=resp.header.revision + 1,
+                             filters=[_NOPUT])
+            except WatchTimedOut:
+                self.resign()
+                return False
+            self._check()
+
+    def is_leader(self) -> bool:
+        """True while this candidate's key is the oldest under the prefix and its lease is alive."""
+        if self.key is None or self._lost.is_set():
+            return False
+        current = self.leader()
+        return current is not None and current[1].key == self.key
+
+    def _check(self) -> None:
+        if self._lost.is_set():
+            raise NotLeaderError("leadership lost with the lease")
+        if self.key is None:
+            raise NotLeaderError("not campaigning")
+
+    def proclaim(self, value: Key) -> None:
+        """Publish a new value as the current leader, without re-election."""
+        self._check()
+        t = self.client.transactions
+        assert self.key is not None and self.revision is not None
+        ok, _ = self.client.transaction(compare=[t.create(self.key) == self.revision],
+                                        success=[t.put(self.key, to_bytes(value, "value"), lease=self.lease)],
+                                        failure=[])
+        if not ok:
+            raise NotLeaderError("our election key is gone: leadership was lost")
+
+    def resign(self) -> None:
+        """Give up leadership (or candidacy)."""
+        if self.key is not None and self.revision is not None:
+            t = self.client.transactions
+            self.client.transaction(compare=[t.create(self.key) == self.revision], success=[t.delete(self.key)],
+                                    failure=[])
+        if self.lease is not None:
+            self.lease.stop_keep_alive()
+            if not self.lease.is_lost:
+                self.lease.revoke()
+        self.key = self.revision = self.lease = None
+
+    def leader(self) -> tuple[bytes, KVMetadata] | None:
+        """``(value, metadata)`` of the current leader's key, or None when nobody leads."""
+        resp = self.client.get_prefix_response(self.prefix, sort_order="ascend", sort_target="create", limit=1)
+        if not resp.kvs:
+            return None
+        kv = resp.kvs[0]
+        return kv.value, KVMetadata(kv, resp.header)
+
+    def observe(self) -> tuple[Iterator[bytes | None], Callable[[], None]]:
+        """``(iterator, cancel)``: the leader's value now and after every change (None: nobody leads)."""
+        events, cancel = self.client.watch_prefix(self.prefix)
+
+        def values() -> Iterator[bytes | None]:
+            last: Any = object()
+            current = self.leader()
+            value = None if current is None else current[0]
+            while True:
+                if value != last:
+                    last = value
+                    yield value
+                next(events)
+                current = self.leader()
+                value = None if current is None else current[0]
+
+        return values(), cancel
+
+    def _lease_lost(self, lease: Lease) -> None:
+        self._lost.set()
+        if self._on_lost is not None:
+            self._on_lost(self)
+
+    def __enter__(self) -> Election:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.resign()
+
+
+__all__ = ["Election", "NotLeaderError"]

@@ -10,13 +10,14 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from resilient_etcd.testing import EtcdCluster, ToxiproxyServer, netns_available
 
 from . import report
-from .baselines import CLIENTS, ClientSpec
+from .baselines import CLIENTS
 from .scenarios import (
     FAULTS,
     Session,
@@ -59,25 +60,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {msg}", flush=True)
 
-    def count(spec: ClientSpec) -> int:
-        return ours_trials if spec.name == "resilient" else base_trials
+    def each_client(cluster: EtcdCluster, name: str, trial: Callable[[Session], Trial]) -> None:
+        """Run ``trial`` for every client (20 trials for ours, fewer for baselines that may hang)."""
+        for cname in clients:
+            session = Session(cluster, CLIENTS[cname])
+            try:
+                for i in range(ours_trials if cname == "resilient" else base_trials):
+                    t = trial(session)
+                    trials.append(t)
+                    log(f"{name} {cname} #{i + 1}: recover={t.recover} failed={t.failed_calls} "
+                        f"failovers={t.failovers}")
+            finally:
+                session.close()
 
     with ToxiproxyServer() as tp:
         with EtcdCluster(size=3, toxiproxy=tp) as cluster:
             etcd_version = cluster.members[0].status().version
+            s6_hold = 3.0 if args.quick else 10.0
             for name in [s for s in scenarios if s in ("S1", "S2", "S3", "S8", "S6")]:
-                for cname in clients:
-                    spec = CLIENTS[cname]
-                    session = Session(cluster, spec)
-                    try:
-                        for i in range(count(spec)):
-                            t = (slow_trial(session, name, hold=3.0 if args.quick else 10.0) if name == "S6"
-                                 else recovery_trial(session, name, cap, hold))
-                            trials.append(t)
-                            log(f"{name} {cname} #{i + 1}: recover={t.recover} failed={t.failed_calls} "
-                                f"failovers={t.failovers}")
-                    finally:
-                        session.close()
+
+                def trial(session: Session, name: str = name) -> Trial:
+                    if name == "S6":
+                        return slow_trial(session, name, hold=s6_hold)
+                    return recovery_trial(session, name, cap, hold)
+
+                each_client(cluster, name, trial)
             if "S7" in scenarios:
                 t = slow_stream_trial(cluster, hold=5.0 if args.quick else 15.0)
                 trials.append(t)
@@ -101,28 +108,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"S4 skipped: {netns_available()}")
             else:
                 with EtcdCluster(size=3, netns=True, proxied=False) as ncluster:
-                    for cname in clients:
-                        spec = CLIENTS[cname]
-                        session = Session(ncluster, spec)
-                        try:
-                            for i in range(count(spec)):
-                                t = recovery_trial(session, "S4", cap, hold)
-                                trials.append(t)
-                                log(f"S4 {cname} #{i + 1}: recover={t.recover}")
-                        finally:
-                            session.close()
+                    each_client(ncluster, "S4", lambda s: recovery_trial(s, "S4", cap, hold))
         if "S1-restart" in scenarios:
             with EtcdCluster(size=1, toxiproxy=tp, proxied=False) as single:
-                for cname in clients:
-                    spec = CLIENTS[cname]
-                    session = Session(single, spec)
-                    try:
-                        for i in range(count(spec)):
-                            t = restart_gap_trial(single, session, cap=max(cap, 15.0))
-                            trials.append(t)
-                            log(f"S1-restart {cname} #{i + 1}: gap={t.recover}")
-                    finally:
-                        session.close()
+                each_client(single, "S1-restart", lambda s: restart_gap_trial(single, s, cap=max(cap, 15.0)))
     return {
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": time.monotonic() - started,

@@ -175,21 +175,11 @@ def restart_gap_trial(cluster: EtcdCluster, session: Session, cap: float) -> Tri
     member = cluster.members[0]
     served: list[float] = []
 
-    def poll_served() -> None:
-        opts = [("grpc.use_local_subchannel_pool", 1)]
-        while not served:
-            try:
-                with grpc.insecure_channel(member.direct_endpoint, options=opts) as ch:
-                    rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"/bench/key"), timeout=0.2)
-                served.append(time.monotonic())
-            except grpc.RpcError:
-                time.sleep(0.002)
-
     member.kill()
     killed = time.monotonic()
     time.sleep(0.5)  # the outage lasts half a second: part of the scenario, not a synchronisation
     member.start(wait=False)
-    poller = threading.Thread(target=poll_served, daemon=True)
+    poller = threading.Thread(target=lambda: served.append(member.first_served(timeout=cap)), daemon=True)
     poller.start()
     first = driver.wait_for(lambda c: c.ok and c.e > killed, cap)
     poller.join(cap)

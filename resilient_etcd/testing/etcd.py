@@ -188,6 +188,24 @@ class EtcdMember:
             raise HarnessError("undrop() needs a cluster started with netns=True")
         self.netns.undrop()
 
+    def first_served(self, timeout: float = 30.0) -> float:
+        """Poll with fresh connections until a linearizable Range succeeds; its ``time.monotonic()``.
+
+        The reference point for "the client's first success after etcd serves again" (S1).
+        """
+        opts = [("grpc.use_local_subchannel_pool", 1)]
+        req = rpc_pb2.RangeRequest(key=b"/")
+
+        def serve() -> float | None:
+            with grpc.insecure_channel(self.direct_endpoint, options=opts) as ch:
+                try:
+                    rpc_pb2_grpc.KVStub(ch).Range(req, timeout=0.2)
+                except grpc.RpcError:
+                    return None
+            return time.monotonic()
+
+        return wait_until(serve, timeout=timeout, what=f"etcd {self.name} to serve", interval=0.002)
+
     def channel(self) -> grpc.Channel:
         """A fresh raw gRPC channel straight to this member (no proxy), for harness checks."""
         return self.cluster.raw_channel(self.direct_endpoint)

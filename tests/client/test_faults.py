@@ -12,11 +12,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import grpc
 import pytest
 
 import resilient_etcd as etcd3
-from resilient_etcd._proto import rpc_pb2, rpc_pb2_grpc
 from resilient_etcd.testing import EtcdCluster, EtcdMember, netns_available, wait_until
 
 CALL_TIMEOUT = 3.0
@@ -149,16 +147,6 @@ def test_single_member_kill_restart_first_success_soon_after_serving(etcd_cluste
     served: list[float] = []
     ours: list[float] = []
 
-    def raw_first_success() -> None:
-        opts = [("grpc.use_local_subchannel_pool", 1)]
-        while not served:
-            try:
-                with grpc.insecure_channel(member.direct_endpoint, options=opts) as ch:
-                    rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"/x"), timeout=0.2)
-                served.append(time.monotonic())
-            except grpc.RpcError:
-                time.sleep(0.005)
-
     with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=CALL_TIMEOUT) as client:
         client.put("/x", "1")
         member.kill()
@@ -176,7 +164,7 @@ def test_single_member_kill_restart_first_success_soon_after_serving(etcd_cluste
         t = threading.Thread(target=caller)
         t.start()
         time.sleep(0.5)  # the outage itself: a fixed 0.5 s of "member down" is the scenario, not a sync
-        poller = threading.Thread(target=raw_first_success)
+        poller = threading.Thread(target=lambda: served.append(member.first_served(timeout=25)))
         member.start(wait=False)
         poller.start()
         t.join(25)

@@ -7,6 +7,7 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -16,6 +17,15 @@ from resilient_etcd._proto import rpc_pb2, rpc_pb2_grpc
 from resilient_etcd.etcd.events import DeleteEvent, PutEvent
 from resilient_etcd.testing import EtcdCluster, wait_until
 from resilient_etcd.testing.etcd import ROOT_PASSWORD_DEFAULT
+
+
+def next_within(events: Iterator[etcd3.Event], seconds: float) -> etcd3.Event | None:
+    """The next event, or None if none arrives within ``seconds`` (the iterator blocks, so use a thread)."""
+    got: list[etcd3.Event] = []
+    t = threading.Thread(target=lambda: got.append(next(events)), daemon=True)
+    t.start()
+    t.join(seconds)
+    return got[0] if got else None
 
 
 def test_watch_api(client: etcd3.Etcd3Client) -> None:
@@ -78,12 +88,9 @@ def test_quiet_watch_on_blackholed_member_resumes_and_sees_next_write(etcd_clust
         wait_until(lambda: watcher.resumes > before, timeout=5, what="the watch to resume elsewhere")
         resumed_after = time.monotonic() - started
         writer.put("/w/quiet", "after")
-        got: list[object] = []
-        t = threading.Thread(target=lambda: got.append(next(events)))
-        t.start()
-        t.join(5)
+        got = next_within(events, 5)
         cancel()
-        assert got and got[0].value == b"after"  # type: ignore[attr-defined]
+        assert got is not None and got.value == b"after"
         assert resumed_after < 2.5, f"the stalled quiet watch took {resumed_after:.2f} s to resume"
 
 
@@ -117,12 +124,9 @@ def test_watch_survives_restart_with_auth(etcd_cluster: EtcdCluster) -> None:
         etcd_cluster.members[0].restart()  # every simple token dies with the process
         with etcd3.client(endpoints=etcd_cluster.endpoints, **creds) as writer:
             writer.put("/w/auth", "2")
-        got: list[object] = []
-        t = threading.Thread(target=lambda: got.append(next(events)))
-        t.start()
-        t.join(10)
+        got = next_within(events, 10)
         cancel()
-        assert got and got[0].value == b"2"  # type: ignore[attr-defined]
+        assert got is not None and got.value == b"2"
 
 
 def etcd_history(cluster: EtcdCluster, prefix: bytes, start: int, end: int) -> list[tuple[int, bytes, int, bytes]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import logging
 import sys
 import threading
 import time
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.fault_seconds <= 0:
         p.error("--fault-seconds must be positive")
+    # resilient_etcd logs one line per endpoint state change: show them inline in the timeline
+    logging.basicConfig(level=logging.WARNING, format="        | %(name)s: %(message)s")
     print("starting a 3-member etcd cluster behind toxiproxy …", flush=True)
     with EtcdCluster(size=3) as cluster:
         plain = PlainClient(cluster.endpoints[0])
@@ -206,7 +209,8 @@ def plot(loops: dict[str, Loop], windows: list[tuple[str, float, float]], t0: fl
     for name, lp in loops.items():
         secs = [int(x - t0) for x in lp.ok]
         xs = list(range(int(end) + 1))
-        ax.plot(xs, [secs.count(s) for s in xs], label=name, linewidth=2)
+        width, color = (3.5, "tab:red") if name == "plain" else (1.8, "tab:green")
+        ax.plot(xs, [secs.count(s) for s in xs], label=name, linewidth=width, color=color)
     for label, start, stop in windows:
         ax.axvspan(start, stop, color="red", alpha=0.1)
         ax.text(start + 0.3, ax.get_ylim()[1] * 0.9, label, fontsize=8)

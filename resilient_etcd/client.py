@@ -349,27 +349,21 @@ class Etcd3Client:
         self._watcher.cancel(watch_id)
 
     def watch_response(self, key: Key, **kwargs: Any) -> tuple[Iterator[WatchResponse], Callable[[], None]]:
-        """``(iterator of WatchResponse, cancel)``; the iterator raises the error that ends the watch."""
+        """``(iterator of WatchResponse, cancel)``; the iterator raises the error that ends the watch.
+
+        :class:`NoLeaderError` is the exception to that: it is raised when the cluster loses its
+        leader (require-leader watches), and the *same* iterator goes on after it once quorum is back.
+        """
         responses: queue.SimpleQueue[Any] = queue.SimpleQueue()
         watch_id = self.add_watch_callback(key, responses.put, **kwargs)
-        done = threading.Event()
+        it = _WatchIterator(responses)
 
         def cancel() -> None:
-            done.set()
+            it.done = True
             responses.put(None)
             self.cancel_watch(watch_id)
 
-        def iterate() -> Iterator[WatchResponse]:
-            while not done.is_set():
-                item = responses.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    done.set()
-                    raise item
-                yield item
-
-        return iterate(), cancel
+        return it, cancel
 
     def watch_prefix_response(self, key_prefix: Key,
                               **kwargs: Any) -> tuple[Iterator[WatchResponse], Callable[[], None]]:
@@ -377,9 +371,10 @@ class Etcd3Client:
         return self.watch_response(p, range_end=prefix_range_end(p), **kwargs)
 
     def watch(self, key: Key, **kwargs: Any) -> tuple[Iterator[Event], Callable[[], None]]:
-        """``(iterator of events, cancel)`` for ``key``: python-etcd3's ``watch``, but resumable."""
+        """``(iterator of events, cancel)`` for ``key``: python-etcd3's ``watch``, but resumable
+        (a :class:`NoLeaderError` from it is transient: keep iterating)."""
         responses, cancel = self.watch_response(key, **kwargs)
-        return (e for r in responses for e in r.events), cancel
+        return _EventIterator(responses), cancel
 
     def watch_prefix(self, key_prefix: Key, **kwargs: Any) -> tuple[Iterator[Event], Callable[[], None]]:
         p = to_bytes(key_prefix)
@@ -480,6 +475,47 @@ class Etcd3Client:
 
         for blob in self._transport.call("Maintenance.Snapshot", invoke, timeout=timeout, idempotent=True):
             file_obj.write(blob)
+
+
+class _WatchIterator:
+    """Responses of one watch; raises the ending error, or a transient NoLeaderError and goes on."""
+
+    def __init__(self, responses: queue.SimpleQueue[Any]) -> None:
+        self._responses = responses
+        self.done = False
+
+    def __iter__(self) -> _WatchIterator:
+        return self
+
+    def __next__(self) -> WatchResponse:
+        if self.done:
+            raise StopIteration
+        item = self._responses.get()
+        if item is None:
+            self.done = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            if not getattr(item, "transient", False):
+                self.done = True
+            raise item
+        resp: WatchResponse = item
+        return resp
+
+
+class _EventIterator:
+    """Events of a watch, flattened from its responses (transient errors pass through)."""
+
+    def __init__(self, responses: Iterator[WatchResponse]) -> None:
+        self._responses = responses
+        self._pending: list[Event] = []
+
+    def __iter__(self) -> _EventIterator:
+        return self
+
+    def __next__(self) -> Event:
+        while not self._pending:
+            self._pending = list(next(self._responses).events)
+        return self._pending.pop(0)
 
 
 def client(

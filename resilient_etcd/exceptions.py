@@ -4,7 +4,8 @@ Hierarchy::
 
     Etcd3Exception
     ├── ConnectionFailedError          gRPC UNAVAILABLE: the member could not be reached
-    │   └── EndpointsUnavailable       no endpoint answered within the deadline
+    │   ├── EndpointsUnavailable       no endpoint answered within the deadline
+    │   └── NoLeaderError              no raft leader (on watches: transient, the watch resumes)
     ├── ConnectionTimeoutError         gRPC DEADLINE_EXCEEDED
     │   └── DeadlineExceeded           the caller's deadline ran out (before or during I/O)
     ├── InternalServerError            gRPC INTERNAL / DATA_LOSS
@@ -59,6 +60,13 @@ class RevisionCompactedError(Etcd3Exception):
         super().__init__(detail_message or f"revision compacted (compacted revision {compacted_revision})")
 
 
+class NoLeaderError(ConnectionFailedError):
+    """The member has no raft leader (no quorum). On a watch this is a *transient* notice: the watch
+    stays registered and resumes by itself when a leader is back (``transient`` is True)."""
+
+    transient = True
+
+
 class DeadlineExceeded(ConnectionTimeoutError):
     """The deadline for the call (scope, per-call ``timeout`` or client default) ran out."""
 
@@ -102,6 +110,7 @@ __all__ = [
     "InternalServerError",
     "LeaseLostError",
     "LockLostError",
+    "NoLeaderError",
     "PreconditionFailedError",
     "RevisionCompactedError",
     "WatchTimedOut",

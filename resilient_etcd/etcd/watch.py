@@ -33,7 +33,7 @@ import grpc
 from tenacity import RetryCallState, wait_random_exponential
 
 from .._proto import rpc_pb2
-from ..exceptions import Etcd3Exception, RevisionCompactedError, WatchTimedOut
+from ..exceptions import Etcd3Exception, NoLeaderError, RevisionCompactedError, WatchTimedOut
 from ..transport.retry import Failure, classify, is_hard
 from .events import WatchResponse, new_event
 
@@ -108,6 +108,8 @@ class WatchManager:
         self._last_progress = 0.0
         self._in_callback = False
         self._stalled = False
+        self._idle = False  # the stream was closed on purpose (no watches left): not a resume
+        self._leaderless = False  # NoLeaderError already delivered for the current outage
         self.resumes = 0
         self._avoid: Any = None  # the connection whose stream just failed: try another one first
         self._reader = threading.Thread(target=self._run, name="resilient-etcd-watch", daemon=True)
@@ -134,10 +136,17 @@ class WatchManager:
         return w.id
 
     def cancel(self, watch_id: int) -> None:
+        """Stop one watch; the last one to go closes the stream (the thread idles until the next add)."""
         with self._lock:
             w = self._watches.pop(watch_id, None)
-            if w is not None and w.on_stream and self._stream is not None:
-                self._stream[1].put(rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=w.id)))
+            stream = self._stream
+            if w is None or stream is None or not w.on_stream:
+                return
+            if self._watches:
+                stream[1].put(rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=w.id)))
+                return
+            self._idle = True
+        stream[0].cancel()
 
     def close(self) -> None:
         self._closed.set()
@@ -193,18 +202,22 @@ class WatchManager:
                 self._progress_sent = None
                 self._handle(resp)
                 delivered = True
+                self._leaderless = False
         except grpc.RpcError as e:
             code, details = e.code(), e.details() or ""
             failure = classify(code, details)
-            if self._closed.is_set():
+            if self._closed.is_set() or self._idle:
                 return True
             if failure is Failure.AUTH_TOKEN and self._t.has_credentials:
                 self._reauth()
             elif self._stalled:
                 self._avoid = conn
                 self._t.pool.report_failure(conn, gen, "watch stream stalled", hard=False)
+            elif "no leader" in details:
+                self._avoid = conn
+                self._notify_no_leader(f"{details} [{conn.name}]")
             elif code != grpc.StatusCode.CANCELLED:
-                self._avoid = conn  # e.g. "etcdserver: no leader" on a require-leader stream
+                self._avoid = conn
                 self._t.pool.report_failure(conn, gen, f"watch: {code.name}: {details}", hard=is_hard(failure))
             log.info("watch stream on %s ended (%s: %s); resuming", conn.name, code.name, details,
                      extra={"endpoint": conn.name, "event": "watch_resume"})
@@ -217,9 +230,29 @@ class WatchManager:
                 for w in self._watches.values():
                     w.on_stream = False
             call.cancel()
-        if not self._closed.is_set():
+        if self._idle:
+            self._idle = False
+        elif not self._closed.is_set():
             self.resumes += 1
         return delivered
+
+    def _notify_no_leader(self, reason: str) -> None:
+        """Tell every watch once per outage that there is no leader; the watches stay and resume."""
+        if self._leaderless:
+            return
+        self._leaderless = True
+        log.warning("watch: no leader (%s); watches will resume when quorum returns", reason,
+                    extra={"event": "watch_no_leader"})
+        with self._lock:
+            watches = list(self._watches.values())
+        for w in watches:
+            if not w.created.is_set():
+                w.error = NoLeaderError(reason)
+                w.created.set()
+                with self._lock:
+                    self._watches.pop(w.id, None)
+            else:
+                self._deliver(w, NoLeaderError(reason))
 
     def _reauth(self) -> None:
         try:

@@ -72,3 +72,18 @@ def test_lock_api_and_fencing(client: etcd3.Etcd3Client) -> None:
     with client.lock("ctx", ttl=5) as held:
         assert held.is_acquired()
     assert client.get("/locks/ctx") == (None, None)
+
+
+@pytest.mark.etcd_cluster(size=1, auth=True)
+def test_keeper_continues_after_restart_with_auth(etcd_cluster: EtcdCluster) -> None:
+    """S10 for leases: the restart kills every token; the keeper re-authenticates and keeps going."""
+    from resilient_etcd.testing.etcd import ROOT_PASSWORD_DEFAULT
+
+    with etcd3.client(endpoints=etcd_cluster.endpoints, user="root", password=ROOT_PASSWORD_DEFAULT,
+                      timeout=3) as c:
+        lost = threading.Event()
+        lease = c.lease(3).keep_alive(on_lost=lambda _: lost.set())
+        c.put("/lease/auth", "v", lease=lease)
+        etcd_cluster.members[0].restart()
+        assert not lost.wait(6), f"lease lost across an auth restart: {lease!r}"
+        assert c.get("/lease/auth")[0] == b"v"

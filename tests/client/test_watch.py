@@ -220,3 +220,24 @@ def test_history_equals_etcd_history_under_faults(etcd_cluster: EtcdCluster) -> 
     assert not errors, errors
     assert len(delivered) == len(set(delivered)), "duplicate events"
     assert delivered == truth, f"lost {len(set(truth) - set(delivered))}, extra {len(set(delivered) - set(truth))}"
+
+
+def test_no_quorum_require_leader_watch_fails_fast_then_resumes(etcd_cluster: EtcdCluster) -> None:
+    """S9: stop 2 of 3 members. The watch says NoLeaderError (typed, transient) instead of going
+    silent, keeps its place, and delivers the next write once quorum is back."""
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=5) as c:
+        responses, cancel = c.watch_response("/w/s9")
+        c.put("/w/s9", "before")
+        assert next(responses).events[0].value == b"before"
+        started = time.monotonic()
+        etcd_cluster.stop_quorum()
+        with pytest.raises(etcd3.NoLeaderError):
+            next(responses)
+        noticed = time.monotonic() - started
+        etcd_cluster.restore_quorum()
+        with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=10) as writer:
+            rev = writer.put("/w/s9", "after").header.revision
+        resp = next(responses)  # the same iterator goes on
+        assert [(e.value, e.mod_revision) for e in resp.events] == [(b"after", rev)]
+        cancel()
+    assert noticed < 15, f"no-leader took {noticed:.1f} s to surface"

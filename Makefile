@@ -15,9 +15,9 @@ help:
 	@echo "make bench  - the full benchmark run (~20 min): benchmarks/results + docs/benchmarks.md"
 	@echo "make servers / proto / lint / unit / clean"
 
-# system tools for the network-namespace scenarios (root + apt only; skipped elsewhere)
+# system tools for the network-namespace scenarios and the socket-option check (root + apt only)
 deps:
-	@need=""; for t in ip:iproute2 iptables:iptables conntrack:conntrack; do \
+	@need=""; for t in ip:iproute2 iptables:iptables conntrack:conntrack strace:strace; do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || need="$$need $${t##*:}"; done; \
 	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

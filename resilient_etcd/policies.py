@@ -47,7 +47,8 @@ class KeepalivePolicy:
 
     ``time``: seconds between PINGs while calls are active; ``timeout``: seconds to wait for the
     PING ack before the connection is closed. grpcio also sets ``TCP_USER_TIMEOUT`` on the socket
-    to ``timeout`` when keepalive is on (gRFC A18), so unacknowledged data is bounded too.
+    to ``timeout`` when keepalive is on (gRFC A18; our tests check it under strace), so
+    unacknowledged data is bounded too.
 
     etcd enforces ``--grpc-keepalive-min-time`` (5 s by default) and forbids PINGs without active
     calls: a client that pings faster, or pings an idle connection, gets ``GOAWAY

@@ -199,6 +199,11 @@ class Transport:
         if failure is Failure.AUTH_TOKEN and not self.has_credentials:
             raise AuthenticationError(f"{details} (no user/password configured) [{conn.name}]")
         if not may_retry(failure, idempotent) or self.retry_policy.max_attempts == 1 or not retries_enabled():
+            if failure is Failure.EJECTED:
+                why = conn.health.last_error or "it stopped answering health probes"
+                raise ConnectionFailedError(
+                    f"endpoint {conn.name} was ejected while the call was in flight ({why}); "
+                    "the call may or may not have been applied and was not retried") from error
             if isinstance(error, ValueError):
                 raise to_exception(ConnectionFailedError(f"channel closed before the call: {error}"), conn.name)
             raise to_exception(error, conn.name) from error

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from .. import deadlines
+from .._proto import rpc_pb2
 from ..deadlines import retries_enabled
 from ..exceptions import AuthenticationError, ConfigurationError, ConnectionFailedError, DeadlineExceeded
 from ..policies import HealthPolicy, KeepalivePolicy, RetryPolicy
@@ -81,7 +82,6 @@ class Transport:
         self.__password = password
         self._token_md: Metadata = ()
         self._token_lock = threading.Lock()
-        self._token_version = 0
         self.pool = EndpointPool(endpoints, self._dial, health, lambda: self._token_md)
 
     def _dial(self, endpoint: Endpoint) -> grpc.Channel:
@@ -97,17 +97,12 @@ class Transport:
     def has_credentials(self) -> bool:
         return self._user is not None
 
-    def authenticate(self, seen_version: int | None = None) -> None:
-        """Fetch a token (once per expiry, whichever thread notices first)."""
-        from .._proto import rpc_pb2
-
+    def authenticate(self) -> None:
+        """Fetch a fresh token (one thread at a time; the password never leaves this object)."""
         with self._token_lock:
-            if seen_version is not None and seen_version != self._token_version:
-                return  # another thread already renewed it
             req = rpc_pb2.AuthenticateRequest(name=self._user or "", password=self.__password or "")
             resp = self.unary("auth", "Authenticate", req, idempotent=True, with_token=False)
             self._token_md = (("token", resp.token),)
-            self._token_version += 1
 
     # ---- calls ----
     def unary(

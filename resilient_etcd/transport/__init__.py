@@ -1,0 +1,1 @@
+"""Transport layers: endpoints, health, pool, retry policy and the call path (private)."""

@@ -21,6 +21,8 @@ from resilient_etcd.testing import (
 from resilient_etcd.testing.netns import leftover_namespaces
 
 Metadata = tuple[tuple[str, str], ...]
+pytestmark = pytest.mark.integration
+
 FRESH = [("grpc.use_local_subchannel_pool", 1)]  # a new TCP connection, never a shared one
 
 

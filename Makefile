@@ -27,7 +27,7 @@ deps:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench,dev,kube]'
+	$(PY) -m pip install -q -e '.[test,bench,dev,kube,metrics]'
 	@touch $@
 
 venv: $(STAMP)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .._proto import rpc_pb2
 from ..exceptions import Etcd3Exception, LeaseLostError
+from ..metrics import METRICS
 
 if TYPE_CHECKING:
     from ..client import Etcd3Client
@@ -134,6 +135,7 @@ class Lease:
             callbacks = list(self._on_lost) if notify else []
         self._stop.set()
         if notify:
+            METRICS.inc("lease_losses")
             log.error("lease %x lost: %s", self.id, reason, extra={"lease": self.id, "event": "lease_lost"})
         for cb in callbacks:
             try:

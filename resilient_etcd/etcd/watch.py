@@ -34,6 +34,7 @@ from tenacity import RetryCallState, wait_random_exponential
 
 from .._proto import rpc_pb2
 from ..exceptions import Etcd3Exception, NoLeaderError, RevisionCompactedError, WatchTimedOut
+from ..metrics import METRICS
 from ..transport.retry import Failure, classify, is_hard
 from .events import WatchResponse, new_event
 
@@ -234,6 +235,7 @@ class WatchManager:
             self._idle = False
         elif not self._closed.is_set():
             self.resumes += 1
+            METRICS.inc("watch_resumes", conn.name)
         return delivered
 
     def _notify_no_leader(self, reason: str) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 
 from .._proto import rpc_pb2, rpc_pb2_grpc
+from ..metrics import METRICS
 from ..policies import HealthPolicy
 from .endpoints import Endpoint
 from .health import EndpointHealth, State, Transition
@@ -127,6 +128,7 @@ class EndpointPool:
         if c is not self.active:
             old = self.active
             self.active = c
+            METRICS.inc("failovers", c.name)
             log.info("active endpoint %s -> %s", old.name, c.name,
                      extra={"endpoint": c.name, "previous": old.name, "event": "failover"})
         return c
@@ -143,6 +145,7 @@ class EndpointPool:
             if hard and was_ejected:
                 # panic mode sends traffic to ejected endpoints; a failed dial leaves the channel in
                 # gRPC's reconnect backoff, so the next try gets a fresh channel that dials at once
+                METRICS.inc("redials", conn.name)
                 old = conn.redial()
         if old is not None:
             old.close()
@@ -157,6 +160,7 @@ class EndpointPool:
         """Log a transition; on ejection swap in a fresh channel and return the old one to close."""
         if t is None:
             return None
+        METRICS.set_state(conn.name, t.new.value)
         level = logging.WARNING if t.new in (State.EJECTED, State.SUSPECT) else logging.INFO
         if State.PROBING in (t.old, t.new) and t.new is not State.HEALTHY:
             level = logging.DEBUG  # re-admission attempts of an endpoint already known to be out
@@ -165,6 +169,8 @@ class EndpointPool:
             extra={"endpoint": conn.name, "from_state": t.old.value, "to_state": t.new.value, "reason": t.reason},
         )
         if t.ejected:
+            METRICS.inc("ejections", conn.name)
+            METRICS.inc("redials", conn.name)
             return conn.redial()
         return None
 
@@ -229,6 +235,8 @@ class EndpointPool:
                 t = c.health.probe_failed(now, f"probe: {code.name}: {fut.details()}")
             else:
                 t = c.health.probe_answered(now)
+                if c.health.latencies:
+                    METRICS.observe_probe(c.name, c.health.latencies[-1])
             old = self._apply(c, t)
         if old is not None:
             old.close()

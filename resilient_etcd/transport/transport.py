@@ -19,6 +19,7 @@ from .. import deadlines
 from .._proto import rpc_pb2
 from ..deadlines import retries_enabled
 from ..exceptions import AuthenticationError, ConfigurationError, ConnectionFailedError, DeadlineExceeded
+from ..metrics import METRICS
 from ..policies import HealthPolicy, KeepalivePolicy, RetryPolicy
 from .endpoints import Endpoint, TlsConfig
 from .health import State
@@ -229,6 +230,7 @@ class Transport:
             # move off the endpoint that failed, unless the failure was only a stale token
             c = self.pool.pick(avoid=None if last.failure is Failure.AUTH_TOKEN else current)
             g = c.generation
+            METRICS.inc("retries", c.name)
             current = c
             md = (self._token_md + metadata) if with_token else metadata
             try:

@@ -14,7 +14,7 @@ DESCRIPTIONS = {
     **{k: v[0] for k, v in FAULTS.items()},
     "S1-restart": "single member: kill -9, start again; gap from etcd serving its first request to the "
                   "client's first success",
-    "S6": "toxiproxy latency 300 ms ± 100 ms on the member in use (slow but alive)",
+    "S6": "toxiproxy latency 300 ms ± 100 ms each way (round trip ≈ 600 ms) on the member in use (slow but alive)",
     "S7": "1 MiB get_prefix loop through a 256 KB/s bandwidth toxic (slow stream)",
     "watch-stall": "a quiet watch whose member is blackholed; time until it delivers a write made right "
                    "after the fault (through another member)",

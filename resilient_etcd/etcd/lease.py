@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .._proto import rpc_pb2
-from ..exceptions import Etcd3Exception, LeaseLostError
+from ..exceptions import LeaseLostError
 from ..metrics import METRICS
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class Lease:
                 interval = max(self.ttl / 3.0, 0.2)
             except LeaseLostError:
                 return
-            except Etcd3Exception as e:
+            except Exception as e:  # any failure: keep trying until the TTL says the lease is gone
                 log.warning("lease %x keep-alive failed (%.1f s of TTL left): %s", self.id, left, e,
                             extra={"lease": self.id, "event": "lease_keepalive_failed"})
                 interval = min(0.5, max(left / 4, 0.05))  # try again soon, well before it runs out

@@ -54,6 +54,7 @@ class EndpointHealth:
         self.consecutive_failures = 0
         self.last_error: str | None = None
         self.ejections = 0
+        self.probe_timeouts = 0  # consecutive probes that got no answer in time
         self.readmit_at = 0.0
         self._backoff = policy.readmit_backoff
 
@@ -64,8 +65,12 @@ class EndpointHealth:
         return sum(self.latencies) / len(self.latencies) if self.latencies else None
 
     def dead_time(self) -> float:
+        """How long a probe may go unanswered: grows with observed latency, and doubles with every
+        consecutive probe timeout (up to 32x) — a path slower than ``dead_after`` everywhere (all
+        members slow) must not be redialled forever before a single answer can come back."""
         slowest = max(self.latencies, default=0.0)
-        return max(self.policy.dead_after, self.policy.latency_factor * slowest)
+        base = max(self.policy.dead_after, self.policy.latency_factor * slowest)
+        return base * (1 << self.probe_timeouts)
 
     @property
     def usable(self) -> bool:
@@ -92,14 +97,17 @@ class EndpointHealth:
             self.latencies.append(now - self.probe_sent_at)
         self.probe_sent_at = None
         self.consecutive_failures = 0
+        self.probe_timeouts = 0
         if self.state is not State.HEALTHY:
             self._backoff = self.policy.readmit_backoff
             return self._move(State.HEALTHY, "probe answered", now)
         return None
 
-    def probe_failed(self, now: float, error: str) -> Transition | None:
-        """The probe got no answer within the dead time, or the connection failed."""
+    def probe_failed(self, now: float, error: str, *, timed_out: bool = False) -> Transition | None:
+        """The probe got no answer within the dead time (``timed_out``), or the connection failed."""
         self.probe_sent_at = None
+        if timed_out:
+            self.probe_timeouts = min(self.probe_timeouts + 1, 5)
         return self.fail(now, error, hard=True)
 
     def tick(self, now: float) -> Transition | None:

@@ -232,7 +232,8 @@ class EndpointPool:
                 return
             # any answer from the server — even an error status — proves the connection carries data
             if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-                t = c.health.probe_failed(now, f"probe: {code.name}: {fut.details()}")
+                t = c.health.probe_failed(now, f"probe: {code.name}: {fut.details()}",
+                                          timed_out=code == grpc.StatusCode.DEADLINE_EXCEEDED)
             else:
                 t = c.health.probe_answered(now)
                 if c.health.latencies:

@@ -188,7 +188,7 @@ class Transport:
             if code == grpc.StatusCode.CANCELLED and gen != conn.generation:
                 failure = Failure.EJECTED  # we closed the channel under this call
             self.pool.report_failure(conn, gen, f"{code.name}: {details}", hard=is_hard(failure))
-        elif isinstance(error, ValueError) and "closed channel" in str(error):
+        elif isinstance(error, ValueError) and _is_closed_channel(error):
             failure, details = Failure.NOT_SENT, str(error)  # closed before the call started: never left
         else:
             raise error
@@ -258,6 +258,12 @@ class Transport:
     @property
     def token_metadata(self) -> Metadata:
         return self._token_md
+
+
+def _is_closed_channel(error: ValueError) -> bool:
+    """grpcio's words for "this channel was closed before the call started" (unary and stream paths)."""
+    text = str(error).lower()
+    return "closed channel" in text or "channel closed" in text
 
 
 _SERVICE_NAMES = {"kv": "KV", "watch": "Watch", "lease": "Lease", "cluster": "Cluster",

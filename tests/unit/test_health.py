@@ -79,3 +79,22 @@ def test_any_answer_within_dead_time_keeps_it_in(rtts: list[float]) -> None:
         h.probe_answered(now + rtt)
         now += rtt
         assert h.state is State.HEALTHY
+
+
+def test_probe_deadline_doubles_after_timeouts_so_a_slow_path_can_answer() -> None:
+    h = EndpointHealth(P, 0.0)
+    assert h.dead_time() == 1.0
+    h.probe_sent(0.0)
+    h.probe_failed(1.0, "DEADLINE_EXCEEDED", timed_out=True)
+    assert h.state is State.EJECTED and h.dead_time() == 2.0
+    h.probe_sent(1.2)
+    h.probe_failed(3.2, "DEADLINE_EXCEEDED", timed_out=True)
+    assert h.dead_time() == 4.0
+    for _ in range(10):
+        h.probe_failed(10.0, "DEADLINE_EXCEEDED", timed_out=True)
+    assert h.dead_time() == 32.0, "capped"
+    h.probe_sent(11.0)
+    h.probe_answered(12.5)  # a slow answer: back to latency-based, which now knows the path is slow
+    assert h.state is State.HEALTHY and h.dead_time() == 3.0 * 1.5
+    h.probe_failed(20.0, "refused")  # a refused connection is not a timeout: no doubling
+    assert h.dead_time() == 3.0 * 1.5

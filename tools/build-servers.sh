@@ -17,6 +17,7 @@ pinned() { awk -v m="$2" '$1 == m || ($1 == "require" && $2 == m) { print ($1 ==
 etcd_v=$(pinned etcd go.etcd.io/etcd/server/v3)
 etcdctl_v=$(pinned etcdctl go.etcd.io/etcd/etcdctl/v3)
 toxi_v=$(pinned toxiproxy github.com/Shopify/toxiproxy/v2)
+kube_v=$(pinned kube-apiserver k8s.io/kubernetes)
 # the benchmark's Go baseline: keyed by client version and by its own source
 drv_v="$(pinned clientv3-driver go.etcd.io/etcd/client/v3)-$(cat "$here/clientv3-driver/main.go" "$here/clientv3-driver/go.sum" | sha256sum | cut -c1-8)"
 bindir="$cache/bin"
@@ -44,6 +45,7 @@ build etcdctl "$etcdctl_v" etcdctl .
 build toxiproxy-server "$toxi_v" toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server
 build toxiproxy-cli "$toxi_v" toxiproxy github.com/Shopify/toxiproxy/v2/cmd/cli
 build clientv3-driver "$drv_v" clientv3-driver .
+build kube-apiserver "$kube_v" kube-apiserver .
 
 # stable names for the harness; the versioned files are the cache
 ln -sf "etcd-$etcd_v" "$bindir/etcd"
@@ -51,4 +53,5 @@ ln -sf "etcdctl-$etcdctl_v" "$bindir/etcdctl"
 ln -sf "toxiproxy-server-$toxi_v" "$bindir/toxiproxy-server"
 ln -sf "toxiproxy-cli-$toxi_v" "$bindir/toxiproxy-cli"
 ln -sf "clientv3-driver-$drv_v" "$bindir/clientv3-driver"
+ln -sf "kube-apiserver-$kube_v" "$bindir/kube-apiserver"
 echo "$bindir"

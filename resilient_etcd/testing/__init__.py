@@ -10,6 +10,9 @@ namespaces, each behind its own toxiproxy proxy, and breaks them for real:
 * cluster verbs — ``compact()``, ``stop_quorum()``/``restore_quorum()``, ``enable_auth()``,
   ``virtual_ip()`` (a DNAT front whose backend can move, leaving old flows stale).
 
+``KubeApiServer(etcd_cluster, toxiproxy=…)`` runs a real kube-apiserver (built the same way) on
+such a cluster, with TLS, a bearer token, a kubeconfig, the same process verbs and a proxy.
+
 The pytest plugin (installed with the package) exposes them as fixtures; see
 :mod:`resilient_etcd.testing.plugin`.
 """
@@ -17,14 +20,17 @@ The pytest plugin (installed with the package) exposes them as fixtures; see
 from ._procs import ProcessRegistry
 from ._support import BinaryNotFoundError, HarnessError, PortInUseError, find_binary, wait_until
 from .etcd import EtcdCluster, EtcdMember, MemberStartError
+from .kube import ApiServerStartError, KubeApiServer
 from .netns import NetnsHost, VirtualIP, netns_available
 from .toxiproxy import Proxy, ToxiproxyError, ToxiproxyServer
 
 __all__ = [
+    "ApiServerStartError",
     "BinaryNotFoundError",
     "EtcdCluster",
     "EtcdMember",
     "HarnessError",
+    "KubeApiServer",
     "MemberStartError",
     "NetnsHost",
     "PortInUseError",

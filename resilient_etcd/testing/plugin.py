@@ -7,6 +7,8 @@ Fixtures
         Plain clusters are shared across tests of the same configuration (fast reset); clusters
         with auth, TLS or namespaces are fresh for each test.
     ``etcd_member`` — the only member of a single-member cluster.
+    ``kube_apiserver`` — a real kube-apiserver on a single-member etcd, behind toxiproxy
+        (``kubeconfig()``, ``token``, ``certs.ca``; kill/pause/… and ``proxy`` verbs).
 
 Tests that use these fixtures get the ``integration`` marker, so ``-m "not integration"``
 runs the fast unit tests alone. At the end of the session the plugin fails the run if any
@@ -23,10 +25,11 @@ import pytest
 
 from ._procs import ProcessRegistry
 from .etcd import EtcdCluster, EtcdMember
+from .kube import KubeApiServer
 from .netns import leftover_namespaces, netns_available, reap_stale
 from .toxiproxy import ToxiproxyServer
 
-_FIXTURES = {"etcd_cluster", "etcd_member", "toxiproxy_server"}
+_FIXTURES = {"etcd_cluster", "etcd_member", "toxiproxy_server", "kube_apiserver"}
 _FRESH_KEYS = {"auth", "tls", "client_cert_auth", "netns", "auth_token_ttl", "extra_args"}
 
 
@@ -101,6 +104,14 @@ def etcd_cluster(
 @pytest.fixture
 def etcd_member(toxiproxy_server: ToxiproxyServer, _etcd_cluster_cache: _ClusterCache) -> EtcdMember:
     return _etcd_cluster_cache.get(toxiproxy_server, {"size": 1}).members[0]
+
+
+@pytest.fixture
+def kube_apiserver(toxiproxy_server: ToxiproxyServer, _etcd_cluster_cache: _ClusterCache) -> Iterator[KubeApiServer]:
+    """A real kube-apiserver (TLS, bearer token, behind toxiproxy) on a shared single-member etcd."""
+    etcd = _etcd_cluster_cache.get(toxiproxy_server, {"size": 1})
+    with KubeApiServer(etcd, toxiproxy=toxiproxy_server) as api:
+        yield api
 
 
 @pytest.hookimpl(trylast=True)

@@ -1,0 +1,177 @@
+"""A real kube-apiserver for tests, on an :class:`EtcdCluster`, behind its own toxiproxy proxy.
+
+Built from the Go module proxy by ``tools/build-servers.sh --kube`` (a wrapper module pins
+k8s.io/kubernetes and every staging module). It serves TLS on loopback with certificates made
+here, accepts one static bearer token (``system:masters``), writes a kubeconfig, and has the same
+process verbs as an etcd member (kill/start/restart/pause/resume) plus its proxy's network verbs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import signal
+import ssl
+import subprocess
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ._procs import ProcessRegistry
+from ._support import HarnessError, WaitAborted, find_binary, free_port, log_tail, wait_until
+from .etcd import EtcdCluster
+from .tls import make_certs
+from .toxiproxy import Proxy, ToxiproxyServer
+
+
+class ApiServerStartError(WaitAborted):
+    """kube-apiserver exited or never became ready; the message carries its log tail."""
+
+
+class KubeApiServer:
+    """``with KubeApiServer(etcd_cluster) as api: api.kubeconfig`` — see the module docstring."""
+
+    def __init__(self, etcd: EtcdCluster, *, toxiproxy: ToxiproxyServer | None = None,
+                 extra_args: tuple[str, ...] = (), start_timeout: float = 90.0) -> None:
+        self.etcd = etcd
+        self.toxiproxy = toxiproxy
+        self.extra_args = tuple(extra_args)
+        self.start_timeout = start_timeout
+        self.port = free_port()
+        self.token = secrets.token_hex(16)
+        self._tmp = tempfile.TemporaryDirectory(prefix="re-kube-")
+        self.dir = Path(self._tmp.name)
+        self.log_path = self.dir / "kube-apiserver.log"
+        self.proxy: Proxy | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._argv: list[str] | None = None
+        self.certs = make_certs(self.dir / "certs", ["127.0.0.1"], client_cn="admin")
+
+    @property
+    def direct_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """Through the proxy when there is one."""
+        return f"https://{self.proxy.address}" if self.proxy else self.direct_url
+
+    @property
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _write_files(self) -> list[str]:
+        sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key_path = self.dir / "sa.key"
+        key_path.write_bytes(sa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+        tokens = self.dir / "tokens.csv"
+        tokens.write_text(f'{self.token},admin,admin-uid,"system:masters"\n')
+        return [
+            find_binary("kube-apiserver"),
+            f"--etcd-servers={','.join('http://' + e for e in self.etcd.direct_endpoints)}",
+            "--bind-address=127.0.0.1", f"--secure-port={self.port}",
+            f"--tls-cert-file={self.certs.server_cert}", f"--tls-private-key-file={self.certs.server_key}",
+            f"--client-ca-file={self.certs.ca}",
+            f"--token-auth-file={tokens}",
+            f"--service-account-key-file={key_path}", f"--service-account-signing-key-file={key_path}",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            "--service-cluster-ip-range=10.96.0.0/24",
+            "--authorization-mode=RBAC",
+            f"--cert-dir={self.dir / 'generated'}",
+            "--v=1",
+            *self.extra_args,
+        ]
+
+    def start(self) -> KubeApiServer:
+        if self.toxiproxy is not None and self.proxy is None:
+            self.proxy = self.toxiproxy.create_proxy(f"kube-{self.port}", f"127.0.0.1:{self.port}")
+        if self._argv is None:
+            self._argv = self._write_files()
+        argv = self._argv
+        with open(self.log_path, "ab") as log:
+            self._proc = ProcessRegistry.spawn(argv, stdout=log, stderr=log)
+        self.wait_ready()
+        return self
+
+    def readyz(self, timeout: float = 1.0) -> bool:
+        ctx = ssl.create_default_context(cafile=str(self.certs.ca))
+        req = urllib.request.Request(self.direct_url + "/readyz", headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            if self._proc is None or self._proc.poll() is not None:
+                raise ApiServerStartError(f"kube-apiserver exited\n{log_tail(self.log_path)}")
+            return self.readyz()
+
+        wait_until(ready, timeout=self.start_timeout, what="kube-apiserver /readyz", interval=0.2,
+                   on_timeout=lambda: log_tail(self.log_path))
+
+    def kubeconfig(self, path: Path | None = None, *, direct: bool = False) -> Path:
+        """Write a kubeconfig (JSON is valid YAML) for the admin token; returns its path."""
+        target = path or self.dir / ("kubeconfig-direct" if direct else "kubeconfig")
+        server = self.direct_url if direct else self.url
+        cfg = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "test",
+            "clusters": [{"name": "test", "cluster": {"server": server,
+                                                      "certificate-authority": str(self.certs.ca)}}],
+            "users": [{"name": "admin", "user": {"token": self.token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
+        }
+        target.write_text(json.dumps(cfg, indent=1))
+        target.chmod(0o600)
+        return target
+
+    def kill(self) -> None:
+        if self._proc is not None:
+            ProcessRegistry.kill(self._proc)
+            self._proc = None
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            ProcessRegistry.terminate(self._proc)
+            self._proc = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def pause(self) -> None:
+        if self._proc is None:
+            raise HarnessError("kube-apiserver is not running")
+        ProcessRegistry.signal(self._proc, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            ProcessRegistry.signal(self._proc, signal.SIGCONT)
+
+    def require_proxy(self) -> Proxy:
+        if self.proxy is None:
+            raise HarnessError("this kube-apiserver has no proxy: pass toxiproxy=")
+        return self.proxy
+
+    def close(self) -> None:
+        self.kill()
+        if self.proxy is not None and self.toxiproxy is not None:
+            with contextlib.suppress(HarnessError):
+                self.toxiproxy.request("DELETE", f"/proxies/{self.proxy.name}")
+        self._tmp.cleanup()
+
+    def __enter__(self) -> KubeApiServer:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -518,23 +518,7 @@ class _EventIterator:
         return self._pending.pop(0)
 
 
-def client(
-    host: str = "localhost",
-    port: int = 2379,
-    ca_cert: str | None = None,
-    cert_key: str | None = None,
-    cert_cert: str | None = None,
-    timeout: float | None = None,
-    user: str | None = None,
-    password: str | None = None,
-    grpc_options: Sequence[tuple[str, Any]] | None = None,
-    *,
-    endpoints: Sequence[str | Endpoint] | None = None,
-    keepalive: KeepalivePolicy | None = None,
-    health: HealthPolicy | None = None,
-    retry: RetryPolicy | None = None,
-) -> Etcd3Client:
-    """Build an :class:`Etcd3Client` (python-etcd3's ``etcd3.client`` signature, plus keyword-only
-    ``endpoints``, ``keepalive``, ``health`` and ``retry``)."""
-    return Etcd3Client(host, port, ca_cert, cert_key, cert_cert, timeout, user, password, grpc_options,
-                       endpoints=endpoints, keepalive=keepalive, health=health, retry=retry)
+client = Etcd3Client
+"""``resilient_etcd.client(...)`` builds an :class:`Etcd3Client` — python-etcd3's ``etcd3.client``
+signature (``host, port, ca_cert, cert_key, cert_cert, timeout, user, password, grpc_options``)
+plus keyword-only ``endpoints``, ``keepalive``, ``health`` and ``retry``."""

@@ -80,3 +80,45 @@ class ProcessRegistry:
 
 
 atexit.register(ProcessRegistry.kill_all)
+
+
+class ServerProcess:
+    """Process verbs shared by the servers of the test bed (an etcd member, a kube-apiserver).
+
+    Subclasses set ``_proc`` when they start and ``label`` for messages.
+    """
+
+    _proc: subprocess.Popen[bytes] | None
+    label: str
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM, SIGKILL after a grace period)."""
+        if self._proc is not None:
+            ProcessRegistry.terminate(self._proc)
+            self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash (scenario S1)."""
+        if self._proc is not None:
+            ProcessRegistry.kill(self._proc)
+            self._proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the kernel still accepts and ACKs, the process answers nothing (S2)."""
+        if self._proc is None:
+            from ._support import HarnessError
+
+            raise HarnessError(f"{self.label} is not running")
+        ProcessRegistry.signal(self._proc, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            ProcessRegistry.signal(self._proc, signal.SIGCONT)

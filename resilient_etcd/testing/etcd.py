@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import signal
 import ssl
 import subprocess
 import tempfile
@@ -17,7 +16,7 @@ import grpc
 
 from resilient_etcd._proto import auth_pb2, rpc_pb2, rpc_pb2_grpc
 
-from ._procs import ProcessRegistry
+from ._procs import ProcessRegistry, ServerProcess
 from ._support import HarnessError, WaitAborted, ensure_port_free, find_binary, free_port, log_tail, wait_until
 from .netns import NetnsHost, VirtualIP
 from .tls import CertFiles, make_certs
@@ -31,13 +30,14 @@ class MemberStartError(WaitAborted):
     """An etcd member exited or never became ready; the message carries its log tail."""
 
 
-class EtcdMember:
+class EtcdMember(ServerProcess):
     """One etcd process. Verbs: start/stop/kill/restart/pause/resume (+ drop/undrop in a namespace)."""
 
     def __init__(self, cluster: EtcdCluster, index: int, host: str, netns: NetnsHost | None) -> None:
         self.cluster = cluster
         self.index = index
         self.name = f"m{index}"
+        self.label = f"etcd {self.name}"
         self.host = host
         self.netns = netns
         self.client_port = free_port() if netns is None else 2379
@@ -79,14 +79,6 @@ class EtcdMember:
         if self.proxy is None:
             raise HarnessError(f"etcd {self.name} has no proxy: start the cluster with proxied=True")
         return self.proxy
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def _argv(self) -> list[str]:
         c = self.cluster
@@ -151,31 +143,9 @@ class EtcdMember:
         except OSError:
             return False
 
-    def stop(self) -> None:
-        """Graceful stop (SIGTERM)."""
-        if self._proc is not None:
-            ProcessRegistry.terminate(self._proc)
-            self._proc = None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash (scenario S1)."""
-        if self._proc is not None:
-            ProcessRegistry.kill(self._proc)
-            self._proc = None
-
     def restart(self, wait: bool = True) -> None:
         self.kill()
         self.start(wait=wait)
-
-    def pause(self) -> None:
-        """SIGSTOP: the kernel still accepts and ACKs, the process answers nothing (S2)."""
-        if self._proc is None:
-            raise HarnessError(f"etcd {self.name} is not running")
-        ProcessRegistry.signal(self._proc, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self._proc is not None:
-            ProcessRegistry.signal(self._proc, signal.SIGCONT)
 
     def drop(self) -> None:
         """iptables DROP of client traffic, both ways, inside the member's namespace (S4)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-import signal
 import ssl
 import subprocess
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ._procs import ProcessRegistry
+from ._procs import ProcessRegistry, ServerProcess
 from ._support import HarnessError, WaitAborted, find_binary, free_port, log_tail, wait_until
 from .etcd import EtcdCluster
 from .tls import make_certs
@@ -32,12 +31,13 @@ class ApiServerStartError(WaitAborted):
     """kube-apiserver exited or never became ready; the message carries its log tail."""
 
 
-class KubeApiServer:
+class KubeApiServer(ServerProcess):
     """``with KubeApiServer(etcd_cluster) as api: api.kubeconfig`` — see the module docstring."""
 
     def __init__(self, etcd: EtcdCluster, *, toxiproxy: ToxiproxyServer | None = None,
                  extra_args: tuple[str, ...] = (), start_timeout: float = 90.0) -> None:
         self.etcd = etcd
+        self.label = "kube-apiserver"
         self.toxiproxy = toxiproxy
         self.extra_args = tuple(extra_args)
         self.start_timeout = start_timeout
@@ -59,10 +59,6 @@ class KubeApiServer:
     def url(self) -> str:
         """Through the proxy when there is one."""
         return f"https://{self.proxy.address}" if self.proxy else self.direct_url
-
-    @property
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def _write_files(self) -> list[str]:
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -131,28 +127,9 @@ class KubeApiServer:
         target.chmod(0o600)
         return target
 
-    def kill(self) -> None:
-        if self._proc is not None:
-            ProcessRegistry.kill(self._proc)
-            self._proc = None
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            ProcessRegistry.terminate(self._proc)
-            self._proc = None
-
     def restart(self) -> None:
         self.kill()
         self.start()
-
-    def pause(self) -> None:
-        if self._proc is None:
-            raise HarnessError("kube-apiserver is not running")
-        ProcessRegistry.signal(self._proc, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self._proc is not None:
-            ProcessRegistry.signal(self._proc, signal.SIGCONT)
 
     def require_proxy(self) -> Proxy:
         if self.proxy is None:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from ._procs import ProcessRegistry, ServerProcess
 from ._support import HarnessError, WaitAborted, find_binary, free_port, log_tail, wait_until
 from .etcd import EtcdCluster
-from .tls import make_certs
+from .tls import CertFiles, make_certs
 from .toxiproxy import Proxy, ToxiproxyServer
 
 
@@ -35,21 +35,23 @@ class KubeApiServer(ServerProcess):
     """``with KubeApiServer(etcd_cluster) as api: api.kubeconfig`` — see the module docstring."""
 
     def __init__(self, etcd: EtcdCluster, *, toxiproxy: ToxiproxyServer | None = None,
-                 extra_args: tuple[str, ...] = (), start_timeout: float = 90.0) -> None:
+                 extra_args: tuple[str, ...] = (), start_timeout: float = 90.0,
+                 peer: KubeApiServer | None = None) -> None:
+        """``peer``: another apiserver of the same cluster whose certificates and token to share (HA)."""
         self.etcd = etcd
         self.label = "kube-apiserver"
         self.toxiproxy = toxiproxy
         self.extra_args = tuple(extra_args)
         self.start_timeout = start_timeout
         self.port = free_port()
-        self.token = secrets.token_hex(16)
+        self.token: str = peer.token if peer else secrets.token_hex(16)
         self._tmp = tempfile.TemporaryDirectory(prefix="re-kube-")
         self.dir = Path(self._tmp.name)
         self.log_path = self.dir / "kube-apiserver.log"
         self.proxy: Proxy | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._argv: list[str] | None = None
-        self.certs = make_certs(self.dir / "certs", ["127.0.0.1"], client_cn="admin")
+        self.certs: CertFiles = peer.certs if peer else make_certs(self.dir / "certs", ["127.0.0.1"], client_cn="admin")
 
     @property
     def direct_url(self) -> str:

@@ -1,0 +1,10 @@
+"""A resilient ``ApiClient`` for the official ``kubernetes`` package (extra ``kube``).
+
+>>> from resilient_etcd.kube import ApiClient      # doctest: +SKIP
+>>> api = ApiClient.from_kubeconfig("~/.kube/config", endpoints=["https://10.0.0.2:6443"])  # doctest: +SKIP
+>>> kubernetes.client.CoreV1Api(api).list_namespace()                                    # doctest: +SKIP
+"""
+
+from .client import ApiClient, KubePolicy
+
+__all__ = ["ApiClient", "KubePolicy"]

@@ -1,0 +1,91 @@
+"""resilient_etcd.kube.ApiClient on real kube-apiservers: failover, deadlines, socket options, bad input."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s
+
+import resilient_etcd as etcd3
+from resilient_etcd.kube import ApiClient, KubePolicy
+from resilient_etcd.testing import EtcdCluster, ToxiproxyServer
+from resilient_etcd.testing.kube import KubeApiServer
+
+
+@pytest.fixture
+def two_apiservers(etcd_cluster: EtcdCluster, toxiproxy_server: ToxiproxyServer) -> Iterator[list[KubeApiServer]]:
+    with KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server) as a, \
+            KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server, peer=a) as b:
+        yield [a, b]
+
+
+def resilient(apis: list[KubeApiServer], **kw: object) -> ApiClient:
+    return ApiClient.from_kubeconfig(apis[0].kubeconfig(), endpoints=[api.url for api in apis[1:]], **kw)
+
+
+@pytest.mark.parametrize("fault", ["blackhole", "pause"])
+def test_list_fails_over_within_3s(two_apiservers: list[KubeApiServer], fault: str) -> None:
+    a, _ = two_apiservers
+    api = resilient(two_apiservers)
+    v1 = k8s.CoreV1Api(api)
+    assert "default" in [n.metadata.name for n in v1.list_namespace().items]
+    if fault == "blackhole":
+        a.require_proxy().blackhole()
+    else:
+        a.pause()
+    try:
+        started = time.monotonic()
+        names = [n.metadata.name for n in v1.list_namespace().items]
+        took = time.monotonic() - started
+    finally:
+        a.resume()
+        a.require_proxy().heal()
+    assert "default" in names
+    assert took < 3.0, f"failover took {took:.2f} s"
+    assert api.active_endpoint == two_apiservers[1].url
+
+
+def test_deadline_scope_reaches_every_call(two_apiservers: list[KubeApiServer]) -> None:
+    a, b = two_apiservers
+    a.require_proxy().blackhole()
+    b.require_proxy().blackhole()
+    try:
+        v1 = k8s.CoreV1Api(resilient(two_apiservers))
+        started = time.monotonic()
+        with pytest.raises(etcd3.DeadlineExceeded), etcd3.deadline(1.0):
+            v1.list_namespace()
+        assert time.monotonic() - started < 1.3
+    finally:
+        a.require_proxy().heal()
+        b.require_proxy().heal()
+
+
+def test_socket_options_are_set() -> None:
+    cfg = k8s.Configuration()
+    cfg.host = "https://127.0.0.1:1"
+    api = ApiClient(cfg, policy=KubePolicy(user_timeout=4, keepalive_idle=3))
+    opts = api.rest_client.pool_manager.connection_pool_kw["socket_options"]
+    assert (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1) in opts
+    assert (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 4000) in opts
+    assert (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 3) in opts
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(etcd3.ConfigurationError, match="cannot read kubeconfig"):
+        ApiClient.from_kubeconfig(tmp_path / "missing")
+    bad = tmp_path / "bad"
+    bad.write_text("{}")
+    with pytest.raises(etcd3.ConfigurationError, match="bad kubeconfig"):
+        ApiClient.from_kubeconfig(bad)
+    cfg = k8s.Configuration()
+    cfg.host = "https://127.0.0.1:6443"
+    with pytest.raises(etcd3.ConfigurationError, match="bad apiserver URL"):
+        ApiClient(cfg, endpoints=["ftp://x"])
+    with pytest.raises(etcd3.ConfigurationError, match="read_idle_timeout"):
+        KubePolicy(read_idle_timeout=-1)
+    with pytest.raises(etcd3.ConfigurationError, match="keepalive_count"):
+        KubePolicy(keepalive_count=0)

@@ -59,6 +59,7 @@ CLIENTS = {
     "etcd3": ClientSpec("etcd3", "python-etcd3 0.12", False),
     "pyetcd": ClientSpec("pyetcd", "etcd-sdk-python 0.0.7", False),
     "clientv3": ClientSpec("clientv3", "Go clientv3, kube-apiserver keepalive", True),
+    "plain": ClientSpec("plain", "official kubernetes client (S12)", False),
 }
 """Per-call deadline each client runs with in the fault scenarios (None: the client's default)."""
 TIMEOUTS: dict[str, float | None] = {"resilient": 2.0, "raw": None, "etcd3": None, "pyetcd": None,

@@ -22,6 +22,7 @@ from .scenarios import (
     FAULTS,
     Session,
     Trial,
+    kube_list_trial,
     recovery_trial,
     restart_gap_trial,
     slow_stream_trial,
@@ -31,7 +32,7 @@ from .scenarios import (
     watch_stall_trial,
 )
 
-ALL = ["S1", "S2", "S3", "S4", "S8", "S6", "S7", "S1-restart", "steady", "watch-stall", "watch-1000"]
+ALL = ["S1", "S2", "S3", "S4", "S8", "S6", "S7", "S1-restart", "steady", "watch-stall", "watch-1000", "S12"]
 QUICK = ["S3", "S1-restart", "steady"]
 
 
@@ -109,6 +110,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 with EtcdCluster(size=3, netns=True, proxied=False) as ncluster:
                     each_client(ncluster, "S4", lambda s: recovery_trial(s, "S4", cap, hold))
+        if "S12" in scenarios:
+            from resilient_etcd.testing.kube import KubeApiServer
+
+            with EtcdCluster(size=1, toxiproxy=tp) as kube_etcd, \
+                    KubeApiServer(kube_etcd, toxiproxy=tp) as api_a, \
+                    KubeApiServer(kube_etcd, toxiproxy=tp, peer=api_a) as api_b:
+                for fault in ("blackhole", "pause"):
+                    for cname in ("resilient", "plain"):
+                        for i in range(ours_trials if cname == "resilient" else base_trials):
+                            t = kube_list_trial([api_a, api_b], cname, fault, cap)
+                            trials.append(t)
+                            log(f"S12-{fault} {cname} #{i + 1}: {t.recover}")
         if "S1-restart" in scenarios:
             with EtcdCluster(size=1, toxiproxy=tp, proxied=False) as single:
                 each_client(single, "S1-restart", lambda s: restart_gap_trial(single, s, cap=max(cap, 15.0)))

@@ -16,6 +16,9 @@ DESCRIPTIONS = {
                   "client's first success",
     "S6": "toxiproxy latency 300 ms ± 100 ms each way (round trip ≈ 600 ms) on the member in use (slow but alive)",
     "S7": "1 MiB get_prefix loop through a 256 KB/s bandwidth toxic (slow stream)",
+    "S12-blackhole": "Kubernetes: LIST namespaces while the apiserver in use is blackholed (toxiproxy); a second "
+                     "apiserver on the same etcd; `plain` = the official client from a kubeconfig",
+    "S12-pause": "Kubernetes: LIST namespaces while the apiserver in use is SIGSTOPped (as S12-blackhole)",
     "watch-stall": "a quiet watch whose member is blackholed; time until it delivers a write made right "
                    "after the fault (through another member)",
     "watch-1000": "1,000 watches on one key, one client; the member in use is killed; time until every "

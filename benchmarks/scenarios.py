@@ -302,3 +302,50 @@ def watch_many_trial(cluster: EtcdCluster, n: int = 1000) -> Trial:
         dups = sum(1 for s in seen if s > 1)
     return Trial("watch-1000", "resilient", 30.0, took if ok else None, lost, 0, dups,
                  {"watches": n, "bytes_per_watch": per_watch, "lost": lost, "duplicates": dups})
+
+
+def kube_list_trial(apis: list[Any], client_name: str, fault: str, cap: float) -> Trial:
+    """S12: LIST namespaces while the apiserver in use is blackholed or SIGSTOPped; time to an answer.
+
+    ``plain`` is the official client as configured by a kubeconfig (no timeout); ``resilient`` is
+    :class:`resilient_etcd.kube.ApiClient` with the second apiserver as an extra endpoint.
+    """
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
+
+    from resilient_etcd.kube import ApiClient
+
+    a = apis[0]
+    if client_name == "resilient":
+        api: Any = ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[x.url for x in apis[1:]])
+    else:
+        cfg = k8s.Configuration()
+        k8s_config.load_kube_config(config_file=str(a.kubeconfig()), client_configuration=cfg)
+        api = k8s.ApiClient(cfg)
+    v1 = k8s.CoreV1Api(api)
+    v1.list_namespace()
+    done = threading.Event()
+    result: list[float] = []
+
+    def call() -> None:
+        started = time.monotonic()
+        try:
+            v1.list_namespace()
+            result.append(time.monotonic() - started)
+        except Exception:  # the plain client may fail in any of urllib3's ways once the fault heals
+            pass
+        done.set()
+
+    if fault == "blackhole":
+        a.require_proxy().blackhole()
+    else:
+        a.pause()
+    try:
+        threading.Thread(target=call, daemon=True).start()
+        done.wait(cap)
+    finally:
+        a.resume()
+        a.require_proxy().heal()
+    done.wait(5)
+    return Trial(f"S12-{fault}", client_name, cap, result[0] if result and result[0] < cap else None, 0, 0, 0,
+                 {"fault": fault})

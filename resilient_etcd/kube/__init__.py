@@ -6,5 +6,6 @@
 """
 
 from .client import ApiClient, KubePolicy
+from .watches import watch
 
-__all__ = ["ApiClient", "KubePolicy"]
+__all__ = ["ApiClient", "KubePolicy", "watch"]

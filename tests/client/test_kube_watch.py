@@ -1,0 +1,108 @@
+"""resilient_etcd.kube.watch on two real apiservers: a quiet watch leaves a blackholed path,
+≥ 1,000 ConfigMap updates arrive exactly once and in order through faults, 410 → RELIST."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from resilient_etcd.kube import ApiClient, watch
+from resilient_etcd.testing import EtcdCluster, ToxiproxyServer, wait_until
+from resilient_etcd.testing.kube import KubeApiServer
+
+
+@pytest.fixture
+def apis(etcd_cluster: EtcdCluster, toxiproxy_server: ToxiproxyServer) -> Iterator[list[KubeApiServer]]:
+    with KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server) as a, \
+            KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server, peer=a) as b:
+        yield [a, b]
+
+
+class Collector:
+    def __init__(self, v1: k8s.CoreV1Api, **kw: Any) -> None:
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(v1, kw), daemon=True)
+        self.thread.start()
+
+    def _run(self, v1: k8s.CoreV1Api, kw: dict[str, Any]) -> None:
+        for ev in watch(v1.list_namespaced_config_map, "default", stop=self.stop, **kw):
+            self.events.append((time.monotonic(), ev))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def test_quiet_watch_leaves_a_blackholed_apiserver(apis: list[KubeApiServer]) -> None:
+    a, b = apis
+    v1 = k8s.CoreV1Api(ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url]))
+    writer = k8s.CoreV1Api(ApiClient.from_kubeconfig(b.kubeconfig(direct=True)))
+    c = Collector(v1)
+    try:
+        time.sleep(0.5)  # the watch is quiet before the fault: that is the scenario
+        a.require_proxy().blackhole()
+        started = time.monotonic()
+        writer.create_namespaced_config_map("default", {"metadata": {"name": "quiet"}})
+        wait_until(lambda: any(e["object"]["metadata"]["name"] == "quiet" for _, e in c.events), timeout=10,
+                   what="the write to arrive through the other apiserver")
+        took = next(t for t, e in c.events if e["object"]["metadata"]["name"] == "quiet") - started
+    finally:
+        a.require_proxy().heal()
+        c.close()
+    assert took < 3.5, f"a quiet watch took {took:.2f} s to leave the blackholed apiserver"
+
+
+def test_thousand_updates_exactly_once_through_faults(apis: list[KubeApiServer]) -> None:
+    a, b = apis
+    api = ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url])
+    writer = k8s.CoreV1Api(ApiClient.from_kubeconfig(b.kubeconfig(direct=True)))
+    writer.create_namespaced_config_map("default", {"metadata": {"name": "hist"}, "data": {"n": "0"}})
+    c = Collector(k8s.CoreV1Api(api))
+    n = 1000
+    done = threading.Event()
+
+    def write() -> None:
+        for i in range(1, n + 1):
+            writer.patch_namespaced_config_map("hist", "default", {"data": {"n": str(i)}})
+        done.set()
+
+    w = threading.Thread(target=write)
+    w.start()
+    try:
+        faults = [("blackhole", a), ("pause", a), ("blackhole", b), ("pause", b)]
+        for kind, victim in faults:
+            if done.is_set():
+                break
+            time.sleep(0.5)
+            if kind == "blackhole":
+                victim.require_proxy().blackhole()
+            else:
+                victim.pause()
+            time.sleep(2.0)  # the fault holds for two seconds of writes
+            victim.resume()
+            victim.require_proxy().heal()
+        w.join(120)
+        wait_until(lambda: any(e["type"] == "MODIFIED" and e["object"]["data"]["n"] == str(n)
+                               for _, e in c.events), timeout=30, what="the last update to arrive")
+    finally:
+        c.close()
+    seen = [int(e["object"]["data"]["n"]) for _, e in c.events
+            if e["type"] == "MODIFIED" and e["object"]["metadata"]["name"] == "hist"]
+    assert seen == list(range(1, n + 1)), (
+        f"lost {sorted(set(range(1, n + 1)) - set(seen))[:10]}…, duplicates {len(seen) - len(set(seen))}")
+
+
+def test_gone_resource_version_relists(apis: list[KubeApiServer]) -> None:
+    a, _ = apis
+    v1 = k8s.CoreV1Api(ApiClient.from_kubeconfig(a.kubeconfig()))
+    stop = threading.Event()
+    first = next(watch(v1.list_namespaced_config_map, "default", resource_version="1", stop=stop))
+    stop.set()
+    assert first["type"] == "RELIST"
+    assert first["object"]["kind"] == "ConfigMapList"

@@ -69,6 +69,8 @@ def classify(code: grpc.StatusCode | None, details: str) -> Failure:
         return Failure.BROKEN
     if code == grpc.StatusCode.CANCELLED and "channel closed" in text:
         return Failure.EJECTED
+    if code == grpc.StatusCode.CANCELLED and text.startswith("etcdserver:"):
+        return Failure.SERVER_UNAVAILABLE  # e.g. a leader stepping down cancels in-flight requests
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return Failure.TIMEOUT
     return Failure.FATAL

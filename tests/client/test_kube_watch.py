@@ -62,8 +62,9 @@ def test_thousand_updates_exactly_once_through_faults(apis: list[KubeApiServer])
     a, b = apis
     api = ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url])
     writer = k8s.CoreV1Api(ApiClient.from_kubeconfig(b.kubeconfig(direct=True)))
-    writer.create_namespaced_config_map("default", {"metadata": {"name": "hist"}, "data": {"n": "0"}})
-    c = Collector(k8s.CoreV1Api(api))
+    created = writer.create_namespaced_config_map("default", {"metadata": {"name": "hist"}, "data": {"n": "0"}})
+    # watch from the creation's version, so update 1 is an event even if the writer is faster than the watch
+    c = Collector(k8s.CoreV1Api(api), resource_version=created.metadata.resource_version)
     n = 1000
     done = threading.Event()
 

@@ -20,6 +20,7 @@ U = grpc.StatusCode.UNAVAILABLE
     (grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token", Failure.AUTH_TOKEN),
     (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: user name is empty", Failure.AUTH_TOKEN),
     (grpc.StatusCode.CANCELLED, "Channel closed!", Failure.EJECTED),
+    (grpc.StatusCode.CANCELLED, "etcdserver: request cancelled", Failure.SERVER_UNAVAILABLE),
     (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", Failure.TIMEOUT),
     (grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: duplicate key", Failure.FATAL),
 ])

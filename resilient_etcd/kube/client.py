@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import socket
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from tenacity.wait import wait_base, wait_random_exponential
 
 from .. import deadlines
 from ..exceptions import ConfigurationError, DeadlineExceeded
+from ..policies import _count, _seconds
 from ..transport.retry import stop_when
 
 log = logging.getLogger("resilient_etcd.kube")
@@ -65,14 +65,9 @@ class KubePolicy:
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "read_idle_timeout", "default_timeout", "user_timeout", "max_retry_after"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value <= 0:
-                raise ConfigurationError(f"KubePolicy.{name} must be a positive number of seconds, got {value!r}")
+            _seconds(self, name)
         for name in ("keepalive_idle", "keepalive_interval", "keepalive_count"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigurationError(f"KubePolicy.{name} must be an integer ≥ 1, got {value!r}")
+            _count(self, name)
 
     def socket_options(self) -> list[tuple[int, int, int]]:
         opts = list(urllib3.connection.HTTPConnection.default_socket_options)

@@ -225,8 +225,7 @@ def steady_throughput(cluster: EtcdCluster, calls: int, rounds: int) -> dict[str
 
 def watch_stall_trial(cluster: EtcdCluster) -> Trial:
     """A quiet watch whose member is blackholed: time until it sees a write made right after the fault."""
-    with etcd3.client(endpoints=cluster.endpoints, timeout=5) as c, \
-            etcd3.client(endpoints=cluster.endpoints, timeout=5) as writer:
+    with etcd3.client(endpoints=cluster.endpoints, timeout=5) as c:
         got: list[tuple[float, Any]] = []
         seen = threading.Event()
 
@@ -246,7 +245,6 @@ def watch_stall_trial(cluster: EtcdCluster) -> Trial:
             ok = seen.wait(20)
         victim.require_proxy().heal()
         c.cancel_watch(wid)
-        del writer
         events = [e for _, item in got if not isinstance(item, BaseException) for e in item.events]
         lost = 0 if any(e.mod_revision == rev for e in events) else 1
         dups = len(events) - len({e.mod_revision for e in events})

@@ -60,11 +60,9 @@ class deadline:
     __slots__ = ("_tokens", "seconds")
 
     def __init__(self, seconds: float) -> None:
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise ConfigurationError(f"deadline seconds must be a number, got {seconds!r}")
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise ConfigurationError(f"deadline seconds must be positive and finite, got {seconds!r}")
-        self.seconds = float(seconds)
+        checked = validate_timeout("deadline seconds", seconds, allow_none=False)
+        assert checked is not None  # allow_none=False never returns None
+        self.seconds = checked
         self._tokens: list[Token[float | None]] = []
 
     def __repr__(self) -> str:

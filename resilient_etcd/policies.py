@@ -19,13 +19,13 @@ ETCD_KEEPALIVE_MIN_TIME = 5.0
 """etcd's default ``--grpc-keepalive-min-time``: a client pinging more often gets GOAWAY."""
 
 
-def _seconds(owner: object, name: str, *, allow_zero: bool = False) -> None:
+def _seconds(owner: object, name: str) -> None:
     value = getattr(owner, name)
     label = f"{type(owner).__name__}.{name}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"{label} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigurationError(f"{label} must be {'≥' if allow_zero else '>'} 0 and finite, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{label} must be > 0 and finite, got {value!r}")
     object.__setattr__(owner, name, float(value))
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .._proto import rpc_pb2
+from ..deadlines import deadline
 from ..exceptions import LeaseLostError
 from ..metrics import METRICS
 
@@ -106,8 +107,6 @@ class Lease:
             self._keeper.join(timeout=5)
 
     def _keep(self) -> None:
-        from ..deadlines import deadline
-
         interval = max(self.ttl / 3.0, 0.2)
         while not self._stop.wait(interval if self._lost is None else 0):
             if self._lost is not None:

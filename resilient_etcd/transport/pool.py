@@ -98,7 +98,7 @@ class EndpointPool:
         self.conns = [Connection(e, dial, policy) for e in endpoints]
         self.active = self.conns[0]
         self._lock = threading.RLock()
-        self._events: queue.SimpleQueue[tuple[Connection, int, float, grpc.Future]] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[tuple[Connection, int, grpc.Future]] = queue.SimpleQueue()
         self._probe_metadata = probe_metadata
         self._closed = threading.Event()
         self._prober = threading.Thread(target=self._probe_loop, name="resilient-etcd-prober", daemon=True)
@@ -191,7 +191,7 @@ class EndpointPool:
         tick = min(self.policy.probe_interval / 2, 0.05)
         while not self._closed.is_set():
             try:
-                conn, gen, _sent, fut = self._events.get(timeout=tick)
+                conn, gen, fut = self._events.get(timeout=tick)
             except queue.Empty:
                 pass
             else:
@@ -208,12 +208,12 @@ class EndpointPool:
                 to_close.append(self._apply(c, h.tick(now)))
                 if h.probe_due(now):
                     to_close.append(self._apply(c, h.probe_sent(now)))
-                    self._send_probe(c, h.dead_time(), now)
+                    self._send_probe(c, h.dead_time())
         for ch in to_close:
             if ch is not None:
                 ch.close()
 
-    def _send_probe(self, c: Connection, timeout: float, now: float) -> None:
+    def _send_probe(self, c: Connection, timeout: float) -> None:
         gen = c.generation
         try:
             fut = c.stubs.maintenance.Status.future(_STATUS_REQUEST, timeout=timeout,
@@ -221,7 +221,7 @@ class EndpointPool:
         except ValueError:  # channel closed between redial and send; the next round probes again
             c.health.probe_sent_at = None
             return
-        fut.add_done_callback(lambda f, c=c, gen=gen: self._events.put((c, gen, now, f)))
+        fut.add_done_callback(lambda f, c=c, gen=gen: self._events.put((c, gen, f)))
 
     def _on_probe_done(self, c: Connection, gen: int, fut: grpc.Future) -> None:
         now = time.monotonic()

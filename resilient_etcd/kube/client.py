@@ -1,21 +1,28 @@
-"""``ApiClient``: the official client's ``ApiClient`` with deadlines, TCP liveness and failover.
+"""``ApiClient``: the official client's ``ApiClient`` with deadlines, liveness, health and failover.
 
 What changes for every generated ``*Api`` class that uses it:
 
+* **HTTP/2** (``KubePolicy.http2``, on by default): one multiplexed connection per apiserver with
+  client-go's health check — a PING after ``ping_idle`` seconds without a frame, the connection
+  closed when no frame follows within ``ping_timeout``. A quiet watch on a dead, frozen or stale
+  connection fails within ``ping_idle + ping_timeout`` (≈ 2 s) and resumes; see
+  :mod:`resilient_etcd.kube.h2pool`. Servers without ``h2`` get HTTP/1.1 with the socket options below;
 * **socket options** on every apiserver connection: TCP keepalive (idle/interval/count) and
   ``TCP_USER_TIMEOUT``, so a dead peer is noticed by the kernel in seconds, not ~15 minutes;
 * **deadlines**: every non-watch call gets ``min(deadline() scope, _request_timeout, default)``;
   a watch gets the scope (or its own ``_request_timeout``) only;
 * **read-idle timeout** for non-watch calls: a response that stops *arriving* for
-  ``read_idle_timeout`` seconds is a hung connection (urllib3's read timeout is per ``recv``, so
-  a slow but progressing LIST is never cut);
+  ``read_idle_timeout`` seconds is a hung call (the timeout is per read, so a slow but progressing
+  LIST is never cut);
+* **health**: each apiserver has the same health record as an etcd endpoint
+  (:class:`~resilient_etcd.transport.health.EndpointHealth`): active ``GET /readyz`` probes every
+  ``probe_interval`` on the connection the traffic uses, plus the outcome of every real call. An
+  apiserver whose probe goes unanswered for ``probe_dead_after`` (or that answers "not ready") is
+  ejected: its connections are closed, so streams stuck on it fail at once and resume elsewhere;
+  it is re-admitted on its next answered probe;
 * **failover and retries** (tenacity): safe requests (GET, HEAD, watch establishment) move to the
-  next apiserver on connection errors and hangs, and are retried on 429/5xx honouring
-  ``Retry-After`` within the deadline; other verbs are retried only when the connection could not
-  be made (the request never left).
-
-Not here yet: per-connection liveness on *quiet watches* (needs HTTP/2 PINGs or similar) and
-active ``/readyz`` probes; see the project notes.
+  next usable apiserver on connection errors and hangs, and are retried on 429/5xx honouring
+  ``Retry-After`` within the deadline; other verbs are retried only when the request never left.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from __future__ import annotations
 import copy
 import logging
 import socket
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,25 +47,43 @@ from tenacity.wait import wait_base, wait_random_exponential
 
 from .. import deadlines
 from ..exceptions import ConfigurationError, DeadlineExceeded
-from ..policies import _count, _seconds
+from ..metrics import METRICS
+from ..policies import HealthPolicy, _count, _seconds
+from ..transport.health import EndpointHealth, State, Transition
 from ..transport.retry import stop_when
+from .h2pool import H2PoolManager, StreamRefused, ssl_context_for
 
 log = logging.getLogger("resilient_etcd.kube")
 
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+_MAX_ATTEMPTS = 11
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _CONNECT_ERRORS = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+_NEVER_SENT = (*_CONNECT_ERRORS, StreamRefused)
 _BROKEN_ERRORS = (urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError,
                   urllib3.exceptions.SSLError, urllib3.exceptions.MaxRetryError)
 
 
 @dataclass(frozen=True)
 class KubePolicy:
-    """Timeouts and TCP liveness for the apiserver connections (seconds; validated when built)."""
+    """Timeouts, liveness and health checks for the apiserver connections (seconds; validated when built).
+
+    ``http2``/``ping_idle``/``ping_timeout``: HTTP/2 with a PING when a connection has been silent for
+    ``ping_idle`` and the connection closed when ``ping_timeout`` passes without a frame (client-go:
+    30 s and 15 s). ``probe_interval``/``probe_dead_after``: ``/readyz`` probes per apiserver
+    (``probe_interval=0`` turns them off). ``read_idle_timeout``: how long a non-watch response may
+    stop arriving. ``keepalive_*``/``user_timeout``: kernel-level TCP liveness (both protocols).
+    ``max_retry_after``: the longest ``Retry-After`` honoured in one wait.
+    """
 
     connect_timeout: float = 2.0
     read_idle_timeout: float = 2.5
     default_timeout: float = 30.0
+    http2: bool = True
+    ping_idle: float = 1.0
+    ping_timeout: float = 1.0
+    probe_interval: float = 0.5
+    probe_dead_after: float = 1.5
     keepalive_idle: int = 5
     keepalive_interval: int = 2
     keepalive_count: int = 3
@@ -64,10 +91,18 @@ class KubePolicy:
     max_retry_after: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("connect_timeout", "read_idle_timeout", "default_timeout", "user_timeout", "max_retry_after"):
+        for name in ("connect_timeout", "read_idle_timeout", "default_timeout", "user_timeout", "max_retry_after",
+                     "ping_idle", "ping_timeout", "probe_dead_after"):
             _seconds(self, name)
+        if self.probe_interval != 0 or isinstance(self.probe_interval, bool):
+            _seconds(self, "probe_interval")
         for name in ("keepalive_idle", "keepalive_interval", "keepalive_count"):
             _count(self, name)
+        if not isinstance(self.http2, bool):
+            raise ConfigurationError(f"KubePolicy.http2 must be a bool, got {self.http2!r}")
+
+    def health_policy(self) -> HealthPolicy:
+        return HealthPolicy(probe_interval=self.probe_interval or 1.0, dead_after=self.probe_dead_after)
 
     def socket_options(self) -> list[tuple[int, int, int]]:
         opts = list(urllib3.connection.HTTPConnection.default_socket_options)
@@ -101,15 +136,19 @@ class _Retryable(Exception):
 class _wait_retry_after(wait_base):
     """Honour the server's Retry-After when it gave one, else jittered exponential backoff."""
 
-    def __init__(self, cap: float) -> None:
-        self.cap = cap
+    def __init__(self, cap: float, deadline: float | None) -> None:
+        self.cap, self.deadline = cap, deadline
         self.fallback = wait_random_exponential(multiplier=0.05, max=1.0)
 
     def __call__(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, _Retryable) and exc.retry_after is not None:
-            return min(exc.retry_after, self.cap)
-        return float(self.fallback(retry_state))
+            wait = min(exc.retry_after, self.cap)
+        else:
+            wait = float(self.fallback(retry_state))
+        if self.deadline is not None:  # never sleep past the deadline
+            wait = max(0.0, min(wait, self.deadline - time.monotonic()))
+        return wait
 
 
 class ApiClient(k8s.ApiClient):
@@ -126,8 +165,38 @@ class ApiClient(k8s.ApiClient):
         self.endpoints = [_check_url(cfg.host)] + [_check_url(e) for e in (endpoints or [])]
         if len(set(self.endpoints)) != len(self.endpoints):
             raise ConfigurationError(f"duplicate apiserver endpoints: {self.endpoints}")
+        for name in ("ssl_ca_cert", "cert_file", "key_file"):
+            path = getattr(cfg, name, None)
+            if path and not Path(path).is_file():
+                raise ConfigurationError(f"{name} {path!r} does not exist or is not a file")
         self._active = 0
+        self._lock = threading.Lock()
+        now = time.monotonic()
+        hp = self.policy.health_policy()
+        self.health = {ep: EndpointHealth(hp, now) for ep in self.endpoints}
         super().__init__(cfg, **kwargs)
+        self._h2: H2PoolManager | None = None
+        if self.policy.http2:
+            ctx, server_name = ssl_context_for(cfg)
+            me = weakref.WeakMethod(self._connection_closed)
+            self._h2 = H2PoolManager(
+                self.rest_client.pool_manager, ssl_context=ctx, server_hostname=server_name,
+                connect_timeout=self.policy.connect_timeout, read_idle_timeout=self.policy.ping_idle,
+                ping_timeout=self.policy.ping_timeout, socket_options=self.policy.socket_options(),
+                on_close=lambda origin, reason, broken: (m := me()) and m(origin, reason, broken))
+            self.rest_client.pool_manager = self._h2  # type: ignore[assignment]
+        self._stop = threading.Event()
+        self._finalizer = weakref.finalize(self, _shutdown, self._stop, self.rest_client.pool_manager)
+        if self.policy.probe_interval:
+            ref = weakref.ref(self)
+            for ep in self.endpoints:
+                threading.Thread(target=_probe_loop, args=(ref, ep, self._stop), daemon=True,
+                                 name=f"readyz {ep}").start()
+
+    def close(self) -> None:
+        """Stop the probers and close every apiserver connection (also done when garbage-collected)."""
+        self._finalizer()
+        super().close()  # type: ignore[no-untyped-call]
 
     @classmethod
     def from_kubeconfig(cls, path: str | Path, context: str | None = None, **kwargs: Any) -> ApiClient:
@@ -146,6 +215,29 @@ class ApiClient(k8s.ApiClient):
     @property
     def active_endpoint(self) -> str:
         return self.endpoints[self._active]
+
+    def endpoint_states(self) -> dict[str, str]:
+        """``{endpoint: "healthy" | "suspect" | "ejected" | "probing"}``."""
+        return {ep: h.state.value for ep, h in self.health.items()}
+
+    def _pick(self) -> str:
+        """The active apiserver while it is usable, else the next usable one; all ejected: keep the active."""
+        with self._lock:
+            n = len(self.endpoints)
+            for i in range(n):
+                idx = (self._active + i) % n
+                if self.health[self.endpoints[idx]].usable:
+                    if i:
+                        self._switch(idx, "the active apiserver is ejected")
+                    break
+            return self.endpoints[self._active]
+
+    def _switch(self, idx: int, why: str) -> None:
+        old, self._active = self.endpoints[self._active], idx
+        new = self.endpoints[idx]
+        METRICS.inc("failovers", old)
+        log.warning("apiserver %s: %s; now using %s", old, why, new,
+                    extra={"endpoint": old, "event": "failover", "next": new})
 
     def _timeouts(self, watch: bool, explicit: Any) -> tuple[float | None, tuple[float, float | None]]:
         """(total budget, (connect, read)) for one call."""
@@ -175,7 +267,7 @@ class ApiClient(k8s.ApiClient):
         safe = method.upper() in _SAFE
 
         def attempt() -> rest.RESTResponse:
-            endpoint = self.endpoints[self._active]
+            endpoint = self._pick()
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise DeadlineExceeded(f"deadline exceeded before {method} {path}")
@@ -185,7 +277,7 @@ class ApiClient(k8s.ApiClient):
                 resp: rest.RESTResponse = self.rest_client.request(
                     method, endpoint + path, headers=header_params, body=body, post_params=post_params,
                     _request_timeout=t)
-            except _CONNECT_ERRORS as e:  # never sent: safe to retry anything, elsewhere
+            except _NEVER_SENT as e:  # never sent: safe to retry anything, elsewhere
                 self._failover(endpoint, e)
                 raise _Retryable(e) from e
             except _BROKEN_ERRORS as e:
@@ -196,15 +288,31 @@ class ApiClient(k8s.ApiClient):
                     raise
                 self._failover(endpoint, e)
                 raise _Retryable(e) from e
+            with self._lock:
+                ok = self.health[endpoint].succeeded(time.monotonic())
+            self._note(endpoint, ok)
             if resp.status in _RETRY_STATUS and (safe or resp.status == 429):
+                METRICS.inc("retries", endpoint)
+                log.info("apiserver %s answered %s to %s %s; retrying", endpoint, resp.status, method, path,
+                         extra={"endpoint": endpoint, "event": "retry", "status": resp.status})
                 raise _Retryable(None, _retry_after(resp), resp)
             return resp
 
         def out_of_time() -> bool:
             return deadline is not None and time.monotonic() >= deadline
 
-        retrying = Retrying(stop=stop_after_attempt(4 * len(self.endpoints) + 2) | stop_when(out_of_time),
-                            wait=_wait_retry_after(self.policy.max_retry_after),
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            status = getattr(getattr(exc, "response", None), "status", None)
+            log.info("%s %s: attempt %d failed (%s); retrying in %.2f s", method, path, state.attempt_number,
+                     status or exc, wait, extra={"event": "retry_wait", "status": status, "wait": wait,
+                                                 "retry_after": getattr(exc, "retry_after", None)})
+
+        # client-go retries a Retry-After answer up to 10 times; connection failures get a few per apiserver
+        attempts = max(_MAX_ATTEMPTS, 4 * len(self.endpoints) + 2)
+        retrying = Retrying(stop=stop_after_attempt(attempts) | stop_when(out_of_time),
+                            wait=_wait_retry_after(self.policy.max_retry_after, deadline), before_sleep=before_sleep,
                             retry=retry_if_exception_type(_Retryable), reraise=True)
         try:
             result: rest.RESTResponse = retrying(attempt)
@@ -218,11 +326,92 @@ class ApiClient(k8s.ApiClient):
         return result
 
     def _failover(self, endpoint: str, error: BaseException) -> None:
-        if len(self.endpoints) > 1 and self.endpoints[self._active] == endpoint:
-            self._active = (self._active + 1) % len(self.endpoints)
-            log.warning("apiserver %s failed (%s); now using %s", endpoint, type(error).__name__,
-                        self.endpoints[self._active],
-                        extra={"endpoint": endpoint, "event": "failover", "next": self.endpoints[self._active]})
+        """A call's connection to ``endpoint`` failed or hung: eject it (the next attempt goes elsewhere)."""
+        METRICS.inc("retries", endpoint)
+        with self._lock:
+            t = self.health[endpoint].fail(time.monotonic(), f"{type(error).__name__}: {error}", hard=True)
+        self._note(endpoint, t)
+        with self._lock:  # all ejected (panic): still rotate, so every apiserver gets its turn
+            if (len(self.endpoints) > 1 and self.endpoints[self._active] == endpoint
+                    and not any(h.usable for h in self.health.values())):
+                    self._switch((self._active + 1) % len(self.endpoints), f"{type(error).__name__}")
+
+    def _note(self, endpoint: str, t: Transition | None) -> None:
+        if t is None:
+            return
+        METRICS.set_state(endpoint, t.new.value)
+        log.warning("apiserver %s: %s -> %s (%s)", endpoint, t.old.value, t.new.value, t.reason,
+                    extra={"endpoint": endpoint, "event": "state", "old": t.old.value, "new": t.new.value,
+                           "reason": t.reason})
+        if t.ejected:
+            METRICS.inc("ejections", endpoint)
+            if self._h2 is not None:  # streams stuck there (quiet watches) fail now and resume elsewhere
+                self._h2.close_origin(_origin(endpoint), f"apiserver ejected: {t.reason}")
+
+    def _connection_closed(self, origin: str, reason: str, broken: bool) -> None:
+        for ep in self.endpoints:
+            if _origin(ep) == origin:
+                METRICS.inc("redials", ep)
+                if broken:
+                    with self._lock:
+                        t = self.health[ep].fail(time.monotonic(), reason, hard=True)
+                    self._note(ep, t)
+
+    def _probe(self, endpoint: str) -> None:
+        h = self.health[endpoint]
+        now = time.monotonic()
+        with self._lock:
+            if not h.probe_due(now):
+                return
+            t = h.probe_sent(now)
+        self._note(endpoint, t)
+        headers = {}
+        token = self.configuration.auth_settings().get("BearerToken")
+        if token and token.get("value"):
+            headers["Authorization"] = token["value"]
+        try:
+            resp = self.rest_client.pool_manager.request(
+                "GET", endpoint + "/readyz", headers=headers, preload_content=True,
+                timeout=urllib3.Timeout(connect=min(self.policy.connect_timeout, h.dead_time()), read=h.dead_time()))
+        except Exception as e:  # any failure of the probe is the endpoint's
+            timed_out = isinstance(e, (urllib3.exceptions.TimeoutError,))
+            with self._lock:
+                t = h.probe_failed(time.monotonic(), f"/readyz: {type(e).__name__}: {e}", timed_out=timed_out)
+        else:
+            done = time.monotonic()
+            METRICS.observe_probe(endpoint, done - now)
+            with self._lock:
+                t = (h.probe_answered(done) if resp.status == 200
+                     else h.probe_failed(done, f"/readyz answered {resp.status}"))
+        self._note(endpoint, t)
+
+
+def _probe_loop(ref: weakref.ref[ApiClient], endpoint: str, stop: threading.Event) -> None:
+    while True:
+        client = ref()
+        if client is None:
+            return
+        interval = client.policy.probe_interval
+        if client.health[endpoint].state in (State.EJECTED, State.PROBING):
+            interval = min(interval, client.policy.health_policy().readmit_backoff)
+        del client
+        if stop.wait(interval):
+            return
+        client = ref()
+        if client is None:
+            return
+        client._probe(endpoint)
+        del client
+
+
+def _shutdown(stop: threading.Event, pool: Any) -> None:
+    stop.set()
+    pool.clear()
+
+
+def _origin(endpoint: str) -> str:
+    parts = urlsplit(endpoint)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
 def _never_sent(error: BaseException) -> bool:

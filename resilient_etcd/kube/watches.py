@@ -4,12 +4,14 @@
   (bookmarks advance it without being yielded), so a broken stream loses and repeats nothing;
 * ``410 Gone`` (the version was compacted away) → a fresh LIST, signalled to the caller as one
   ``{"type": "RELIST", "object": <list>}`` event, then watching from the list's version;
-* a stream that goes *silent* for ``idle_timeout`` seconds (default 1.5) is re-established, and a
-  re-open whose headers do not come within ``idle_timeout`` moves to the next apiserver through the
-  ``ApiClient``'s failover — so a hung path is left within about twice ``idle_timeout``. A healthy quiet
-  watch is therefore re-opened every ``idle_timeout`` seconds: one cheap GET served from the
-  apiserver's watch cache, resuming from its version. HTTP/2 PINGs would avoid the re-opens; see the
-  project notes.
+* a dead, frozen or stale *connection* is the ``ApiClient``'s job: over HTTP/2 its PING check
+  and ``/readyz`` probes fail the stream within about 2 s and the watch resumes on the next
+  usable apiserver;
+* a stream that stays *silent* for ``idle_timeout`` seconds is re-established — this catches an
+  apiserver that is alive but whose watch has stopped (its own etcd connection hung). Over HTTP/2
+  the default is 75 s: with bookmarks on, a healthy watch hears from the apiserver about once a
+  minute even when nothing changes. Over HTTP/1.1 (no per-connection liveness) the default is
+  1.5 s, so a quiet watch is re-opened that often: one cheap GET served from the watch cache.
 """
 
 from __future__ import annotations
@@ -28,15 +30,23 @@ log = logging.getLogger("resilient_etcd.kube.watch")
 _STREAM_ERRORS = (urllib3.exceptions.HTTPError, OSError, ApiException)
 
 
+HTTP1_IDLE_TIMEOUT = 1.5
+HTTP2_IDLE_TIMEOUT = 75.0
+
+
 def watch(list_func: Callable[..., Any], *args: Any, resource_version: str | None = None,
-          idle_timeout: float = 1.5, stop: threading.Event | None = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
+          idle_timeout: float | None = None, stop: threading.Event | None = None,
+          **kwargs: Any) -> Iterator[dict[str, Any]]:
     """Yield ``{"type", "object"}`` dicts (``object`` as the API's JSON) until ``stop`` is set.
 
     ``list_func`` is a generated list method (``CoreV1Api.list_namespaced_config_map`` …) of a
     client built on :class:`resilient_etcd.kube.ApiClient`; ``args``/``kwargs`` are its arguments.
     """
-    if idle_timeout <= 0:
-        raise ValueError(f"idle_timeout must be positive, got {idle_timeout!r}")
+    if idle_timeout is None:
+        policy = getattr(getattr(getattr(list_func, "__self__", None), "api_client", None), "policy", None)
+        idle_timeout = HTTP2_IDLE_TIMEOUT if getattr(policy, "http2", False) else HTTP1_IDLE_TIMEOUT
+    if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)) or not idle_timeout > 0:
+        raise ValueError(f"idle_timeout must be a positive number of seconds, got {idle_timeout!r}")
     stop = stop or threading.Event()
     rv = resource_version
     if rv is None:

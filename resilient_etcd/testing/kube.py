@@ -2,7 +2,8 @@
 
 Built from the Go module proxy by ``tools/build-servers.sh --kube`` (a wrapper module pins
 k8s.io/kubernetes and every staging module). It serves TLS on loopback with certificates made
-here, accepts one static bearer token (``system:masters``), writes a kubeconfig, and has the same
+here, accepts two static bearer tokens (``admin`` in ``system:masters``, and ``limited`` with no
+groups, for RBAC and API Priority and Fairness tests), writes a kubeconfig, and has the same
 process verbs as an etcd member (kill/start/restart/pause/resume) plus its proxy's network verbs.
 """
 
@@ -45,6 +46,7 @@ class KubeApiServer(ServerProcess):
         self.start_timeout = start_timeout
         self.port = free_port()
         self.token: str = peer.token if peer else secrets.token_hex(16)
+        self.limited_token: str = peer.limited_token if peer else secrets.token_hex(16)
         self._tmp = tempfile.TemporaryDirectory(prefix="re-kube-")
         self.dir = Path(self._tmp.name)
         self.log_path = self.dir / "kube-apiserver.log"
@@ -68,7 +70,8 @@ class KubeApiServer(ServerProcess):
         key_path.write_bytes(sa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                   serialization.NoEncryption()))
         tokens = self.dir / "tokens.csv"
-        tokens.write_text(f'{self.token},admin,admin-uid,"system:masters"\n')
+        tokens.write_text(f'{self.token},admin,admin-uid,"system:masters"\n'
+                          f'{self.limited_token},limited,limited-uid\n')
         return [
             find_binary("kube-apiserver"),
             f"--etcd-servers={','.join('http://' + e for e in self.etcd.direct_endpoints)}",
@@ -114,16 +117,18 @@ class KubeApiServer(ServerProcess):
         wait_until(ready, timeout=self.start_timeout, what="kube-apiserver /readyz", interval=0.2,
                    on_timeout=lambda: log_tail(self.log_path))
 
-    def kubeconfig(self, path: Path | None = None, *, direct: bool = False) -> Path:
-        """Write a kubeconfig (JSON is valid YAML) for the admin token; returns its path."""
-        target = path or self.dir / ("kubeconfig-direct" if direct else "kubeconfig")
+    def kubeconfig(self, path: Path | None = None, *, direct: bool = False, user: str = "admin") -> Path:
+        """Write a kubeconfig (JSON is valid YAML) for ``user`` (admin or limited); returns its path."""
+        if user not in ("admin", "limited"):
+            raise HarnessError(f"unknown test user {user!r}: admin or limited")
+        target = path or self.dir / (f"kubeconfig-{user}" + ("-direct" if direct else ""))
         server = self.direct_url if direct else self.url
         cfg = {
             "apiVersion": "v1", "kind": "Config", "current-context": "test",
             "clusters": [{"name": "test", "cluster": {"server": server,
                                                       "certificate-authority": str(self.certs.ca)}}],
-            "users": [{"name": "admin", "user": {"token": self.token}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
+            "users": [{"name": user, "user": {"token": self.token if user == "admin" else self.limited_token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
         }
         target.write_text(json.dumps(cfg, indent=1))
         target.chmod(0o600)

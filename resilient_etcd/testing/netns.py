@@ -183,8 +183,9 @@ class VirtualIP:
         self._dnat("-D", old)
         self._dnat("-A", backend)
         ct = ["-m", "conntrack", "--ctorigdst", self.address, "--ctorigdstport", str(self.port)]
-        _run("iptables", "-A", self.chain, "-d", old[0], "-p", "tcp", *ct, "-j", "DROP")
-        _run("iptables", "-A", self.chain, "-s", old[0], "-p", "tcp", *ct, "-j", "DROP")
+        # match the old backend's port too: the new backend may share its address (two servers on loopback)
+        _run("iptables", "-A", self.chain, "-d", old[0], "-p", "tcp", "--dport", str(old[1]), *ct, "-j", "DROP")
+        _run("iptables", "-A", self.chain, "-s", old[0], "-p", "tcp", "--sport", str(old[1]), *ct, "-j", "DROP")
         self.backend = backend
 
     def remove(self) -> None:

@@ -6,6 +6,7 @@
 """
 
 from .client import ApiClient, KubePolicy
+from .informer import Informer
 from .watches import watch
 
-__all__ = ["ApiClient", "KubePolicy", "watch"]
+__all__ = ["ApiClient", "Informer", "KubePolicy", "watch"]

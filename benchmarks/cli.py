@@ -23,6 +23,7 @@ from .scenarios import (
     Session,
     Trial,
     kube_list_trial,
+    kube_watch_trial,
     recovery_trial,
     restart_gap_trial,
     slow_stream_trial,
@@ -122,6 +123,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             t = kube_list_trial([api_a, api_b], cname, fault, cap)
                             trials.append(t)
                             log(f"S12-{fault} {cname} #{i + 1}: {t.recover}")
+                            t = kube_watch_trial([api_a, api_b], cname, fault, cap)
+                            trials.append(t)
+                            log(f"S12-watch-{fault} {cname} #{i + 1}: {t.recover}")
         if "S1-restart" in scenarios:
             with EtcdCluster(size=1, toxiproxy=tp, proxied=False) as single:
                 each_client(single, "S1-restart", lambda s: restart_gap_trial(single, s, cap=max(cap, 15.0)))

@@ -19,6 +19,10 @@ DESCRIPTIONS = {
     "S12-blackhole": "Kubernetes: LIST namespaces while the apiserver in use is blackholed (toxiproxy); a second "
                      "apiserver on the same etcd; `plain` = the official client from a kubeconfig",
     "S12-pause": "Kubernetes: LIST namespaces while the apiserver in use is SIGSTOPped (as S12-blackhole)",
+    "S12-watch-blackhole": "Kubernetes: a quiet ConfigMap watch whose apiserver is blackholed; time until it "
+                           "delivers a write made through the other apiserver right after the fault; `plain` = "
+                           "`kubernetes.watch.Watch().stream` from a kubeconfig",
+    "S12-watch-pause": "Kubernetes: as S12-watch-blackhole, the apiserver SIGSTOPped",
     "watch-stall": "a quiet watch whose member is blackholed; time until it delivers a write made right "
                    "after the fault (through another member)",
     "watch-1000": "1,000 watches on one key, one client; the member in use is killed; time until every "

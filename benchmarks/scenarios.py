@@ -347,3 +347,74 @@ def kube_list_trial(apis: list[Any], client_name: str, fault: str, cap: float) -
     done.wait(5)
     return Trial(f"S12-{fault}", client_name, cap, result[0] if result and result[0] < cap else None, 0, 0, 0,
                  {"fault": fault})
+
+
+def kube_watch_trial(apis: list[Any], client_name: str, fault: str, cap: float) -> Trial:
+    """S12-watch: a *quiet* ConfigMap watch whose apiserver is blackholed or SIGSTOPped; a write made
+    through the other apiserver right after the fault; time until the watch delivers it.
+
+    ``plain`` is ``kubernetes.watch.Watch().stream`` on the official client from a kubeconfig;
+    ``resilient`` is :func:`resilient_etcd.kube.watch` on an ``ApiClient`` with both apiservers.
+    """
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
+    from kubernetes import watch as k8s_watch
+
+    from resilient_etcd.kube import ApiClient, watch
+
+    a, b = apis[0], apis[1]
+    name = f"quiet-{client_name}-{fault}-{time.monotonic_ns()}"
+    writer_api = ApiClient.from_kubeconfig(b.kubeconfig(direct=True))
+    writer = k8s.CoreV1Api(writer_api)
+    meta = writer.list_namespaced_config_map("default").metadata
+    assert meta is not None
+    rv = meta.resource_version
+    arrived = threading.Event()
+    stop = threading.Event()
+    if client_name == "resilient":
+        api: Any = ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url])
+    else:
+        cfg = k8s.Configuration()
+        k8s_config.load_kube_config(config_file=str(a.kubeconfig()), client_configuration=cfg)
+        api = k8s.ApiClient(cfg)
+    v1 = k8s.CoreV1Api(api)
+    started_watch = threading.Event()
+
+    def consume() -> None:
+        try:
+            if client_name == "resilient":
+                stream: Any = watch(v1.list_namespaced_config_map, "default", resource_version=rv, stop=stop)
+            else:
+                stream = k8s_watch.Watch().stream(v1.list_namespaced_config_map, "default", resource_version=rv)
+            started_watch.set()
+            for ev in stream:
+                obj = ev["object"]
+                got = obj["metadata"]["name"] if isinstance(obj, dict) else obj.metadata.name
+                if got == name:
+                    arrived.set()
+                    return
+                if stop.is_set():
+                    return
+        except Exception:  # the plain watch may end in any of urllib3's ways once the fault heals
+            pass
+
+    threading.Thread(target=consume, daemon=True).start()
+    started_watch.wait(10)
+    stop.wait(1.0)  # the watch is established and quiet before the fault: that is the scenario
+    if fault == "blackhole":
+        a.require_proxy().blackhole()
+    else:
+        a.pause()
+    t0 = time.monotonic()
+    try:
+        writer.create_namespaced_config_map("default", k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name=name)))
+        ok = arrived.wait(cap)
+        took = time.monotonic() - t0
+    finally:
+        a.resume()
+        a.require_proxy().heal()
+        stop.set()
+    if client_name == "resilient":
+        api.close()
+    writer_api.close()
+    return Trial(f"S12-watch-{fault}", client_name, cap, took if ok else None, 0, 0, 0, {"fault": fault})

@@ -92,6 +92,8 @@ def call_timeout(per_call: float | None, default: float | None) -> float | None:
     Raises :class:`DeadlineExceeded` when the scope has already run out. Returns None only when
     nothing bounds the call (no scope, no per-call timeout, no default).
     """
+    if per_call is not None:
+        validate_timeout("timeout", per_call)
     budget = per_call if per_call is not None else default
     d = _deadline.get()
     if d is None:

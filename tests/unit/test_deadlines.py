@@ -73,3 +73,15 @@ def test_threads_carry_the_scope_with_copy_context() -> None:
         carried.join()
     assert seen[0] is None
     assert seen[1] is not None and 0 < seen[1] <= 5
+
+
+def test_a_bad_per_call_timeout_is_refused_before_the_call() -> None:
+    import pytest
+
+    from resilient_etcd import ConfigurationError
+    from resilient_etcd.deadlines import call_timeout
+
+    for bad in (-1, 0, float("nan"), "3"):
+        with pytest.raises(ConfigurationError, match="timeout"):
+            call_timeout(bad, 10.0)  # type: ignore[arg-type]
+    assert call_timeout(2.0, 10.0) == 2.0

@@ -1,9 +1,14 @@
-"""``python -m resilient_etcd doctor --endpoints a:2379,b:2379 [--json]``: one health line per member.
+"""``python -m resilient_etcd doctor --endpoints a:2379,b:2379 [--kubeconfig kc] [--json]``: one health line
+per etcd member and per Kubernetes API server.
 
-Each endpoint is asked, on its own fresh connection and with a short deadline, for its status:
+Each etcd endpoint is asked, on its own fresh connection and with a short deadline, for its status:
 reachable, member id, leader, raft term, version, DB size, alarms, round-trip latency, and whether
-authentication works. Exit status 0 when every endpoint is healthy, 1 when any is not, 2 on bad
-arguments — so it can gate a deploy or a readiness probe.
+authentication works. Each API server (the kubeconfig's, plus ``--apiservers``) is checked on its
+own connection: ``/readyz``, the protocol negotiated, an HTTP/2 PING round trip (the keepalive the
+client relies on), and whether the kubeconfig's credentials are accepted (``GET /api``).
+
+Exit status 0 when everything is healthy, 1 when anything is not, 2 on bad arguments — so it can
+gate a deploy or a readiness probe.
 """
 
 from __future__ import annotations
@@ -77,23 +82,105 @@ def check(endpoint: str, timeout: float, user: str | None, password: str | None,
         client.close()
 
 
-def _table(reports: list[Report]) -> str:
-    cols = ["endpoint", "healthy", "leader", "latency", "member", "term", "version", "db size", "auth", "error"]
-    rows = [[r.endpoint, "yes" if r.healthy else "NO", "yes" if r.is_leader else ("no" if r.has_leader else "-"),
-             f"{r.latency_ms:.1f} ms" if r.latency_ms is not None else "-", r.member_id or "-",
-             str(r.raft_term or "-"), r.version or "-",
-             f"{r.db_size / 1024:.0f} KiB" if r.db_size else "-", r.auth or "-", r.error or ""] for r in reports]
+@dataclass
+class ApiServerReport:
+    apiserver: str
+    healthy: bool
+    reachable: bool
+    latency_ms: float | None = None
+    readyz: str | None = None
+    protocol: str | None = None
+    ping_ms: float | None = None
+    auth: str | None = None
+    error: str | None = None
+
+
+def check_apiserver(url: str, kubeconfig: str, context: str | None, timeout: float) -> ApiServerReport:
+    from kubernetes.client.exceptions import ApiException
+
+    from .kube import ApiClient, KubePolicy
+
+    try:
+        base = ApiClient.from_kubeconfig(kubeconfig, context=context, policy=KubePolicy(probe_interval=0))
+    except exceptions.ConfigurationError as e:
+        return ApiServerReport(url, healthy=False, reachable=False, error=str(e))
+    cfg = base.configuration
+    base.close()
+    cfg.refresh_api_key_hook = None  # the kubeconfig loader's hook would reset host to the kubeconfig's server
+    cfg.host = url
+    api = ApiClient(cfg, policy=KubePolicy(probe_interval=0, connect_timeout=timeout, read_idle_timeout=timeout,
+                                           default_timeout=timeout))
+    report = ApiServerReport(url, healthy=False, reachable=False)
+    try:
+        started = time.monotonic()
+        # authenticated: an anonymous HTTP/2 request makes the apiserver GOAWAY its connection
+        # (UnauthenticatedHTTP2DOSMitigation), and the PING below needs that connection
+        resp = api.rest_client.pool_manager.request("GET", url.rstrip("/") + "/readyz", headers=_auth_headers(api),
+                                                    timeout=timeout)
+        report.latency_ms = round((time.monotonic() - started) * 1000, 2)
+        report.reachable = True
+        conns = api._h2.connections(url.rstrip("/")) if api._h2 is not None else []
+        report.protocol = "h2" if conns else "http/1.1"
+        if resp.status in (401, 403):  # the credentials are checked before /readyz is served
+            report.readyz, report.auth = "not checked", f"rejected ({resp.status})"
+        else:
+            report.readyz = "ok" if resp.status == 200 else f"{resp.status}: {resp.data[:200].decode(errors='replace')}"
+            if conns and conns[0].closed is None:
+                report.ping_ms = round(conns[0].ping(timeout) * 1000, 2)
+            try:
+                api.call_api("GET", url.rstrip("/") + "/api", header_params=_auth_headers(api),
+                             _request_timeout=timeout)
+                report.auth = "ok"
+            except ApiException as e:
+                report.auth = f"rejected ({e.status})"
+        report.healthy = report.readyz == "ok" and report.auth == "ok"
+        if not report.healthy:
+            report.error = f"auth {report.auth}" if report.auth != "ok" else f"readyz {report.readyz}"
+    except Exception as e:  # any failure is the report's content
+        report.error = f"{type(e).__name__}: {e}"
+    finally:
+        api.close()
+    return report
+
+
+def _auth_headers(api: Any) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    api.update_params_for_auth(headers, [], ["BearerToken"], "/api", "GET", None)
+    return headers
+
+
+def _grid(cols: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _kube_table(reports: list[ApiServerReport]) -> str:
+    cols = ["apiserver", "healthy", "readyz", "latency", "protocol", "ping", "auth", "error"]
+    rows = [[r.apiserver, "yes" if r.healthy else "NO", r.readyz or "-",
+             f"{r.latency_ms:.1f} ms" if r.latency_ms is not None else "-", r.protocol or "-",
+             f"{r.ping_ms:.1f} ms" if r.ping_ms is not None else "-", r.auth or "-", r.error or ""] for r in reports]
+    return _grid(cols, rows)
+
+
+def _table(reports: list[Report]) -> str:
+    cols = ["endpoint", "healthy", "leader", "latency", "member", "term", "version", "db size", "auth", "error"]
+    rows = [[r.endpoint, "yes" if r.healthy else "NO", "yes" if r.is_leader else ("no" if r.has_leader else "-"),
+             f"{r.latency_ms:.1f} ms" if r.latency_ms is not None else "-", r.member_id or "-",
+             str(r.raft_term or "-"), r.version or "-",
+             f"{r.db_size / 1024:.0f} KiB" if r.db_size else "-", r.auth or "-", r.error or ""] for r in reports]
+    return _grid(cols, rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m resilient_etcd")
     sub = p.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("doctor", help="health of every etcd endpoint; exit 1 if any is unhealthy")
-    d.add_argument("--endpoints", required=True, help="comma-separated host:port or http(s)://host:port")
+    d = sub.add_parser("doctor", help="health of every etcd endpoint and API server; exit 1 if any is unhealthy")
+    d.add_argument("--endpoints", help="etcd: comma-separated host:port or http(s)://host:port")
+    d.add_argument("--kubeconfig", help="check the API server of this kubeconfig (and --apiservers)")
+    d.add_argument("--context", help="kubeconfig context")
+    d.add_argument("--apiservers", help="extra API server URLs (comma-separated), same credentials")
     d.add_argument("--timeout", type=float, default=2.0, help="deadline per endpoint, seconds (default 2)")
     d.add_argument("--user")
     d.add_argument("--password")
@@ -102,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--cert-cert")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     a = p.parse_args(argv)
-    endpoints = [e.strip() for e in a.endpoints.split(",") if e.strip()]
-    if not endpoints:
+    if not a.endpoints and not a.kubeconfig:
+        p.error("give --endpoints (etcd), --kubeconfig (Kubernetes) or both")
+    endpoints = [e.strip() for e in (a.endpoints or "").split(",") if e.strip()]
+    if a.endpoints is not None and not endpoints:
         p.error("--endpoints is empty")
     if a.timeout <= 0:
         p.error("--timeout must be positive")
@@ -112,10 +201,26 @@ def main(argv: list[str] | None = None) -> int:
             parse_endpoint(e)
     except exceptions.ConfigurationError as e:
         p.error(str(e))
+    apiservers: list[str] = []
+    if a.kubeconfig:
+        try:
+            from .kube import ApiClient, KubePolicy
+
+            probe = ApiClient.from_kubeconfig(a.kubeconfig, context=a.context, policy=KubePolicy(probe_interval=0),
+                                              endpoints=[u.strip() for u in (a.apiservers or "").split(",")
+                                                         if u.strip()])
+            apiservers = list(probe.endpoints)
+            probe.close()
+        except exceptions.ConfigurationError as e:
+            p.error(str(e))
     reports = [check(e, a.timeout, a.user, a.password, a.ca_cert, a.cert_key, a.cert_cert) for e in endpoints]
-    out: Any = [asdict(r) for r in reports]
-    print(json.dumps(out, indent=1) if a.json else _table(reports))
-    return 0 if all(r.healthy for r in reports) else 1
+    kube = [check_apiserver(u, a.kubeconfig, a.context, a.timeout) for u in apiservers]
+    if a.json:
+        out: Any = {"etcd": [asdict(r) for r in reports], "kubernetes": [asdict(r) for r in kube]}
+        print(json.dumps(out, indent=1))
+    else:
+        print("\n\n".join(t for t in (_table(reports) if reports else "", _kube_table(kube) if kube else "") if t))
+    return 0 if all(r.healthy for r in reports) and all(r.healthy for r in kube) else 1
 
 
 if __name__ == "__main__":

@@ -66,6 +66,21 @@ class _NoH2(Exception):
     pass
 
 
+class _H2State(h2.connection.H2Connection):
+    """h2's state machine closes the whole connection on *any* GOAWAY, so the frames of streams the
+    server still finishes (ids ≤ last_stream_id, RFC 9113 §6.8) then raise ProtocolError. A graceful
+    GOAWAY (NO_ERROR) is turned into the event alone; we open no new streams after it (``goaway``)."""
+
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[h2.events.Event]]:
+        if frame.error_code != 0:
+            return super()._receive_goaway_frame(frame)
+        event = h2.events.ConnectionTerminated()
+        event.error_code = h2.errors.ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
 class _GracefulGoaway(ConnectionDead):
     pass
 
@@ -127,13 +142,14 @@ class H2Connection:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._lock = threading.Lock()  # guards the h2 state machine, _streams and _bodies
-        self._h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self._h2 = _H2State(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self._h2.initiate_connection()
         self._h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _STREAM_WINDOW,
                                   h2.settings.SettingCodes.ENABLE_PUSH: 0})
         self._h2.increment_flow_control_window(_CONNECTION_WINDOW - 65535)
         self._streams: dict[int, _Stream] = {}
         self._bodies: dict[int, memoryview] = {}
+        self._ping_waiters: dict[bytes, threading.Event] = {}
         self.closed: str | None = None  # the reason, once closed
         self.goaway = False
         self.pings = 0
@@ -174,6 +190,24 @@ class H2Connection:
             assert stream.error is not None
             raise stream.error
         return H2Response(stream, stream.headers, read_timeout)
+
+    def ping(self, timeout: float) -> float:
+        """Send a PING and return its round trip in seconds; ``ConnectionDead`` if no ack within ``timeout``."""
+        payload, done = os.urandom(8), threading.Event()
+        with self._lock:
+            if self.closed is not None:
+                raise ConnectionDead(f"connection to {self.origin} is closed: {self.closed}")
+            self._ping_waiters[payload] = done
+            self._h2.ping(payload)
+        started = time.monotonic()
+        self._wake()
+        try:
+            if not done.wait(timeout):
+                raise ConnectionDead(f"no PING ack from {self.origin} within {timeout} s")
+        finally:
+            with self._lock:
+                self._ping_waiters.pop(payload, None)
+        return time.monotonic() - started
 
     def cancel(self, stream: _Stream) -> None:
         with self._lock:
@@ -293,6 +327,10 @@ class H2Connection:
                 cls = StreamRefused if ev.error_code == h2.errors.ErrorCodes.REFUSED_STREAM else ProtocolError
                 stream.fail(cls(f"{self.origin} reset the stream ({ev.error_code!r})"))
                 del self._streams[stream.id]
+            elif isinstance(ev, h2.events.PingAckReceived):
+                waiter = self._ping_waiters.get(ev.ping_data)
+                if waiter is not None:
+                    waiter.set()
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 self.goaway = True
                 last = ev.last_stream_id or 0
@@ -499,11 +537,13 @@ class H2PoolManager:
 
 def _timeouts(timeout: Any, default_connect: float) -> tuple[float, float | None]:
     if isinstance(timeout, urllib3.Timeout):
+        # the raw fields: urllib3's read_timeout property needs a started connect timer when total is set
         total = timeout.total if isinstance(timeout.total, (int, float)) else None
-        connect = timeout.connect_timeout
-        read = timeout.read_timeout
+        connect, read = getattr(timeout, "_connect", None), getattr(timeout, "_read", None)
         c = connect if isinstance(connect, (int, float)) else (total or default_connect)
         r = read if isinstance(read, (int, float)) else total
+        if total is not None:
+            c, r = min(c, total), (total if r is None else min(r, total))
         return float(c), (float(r) if r is not None else None)
     if isinstance(timeout, (int, float)):
         return float(timeout), float(timeout)

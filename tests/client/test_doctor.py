@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from resilient_etcd.testing import EtcdCluster
+from resilient_etcd.testing import EtcdCluster, ToxiproxyServer
+from resilient_etcd.testing.kube import KubeApiServer
 
 
 def doctor(*args: str) -> subprocess.CompletedProcess[str]:
@@ -17,7 +19,7 @@ def doctor(*args: str) -> subprocess.CompletedProcess[str]:
 def test_healthy_cluster(etcd_cluster: EtcdCluster) -> None:
     proc = doctor("--endpoints", ",".join(etcd_cluster.endpoints), "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    reports = json.loads(proc.stdout)
+    reports = json.loads(proc.stdout)["etcd"]
     assert [r["healthy"] for r in reports] == [True, True, True]
     assert sum(r["is_leader"] for r in reports) == 1
     table = doctor("--endpoints", ",".join(etcd_cluster.endpoints))
@@ -32,12 +34,47 @@ def test_paused_member_is_unhealthy(etcd_cluster: EtcdCluster) -> None:
     finally:
         victim.resume()
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    reports = {r["endpoint"]: r for r in json.loads(proc.stdout)}
+    reports = {r["endpoint"]: r for r in json.loads(proc.stdout)["etcd"]}
     assert reports[victim.endpoint]["healthy"] is False
     error = reports[victim.endpoint]["error"]
     assert "Deadline" in error or "ejected" in error, error
 
 
-def test_bad_arguments_exit_2() -> None:
+def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     assert doctor("--endpoints", "bad host:1").returncode == 2
     assert doctor("--endpoints", "a:1", "--timeout", "-1").returncode == 2
+    assert doctor().returncode == 2  # neither etcd nor Kubernetes
+    missing = doctor("--kubeconfig", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "cannot read kubeconfig" in missing.stderr
+
+
+def test_apiservers_reported_and_a_paused_one_fails(etcd_cluster: EtcdCluster,
+                                                     toxiproxy_server: ToxiproxyServer) -> None:
+    with KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server) as a, \
+            KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server, peer=a) as b:
+        args = ("--kubeconfig", str(a.kubeconfig()), "--apiservers", b.url, "--timeout", "1")
+        proc = doctor(*args, "--endpoints", ",".join(etcd_cluster.endpoints), "--json")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        kube = {r["apiserver"]: r for r in json.loads(proc.stdout)["kubernetes"]}
+        assert set(kube) == {a.url, b.url}
+        for r in kube.values():
+            assert r["healthy"] and r["readyz"] == "ok" and r["auth"] == "ok" and r["protocol"] == "h2"
+            assert r["ping_ms"] is not None
+        table = doctor(*args)
+        assert table.returncode == 0 and table.stdout.startswith("apiserver"), table.stdout
+        # wrong credentials: reachable and ready, but unhealthy
+        bad = a.kubeconfig()
+        bad.write_text(bad.read_text().replace(a.token, "not-a-token"))
+        proc = doctor("--kubeconfig", str(bad), "--json")
+        (r,) = json.loads(proc.stdout)["kubernetes"]
+        assert proc.returncode == 1 and r["reachable"] and r["auth"] == "rejected (401)", r
+        a.kubeconfig()  # restore
+        a.pause()
+        try:
+            proc = doctor(*args, "--json")
+        finally:
+            a.resume()
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        kube = {r["apiserver"]: r for r in json.loads(proc.stdout)["kubernetes"]}
+        assert not kube[a.url]["healthy"] and kube[a.url]["error"]
+        assert kube[b.url]["healthy"]

@@ -113,3 +113,16 @@ def test_construction_does_no_io_and_repr_hides_secrets() -> None:
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigurationError, ValueError)
     assert issubclass(etcd3.DeadlineExceeded, etcd3.ConnectionTimeoutError)
+
+
+def test_h2_pool_reads_every_urllib3_timeout_shape() -> None:
+    import urllib3
+
+    from resilient_etcd.kube.h2pool import _timeouts
+
+    assert _timeouts(urllib3.Timeout(total=3.0), 2.0) == (3.0, 3.0)
+    assert _timeouts(urllib3.Timeout(connect=1.0, read=4.0), 2.0) == (1.0, 4.0)
+    assert _timeouts(urllib3.Timeout(connect=1.0, read=4.0, total=2.5), 2.0) == (1.0, 2.5)
+    assert _timeouts(urllib3.Timeout(connect=1.0), 2.0) == (1.0, None)
+    assert _timeouts(5, 2.0) == (5.0, 5.0)
+    assert _timeouts(None, 2.0) == (2.0, None)

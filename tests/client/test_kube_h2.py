@@ -203,6 +203,10 @@ def throttled(etcd_cluster: EtcdCluster) -> Iterator[KubeApiServer]:
                      "rules": [{"subjects": [{"kind": "User", "user": {"name": "limited"}}],
                                 "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
                                                    "namespaces": ["*"], "clusterScope": True}]}]}})
+        # LISTs big enough (~300 objects, ~0.6 MB) to overlap on the one seat, so throttling is certain
+        v1 = k8s.CoreV1Api(admin)
+        for i in range(300):
+            v1.create_namespaced_config_map("default", {"metadata": {"name": f"bulk-{i}"}, "data": {"x": "y" * 2000}})
         admin.close()
         yield a
 
@@ -213,7 +217,7 @@ def hammer(v1: k8s.CoreV1Api, threads: int = 12, calls: int = 6) -> tuple[int, l
     def run() -> None:
         for _ in range(calls):
             try:
-                v1.list_namespaced_config_map("kube-system")
+                v1.list_namespaced_config_map("default")
                 with lock:
                     ok[0] += 1
             except BaseException as e:  # counted

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
+from tenacity import Retrying, stop_after_delay, wait_fixed
 
 from resilient_etcd.kube import ApiClient, watch
 from resilient_etcd.testing import EtcdCluster, ToxiproxyServer, wait_until
@@ -69,8 +70,12 @@ def test_thousand_updates_exactly_once_through_faults(apis: list[KubeApiServer])
     done = threading.Event()
 
     def write() -> None:
+        # the writer's own apiserver is frozen too: a PATCH in flight then fails with an unknown outcome.
+        # Setting n=i again is idempotent (an unchanged object makes no new version, hence no event).
         for i in range(1, n + 1):
-            writer.patch_namespaced_config_map("hist", "default", {"data": {"n": str(i)}})
+            for attempt in Retrying(stop=stop_after_delay(30), wait=wait_fixed(0.1), reraise=True):
+                with attempt:
+                    writer.patch_namespaced_config_map("hist", "default", {"data": {"n": str(i)}})
         done.set()
 
     w = threading.Thread(target=write)

@@ -1,7 +1,9 @@
 """resilient_etcd: python-etcd3's API, but a restarted, frozen or blackholed member never hangs you.
 
->>> import resilient_etcd as etcd3                     # doctest: +SKIP
->>> client = etcd3.client(endpoints=["m1:2379", "m2:2379", "m3:2379"])   # doctest: +SKIP
+Usage (docs/quickstart.md; its samples run against real servers in tests/test_docs.py)::
+
+    import resilient_etcd as etcd3
+    client = etcd3.client(endpoints=["m1:2379", "m2:2379", "m3:2379"])
 """
 
 from . import exceptions

@@ -1,8 +1,10 @@
 """A resilient ``ApiClient`` for the official ``kubernetes`` package (extra ``kube``).
 
->>> from resilient_etcd.kube import ApiClient      # doctest: +SKIP
->>> api = ApiClient.from_kubeconfig("~/.kube/config", endpoints=["https://10.0.0.2:6443"])  # doctest: +SKIP
->>> kubernetes.client.CoreV1Api(api).list_namespace()                                    # doctest: +SKIP
+Usage (docs/kubernetes.md; its samples run against a real kube-apiserver in tests/test_docs.py)::
+
+    from resilient_etcd.kube import ApiClient
+    api = ApiClient.from_kubeconfig("~/.kube/config", endpoints=["https://10.0.0.2:6443"])
+    kubernetes.client.CoreV1Api(api).list_namespace()
 """
 
 from .client import ApiClient, KubePolicy

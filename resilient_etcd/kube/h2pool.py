@@ -128,9 +128,12 @@ class H2Connection:
         except TimeoutError as e:
             raw.close()
             raise ConnectTimeoutError(None, url, f"TLS handshake with {self.origin} timed out") from e
-        except ssl.SSLError as e:
+        except ssl.SSLCertVerificationError as e:  # configuration, not weather: surfaces at once (ApiException 0)
             raw.close()
             raise urllib3.exceptions.SSLError(f"TLS with {self.origin} failed: {e}") from e
+        except ssl.SSLError as e:  # a handshake cut short (restart, reset, EOF): transient, and nothing was sent
+            raw.close()
+            raise NewConnectionError(None, f"TLS handshake with {self.origin} failed: {e}") from e  # type: ignore[arg-type]
         except OSError as e:
             raw.close()
             raise NewConnectionError(None, f"TLS with {self.origin} failed: {e}") from e  # type: ignore[arg-type]

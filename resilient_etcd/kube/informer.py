@@ -1,8 +1,10 @@
 """An informer: list + resilient watch + a local store + handlers, for controllers.
 
->>> inf = Informer(v1.list_namespaced_config_map, "default", on_add=print)   # doctest: +SKIP
->>> inf.start().wait_synced(10)                                             # doctest: +SKIP
->>> inf.get("default/my-config")                                            # doctest: +SKIP
+Usage (docs/kubernetes.md runs an example against a real kube-apiserver)::
+
+    inf = Informer(v1.list_namespaced_config_map, "default", on_add=print)
+    inf.start().wait_synced(10)
+    inf.get("default/my-config")
 
 Objects are the API's JSON (plain dicts), keyed ``namespace/name`` (``name`` for cluster-scoped
 kinds). Handlers run on the informer's thread, in event order; a handler that raises is logged

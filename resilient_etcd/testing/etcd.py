@@ -191,10 +191,12 @@ class EtcdMember(ServerProcess):
 class EtcdCluster:
     """A real etcd cluster on loopback (or in network namespaces), as a context manager.
 
-    >>> with EtcdCluster(size=3) as cluster:                       # doctest: +SKIP
-    ...     cluster.endpoints            # through toxiproxy
-    ...     cluster.members[0].proxy.blackhole()
-    ...     cluster.members[1].pause()
+    Usage (docs/testing.md)::
+
+        with EtcdCluster(size=3) as cluster:
+            cluster.endpoints            # through toxiproxy
+            cluster.members[0].require_proxy().blackhole()
+            cluster.members[1].pause()
     """
 
     def __init__(

@@ -33,9 +33,11 @@ class ToxiproxyExited(ToxiproxyError, WaitAborted):
 class ToxiproxyServer:
     """A ``toxiproxy-server`` on a free loopback port; a context manager.
 
-    >>> with ToxiproxyServer() as tp:                      # doctest: +SKIP
-    ...     p = tp.create_proxy("db", upstream="127.0.0.1:2379")
-    ...     p.blackhole()
+    Usage::
+
+        with ToxiproxyServer() as tp:
+            p = tp.create_proxy("db", upstream="127.0.0.1:2379")
+            p.blackhole()
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, request_timeout: float = 5.0):

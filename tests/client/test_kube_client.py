@@ -27,7 +27,7 @@ def resilient(apis: list[KubeApiServer], **kw: object) -> ApiClient:
     return ApiClient.from_kubeconfig(apis[0].kubeconfig(), endpoints=[api.url for api in apis[1:]], **kw)
 
 
-@pytest.mark.parametrize("fault", ["blackhole", "pause"])
+@pytest.mark.parametrize("fault", ["blackhole", "pause", "reset_peer"])
 def test_list_fails_over_within_3s(two_apiservers: list[KubeApiServer], fault: str) -> None:
     a, _ = two_apiservers
     api = resilient(two_apiservers)
@@ -35,6 +35,8 @@ def test_list_fails_over_within_3s(two_apiservers: list[KubeApiServer], fault: s
     assert "default" in [n.metadata.name for n in v1.list_namespace().items]
     if fault == "blackhole":
         a.require_proxy().blackhole()
+    elif fault == "reset_peer":  # every connection (and TLS handshake) to it is reset
+        a.require_proxy().reset_peer()
     else:
         a.pause()
     try:
@@ -102,3 +104,21 @@ def test_bad_input(tmp_path: Path) -> None:
     cfg.ssl_ca_cert = str(tmp_path / "no-ca.pem")
     with pytest.raises(etcd3.ConfigurationError, match="ssl_ca_cert"):
         ApiClient(cfg)
+
+
+def test_a_certificate_the_ca_does_not_sign_fails_at_once(two_apiservers: list[KubeApiServer], tmp_path: Path) -> None:
+    """Certificate verification is configuration, not a transient fault: no retry loop, a clear error."""
+    from kubernetes.client.exceptions import ApiException
+
+    from resilient_etcd.testing.tls import make_certs
+
+    other_ca = make_certs(tmp_path / "other", ["127.0.0.1"]).ca
+    kc = two_apiservers[0].kubeconfig()
+    kc.write_text(kc.read_text().replace(str(two_apiservers[0].certs.ca), str(other_ca)))
+    api = ApiClient.from_kubeconfig(kc)
+    started = time.monotonic()
+    with pytest.raises(ApiException) as info:
+        k8s.CoreV1Api(api).list_namespace()
+    api.close()
+    assert time.monotonic() - started < 1.0
+    assert info.value.status == 0 and "CERTIFICATE_VERIFY_FAILED" in str(info.value.reason)

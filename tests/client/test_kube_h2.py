@@ -15,6 +15,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from resilient_etcd import metrics
 from resilient_etcd.kube import ApiClient, KubePolicy, watch
 from resilient_etcd.kube.h2pool import H2Connection
 from resilient_etcd.testing import EtcdCluster, ToxiproxyServer, netns_available, wait_until
@@ -167,6 +168,8 @@ def test_readyz_probes_eject_a_paused_apiserver_and_readmit_it(etcd_cluster: Etc
             try:
                 wait_until(lambda: api.endpoint_states()[a.url] == "ejected", timeout=6, what="ejection")
                 took = time.monotonic() - started
+                snap = metrics.snapshot()  # the same state, for users without Prometheus
+                assert snap["states"][a.url] == "ejected" and snap["events"]["ejections"][a.url] >= 1
                 assert api.active_endpoint == a.url  # no call yet: the choice moves on the next call
                 k8s.CoreV1Api(api).list_namespace(_request_timeout=3)
                 assert api.active_endpoint == b.url

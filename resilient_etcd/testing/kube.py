@@ -118,16 +118,22 @@ class KubeApiServer(ServerProcess):
                    on_timeout=lambda: log_tail(self.log_path))
 
     def kubeconfig(self, path: Path | None = None, *, direct: bool = False, user: str = "admin") -> Path:
-        """Write a kubeconfig (JSON is valid YAML) for ``user`` (admin or limited); returns its path."""
-        if user not in ("admin", "limited"):
-            raise HarnessError(f"unknown test user {user!r}: admin or limited")
+        """Write a kubeconfig (JSON is valid YAML) for ``user``; returns its path.
+
+        ``admin`` and ``limited`` authenticate with their bearer tokens; ``admin-cert`` with the client
+        certificate (user ``admin``, no groups: grant it RBAC before use)."""
+        if user not in ("admin", "limited", "admin-cert"):
+            raise HarnessError(f"unknown test user {user!r}: admin, limited or admin-cert")
         target = path or self.dir / (f"kubeconfig-{user}" + ("-direct" if direct else ""))
         server = self.direct_url if direct else self.url
+        creds: dict[str, str] = (
+            {"client-certificate": str(self.certs.client_cert), "client-key": str(self.certs.client_key)}
+            if user == "admin-cert" else {"token": self.token if user == "admin" else self.limited_token})
         cfg = {
             "apiVersion": "v1", "kind": "Config", "current-context": "test",
             "clusters": [{"name": "test", "cluster": {"server": server,
                                                       "certificate-authority": str(self.certs.ca)}}],
-            "users": [{"name": user, "user": {"token": self.token if user == "admin" else self.limited_token}}],
+            "users": [{"name": user, "user": creds}],
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
         }
         target.write_text(json.dumps(cfg, indent=1))

@@ -122,3 +122,25 @@ def test_a_certificate_the_ca_does_not_sign_fails_at_once(two_apiservers: list[K
     api.close()
     assert time.monotonic() - started < 1.0
     assert info.value.status == 0 and "CERTIFICATE_VERIFY_FAILED" in str(info.value.reason)
+
+
+def test_client_certificate_auth_over_http2(two_apiservers: list[KubeApiServer]) -> None:
+    a, b = two_apiservers
+    admin = ApiClient.from_kubeconfig(a.kubeconfig())
+    k8s.RbacAuthorizationV1Api(admin).create_cluster_role_binding({
+        "metadata": {"name": "cert-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "User", "name": "admin", "apiGroup": "rbac.authorization.k8s.io"}]})
+    admin.close()
+    api = ApiClient.from_kubeconfig(a.kubeconfig(user="admin-cert"), endpoints=[b.url])
+    try:
+        assert "default" in [n.metadata.name for n in k8s.CoreV1Api(api).list_namespace().items]
+        assert api._h2 is not None and api._h2.connections(a.url)  # the certificate went over our h2 TLS
+        a.require_proxy().blackhole()
+        try:
+            k8s.CoreV1Api(api).list_namespace(_request_timeout=5)  # and to the other apiserver
+        finally:
+            a.require_proxy().heal()
+        assert api.active_endpoint == b.url
+    finally:
+        api.close()

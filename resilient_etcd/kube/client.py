@@ -406,7 +406,7 @@ def _probe_loop(ref: weakref.ref[ApiClient], endpoint: str, stop: threading.Even
 
 def _shutdown(stop: threading.Event, pool: Any) -> None:
     stop.set()
-    pool.clear()
+    (pool.close if isinstance(pool, H2PoolManager) else pool.clear)()
 
 
 def _origin(endpoint: str) -> str:

@@ -460,6 +460,7 @@ class H2PoolManager:
         self._conns: dict[str, list[H2Connection]] = {}
         self._http1: set[str] = set()
         self._dialing: dict[str, threading.Lock] = {}
+        self._shut = False
 
     def request(self, method: str, url: str, fields: Any = None, headers: dict[str, str] | None = None,
                 body: str | bytes | None = None, preload_content: bool = True, timeout: Any = None,
@@ -493,6 +494,8 @@ class H2PoolManager:
 
     def _connection(self, origin: str, host: str, port: int, connect_timeout: float) -> H2Connection:
         with self._lock:
+            if self._shut:
+                raise StreamRefused(f"the client is closed: no new connection to {origin}")
             for c in self._conns.get(origin, []):
                 if c.usable:
                     return c
@@ -507,7 +510,12 @@ class H2PoolManager:
                                 ping_timeout=self._ping, socket_options=self._socket_options,
                                 on_close=self._closed)
             with self._lock:
-                self._conns.setdefault(origin, []).append(conn)
+                closed = self._shut
+                if not closed:
+                    self._conns.setdefault(origin, []).append(conn)
+            if closed:  # close() ran while we dialled: this connection must not outlive it
+                conn.close("the client was closed")
+                raise StreamRefused(f"the client is closed: no new connection to {origin}")
             log.debug("HTTP/2 connection to %s open", origin)
             return conn
 
@@ -531,11 +539,18 @@ class H2PoolManager:
             c.close(reason)
 
     def clear(self) -> None:
+        """Close every connection (like urllib3's ``clear()``: later requests dial again)."""
         with self._lock:
             conns = [c for cs in self._conns.values() for c in cs]
         for c in conns:
             c.close("pool cleared")
         self.fallback.clear()
+
+    def close(self) -> None:
+        """``clear()`` for good: no connection is dialled afterwards (the ``ApiClient`` is closed)."""
+        with self._lock:
+            self._shut = True
+        self.clear()
 
 
 def _timeouts(timeout: Any, default_connect: float) -> tuple[float, float | None]:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import ProtocolError
 
 from resilient_etcd import metrics
 from resilient_etcd.kube import ApiClient, KubePolicy, watch
@@ -263,3 +264,22 @@ def _limited_configuration(api: KubeApiServer) -> k8s.Configuration:
     cfg.ssl_ca_cert = str(api.certs.ca)
     cfg.api_key = {"authorization": f"Bearer {api.limited_token}"}
     return cfg
+
+
+def test_close_leaves_no_thread_or_socket(apiserver: KubeApiServer) -> None:
+    def ours() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith(("h2 ", "readyz "))]
+
+    before = set(ours())
+    api = ApiClient.from_kubeconfig(apiserver.kubeconfig(), policy=KubePolicy(probe_interval=0.05))
+    k8s.CoreV1Api(api).list_namespace()
+    (conn,) = connections(api)
+    assert set(ours()) - before
+    api.close()
+    assert conn.closed is not None
+    wait_until(lambda: set(ours()) <= before, timeout=5, what="the client's threads to end")
+    # a probe or call racing close() cannot dial a connection that would outlive it
+    assert api._h2 is not None
+    with pytest.raises(ProtocolError, match="closed"):
+        api._h2.request("GET", apiserver.url + "/readyz")
+    assert not connections(api)

@@ -352,12 +352,16 @@ class H2Connection:
             self.closed = reason
             streams, self._streams = list(self._streams.values()), {}
             self._bodies.clear()
-        for s in streams:
-            s.fail(error)
         for sock in (self._sock, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 sock.close()
-        self._on_close(self, reason, broken)
+        # the owner hears first (it ejects the endpoint), then the streams: a watch woken by its
+        # error must not re-open on the very apiserver this connection just proved dead
+        try:
+            self._on_close(self, reason, broken)
+        finally:
+            for s in streams:
+                s.fail(error)
 
 
 class H2Response:

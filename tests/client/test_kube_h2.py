@@ -283,3 +283,25 @@ def test_close_leaves_no_thread_or_socket(apiserver: KubeApiServer) -> None:
     with pytest.raises(ProtocolError, match="closed"):
         api._h2.request("GET", apiserver.url + "/readyz")
     assert not connections(api)
+
+
+def test_a_watch_woken_by_a_dead_connection_resumes_on_the_other_apiserver(
+        etcd_cluster: EtcdCluster, toxiproxy_server: ToxiproxyServer) -> None:
+    """Probes off: only the PING check notices. The apiserver must be ejected *before* the watch
+    wakes, or the watch re-opens on the dead one and pays a connect timeout first."""
+    with KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server) as a, \
+            KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server, peer=a) as b:
+        api = ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url], policy=KubePolicy(probe_interval=0))
+        writer = k8s.CoreV1Api(ApiClient.from_kubeconfig(b.kubeconfig(direct=True)))
+        c = Collector(k8s.CoreV1Api(api))
+        try:
+            wait_until(lambda: connections(api), timeout=5, what="the watch's connection")
+            a.require_proxy().blackhole()
+            started = time.monotonic()
+            writer.create_namespaced_config_map("default", {"metadata": {"name": "via-b"}})
+            wait_until(lambda: c.arrived("via-b") is not None, timeout=10, what="the event through b")
+            took = (c.arrived("via-b") or 0) - started
+        finally:
+            a.require_proxy().heal()
+            c.close()
+    assert took < 3.0, f"{took:.2f} s: the watch went back to the dead apiserver first"

@@ -2,10 +2,12 @@
 per etcd member and per Kubernetes API server.
 
 Each etcd endpoint is asked, on its own fresh connection and with a short deadline, for its status:
-reachable, member id, leader, raft term, version, DB size, alarms, round-trip latency, and whether
-authentication works. Each API server (the kubeconfig's, plus ``--apiservers``) is checked on its
-own connection: ``/readyz``, the protocol negotiated, an HTTP/2 PING round trip (the keepalive the
-client relies on), and whether the kubeconfig's credentials are accepted (``GET /api``).
+reachable, member id, leader, raft term, version, DB size, alarms, round-trip latency, whether
+authentication works, and whether it answers an HTTP/2 PING (what gRPC keepalive relies on).
+
+Each API server (the kubeconfig's, plus ``--apiservers``) is checked on its own connection:
+``/readyz``, the protocol negotiated, an HTTP/2 PING round trip (the keepalive the client relies
+on), and whether the kubeconfig's credentials are accepted (``GET /api``).
 
 Exit status 0 when everything is healthy, 1 when anything is not, 2 on bad arguments — so it can
 gate a deploy or a readiness probe.
@@ -41,7 +43,40 @@ class Report:
     db_size: int | None = None
     alarms: list[str] | None = None
     auth: str | None = None
+    keepalive: str | None = None
     error: str | None = None
+
+
+def keepalive_check(endpoint: str, timeout: float, ca_cert: str | None, cert_key: str | None,
+                    cert_cert: str | None) -> tuple[bool | None, str]:
+    """One HTTP/2 PING on a fresh connection: what the client's keepalive relies on.
+
+    Returns (answered, text); ``answered`` is None when it could not be checked (no ``h2``)."""
+    try:
+        from .kube.h2pool import H2Connection
+    except ImportError:
+        return None, "not checked (needs the kube extra: h2)"
+    import ssl
+
+    ep = parse_endpoint(endpoint)
+    ctx: ssl.SSLContext | None = None
+    if ep.secure or (ep.secure is None and ca_cert):
+        ctx = ssl.create_default_context(cafile=ca_cert)
+        if cert_cert:
+            ctx.load_cert_chain(cert_cert, cert_key)
+        ctx.set_alpn_protocols(["h2"])
+    try:
+        conn = H2Connection(ep.host, ep.port, ssl_context=ctx, server_hostname=ep.host, connect_timeout=timeout,
+                            read_idle_timeout=3600, ping_timeout=3600, socket_options=[],
+                            on_close=lambda *_: None)
+    except Exception as e:  # reported, not raised
+        return False, f"no connection: {type(e).__name__}"
+    try:
+        return True, f"PING ack {conn.ping(timeout) * 1000:.1f} ms"
+    except Exception as e:  # reported, not raised
+        return False, f"no PING ack: {e}"
+    finally:
+        conn.close()
 
 
 def check(endpoint: str, timeout: float, user: str | None, password: str | None, ca_cert: str | None,
@@ -70,8 +105,11 @@ def check(endpoint: str, timeout: float, user: str | None, password: str | None,
                 report.auth = "required (no user/password given)"
             else:
                 raise
+        answered, report.keepalive = keepalive_check(endpoint, timeout, ca_cert, cert_key, cert_cert)
         if not report.has_leader:
             report.healthy, report.error = False, "no leader"
+        elif answered is False:
+            report.healthy, report.error = False, f"keepalive: {report.keepalive}"
         elif report.alarms:
             report.healthy, report.error = False, "alarms: " + ", ".join(report.alarms)
         return report
@@ -165,11 +203,13 @@ def _kube_table(reports: list[ApiServerReport]) -> str:
 
 
 def _table(reports: list[Report]) -> str:
-    cols = ["endpoint", "healthy", "leader", "latency", "member", "term", "version", "db size", "auth", "error"]
+    cols = ["endpoint", "healthy", "leader", "latency", "member", "term", "version", "db size", "keepalive", "auth",
+            "error"]
     rows = [[r.endpoint, "yes" if r.healthy else "NO", "yes" if r.is_leader else ("no" if r.has_leader else "-"),
              f"{r.latency_ms:.1f} ms" if r.latency_ms is not None else "-", r.member_id or "-",
              str(r.raft_term or "-"), r.version or "-",
-             f"{r.db_size / 1024:.0f} KiB" if r.db_size else "-", r.auth or "-", r.error or ""] for r in reports]
+             f"{r.db_size / 1024:.0f} KiB" if r.db_size else "-", r.keepalive or "-", r.auth or "-", r.error or ""]
+            for r in reports]
     return _grid(cols, rows)
 
 

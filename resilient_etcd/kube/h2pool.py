@@ -107,11 +107,13 @@ class _Stream:
 class H2Connection:
     """One HTTP/2 connection to one apiserver; see the module docstring."""
 
-    def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext, server_hostname: str | None,
+    def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None, server_hostname: str | None,
                  connect_timeout: float, read_idle_timeout: float, ping_timeout: float,
                  socket_options: list[tuple[int, int, int]],
                  on_close: Callable[[H2Connection, str, bool], None]) -> None:
-        self.origin = f"https://{host}:{port}"
+        """``ssl_context=None``: cleartext HTTP/2 with prior knowledge (h2c), as etcd's client port speaks."""
+        self.scheme = "https" if ssl_context is not None else "http"
+        self.origin = f"{self.scheme}://{host}:{port}"
         self.read_idle_timeout, self.ping_timeout = read_idle_timeout, ping_timeout
         self._on_close = on_close
         url = self.origin
@@ -124,7 +126,8 @@ class H2Connection:
         try:
             for opt in socket_options:
                 raw.setsockopt(*opt)
-            self._sock = ssl_context.wrap_socket(raw, server_hostname=server_hostname)  # handshake, same timeout
+            self._sock = (ssl_context.wrap_socket(raw, server_hostname=server_hostname)  # handshake, same timeout
+                          if ssl_context is not None else raw)
         except TimeoutError as e:
             raw.close()
             raise ConnectTimeoutError(None, url, f"TLS handshake with {self.origin} timed out") from e
@@ -137,7 +140,7 @@ class H2Connection:
         except OSError as e:
             raw.close()
             raise NewConnectionError(None, f"TLS with {self.origin} failed: {e}") from e  # type: ignore[arg-type]
-        if self._sock.selected_alpn_protocol() != "h2":
+        if isinstance(self._sock, ssl.SSLSocket) and self._sock.selected_alpn_protocol() != "h2":
             self._sock.close()
             raise _NoH2(self.origin)
         self._sock.setblocking(False)
@@ -168,7 +171,7 @@ class H2Connection:
     def request(self, method: str, path: str, headers: dict[str, str], body: bytes | None,
                 read_timeout: float | None) -> H2Response:
         url = self.origin + path
-        out = [(b":method", method.encode()), (b":scheme", b"https"),
+        out = [(b":method", method.encode()), (b":scheme", self.scheme.encode()),
                (b":authority", self.origin.split("//", 1)[1].encode()), (b":path", path.encode())]
         out += [(k.lower().encode(), str(v).encode()) for k, v in headers.items() if k.lower() not in _HOP_BY_HOP]
         if body:
@@ -265,7 +268,7 @@ class H2Connection:
                     if wait <= 0:
                         raise ConnectionDead(f"no frame from {self.origin} for {now - last_frame:.1f} s "
                                              f"(PING unanswered for {self.ping_timeout} s)")
-                readable = self._sock.pending() > 0
+                readable = isinstance(self._sock, ssl.SSLSocket) and self._sock.pending() > 0
                 if not readable:
                     r, _, _ = select.select([self._sock, self._wake_r], [self._sock] if out else [], [], wait)
                     if self._wake_r in r:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from resilient_etcd.testing import EtcdCluster, ToxiproxyServer
 from resilient_etcd.testing.kube import KubeApiServer
 
@@ -22,6 +24,7 @@ def test_healthy_cluster(etcd_cluster: EtcdCluster) -> None:
     reports = json.loads(proc.stdout)["etcd"]
     assert [r["healthy"] for r in reports] == [True, True, True]
     assert sum(r["is_leader"] for r in reports) == 1
+    assert all(r["keepalive"].startswith("PING ack") for r in reports), reports
     table = doctor("--endpoints", ",".join(etcd_cluster.endpoints))
     assert table.returncode == 0 and "endpoint" in table.stdout.splitlines()[0]
 
@@ -78,3 +81,14 @@ def test_apiservers_reported_and_a_paused_one_fails(etcd_cluster: EtcdCluster,
         kube = {r["apiserver"]: r for r in json.loads(proc.stdout)["kubernetes"]}
         assert not kube[a.url]["healthy"] and kube[a.url]["error"]
         assert kube[b.url]["healthy"]
+
+
+@pytest.mark.etcd_cluster(size=1, tls=True, client_cert_auth=True, proxied=False)
+def test_tls_member_with_client_certificates(etcd_cluster: EtcdCluster) -> None:
+    certs = etcd_cluster.certs
+    assert certs is not None
+    proc = doctor("--endpoints", etcd_cluster.endpoints[0], "--ca-cert", str(certs.ca),
+                  "--cert-key", str(certs.client_key), "--cert-cert", str(certs.client_cert), "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (r,) = json.loads(proc.stdout)["etcd"]
+    assert r["healthy"] and r["keepalive"].startswith("PING ack"), r  # the PING went over TLS + ALPN h2

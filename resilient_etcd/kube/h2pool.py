@@ -114,6 +114,7 @@ class H2Connection:
         """``ssl_context=None``: cleartext HTTP/2 with prior knowledge (h2c), as etcd's client port speaks."""
         self.scheme = "https" if ssl_context is not None else "http"
         self.origin = f"{self.scheme}://{host}:{port}"
+        self._authority = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()  # IPv6 in brackets
         self.read_idle_timeout, self.ping_timeout = read_idle_timeout, ping_timeout
         self._on_close = on_close
         url = self.origin
@@ -172,7 +173,7 @@ class H2Connection:
                 read_timeout: float | None) -> H2Response:
         url = self.origin + path
         out = [(b":method", method.encode()), (b":scheme", self.scheme.encode()),
-               (b":authority", self.origin.split("//", 1)[1].encode()), (b":path", path.encode())]
+               (b":authority", self._authority), (b":path", path.encode())]
         out += [(k.lower().encode(), str(v).encode()) for k, v in headers.items() if k.lower() not in _HOP_BY_HOP]
         if body:
             out.append((b"content-length", str(len(body)).encode()))

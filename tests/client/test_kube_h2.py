@@ -216,12 +216,15 @@ def throttled(etcd_cluster: EtcdCluster) -> Iterator[KubeApiServer]:
 
 
 def hammer(v1: k8s.CoreV1Api, threads: int = 12, calls: int = 6) -> tuple[int, list[BaseException]]:
+    """Concurrent LISTs of ~0.6 MB, read as bytes: decoding them into models would serialise the
+    threads on the GIL, and the requests would rarely meet at the server."""
     ok, errors, lock = [0], [], threading.Lock()
 
     def run() -> None:
         for _ in range(calls):
             try:
-                v1.list_namespaced_config_map("default")
+                resp = v1.list_namespaced_config_map("default", _preload_content=False)
+                assert b'"ConfigMapList"' in resp.data
                 with lock:
                     ok[0] += 1
             except BaseException as e:  # counted
@@ -238,21 +241,30 @@ def hammer(v1: k8s.CoreV1Api, threads: int = 12, calls: int = 6) -> tuple[int, l
 
 def test_real_429s_from_priority_and_fairness_are_retried_after_retry_after(
         throttled: KubeApiServer, caplog: pytest.LogCaptureFixture) -> None:
-    # the plain official client meets real 429s under this load …
-    plain = k8s.ApiClient(_limited_configuration(throttled))
-    _, plain_errors = hammer(k8s.CoreV1Api(plain))
-    statuses = [getattr(e, "status", None) for e in plain_errors]
-    assert 429 in statuses, f"no 429 from the throttled apiserver: {plain_errors[:3]}"
-    assert all(e.headers.get("Retry-After") for e in plain_errors if isinstance(e, ApiException) and e.status == 429)
-    # … ours rides them out, waiting what the server asked for
+    # the plain official client meets real 429s under this load (a few rounds at most: it is a race) …
+    plain = k8s.CoreV1Api(k8s.ApiClient(_limited_configuration(throttled)))
+    plain_errors: list[BaseException] = []
+    for _ in range(5):
+        plain_errors += hammer(plain)[1]
+        if any(getattr(e, "status", None) == 429 for e in plain_errors):
+            break
+    statuses = {getattr(e, "status", None) for e in plain_errors}
+    assert 429 in statuses, f"no 429 from the throttled apiserver in 5 rounds: {plain_errors[:3]}"
+    assert statuses == {429}, plain_errors[:3]
+    assert all(e.headers.get("Retry-After") for e in plain_errors if isinstance(e, ApiException))
+    # … ours rides them out, every call succeeding, waiting what the server asked for
     caplog.set_level(logging.INFO, logger="resilient_etcd.kube")
     api = ApiClient.from_kubeconfig(throttled.kubeconfig(user="limited"), policy=KubePolicy(probe_interval=0))
-    ok, errors = hammer(k8s.CoreV1Api(api), threads=8, calls=4)
+    waits: list[logging.LogRecord] = []
+    for _ in range(5):
+        ok, errors = hammer(k8s.CoreV1Api(api), threads=8, calls=4)
+        assert not errors, errors[:3]
+        assert ok == 8 * 4
+        waits = [r for r in caplog.records if getattr(r, "event", None) == "retry_wait" and r.status == 429]
+        if waits:
+            break
     api.close()
-    waits = [r for r in caplog.records if getattr(r, "event", None) == "retry_wait" and r.status == 429]
-    assert not errors, errors[:3]
-    assert ok == 8 * 4
-    assert waits, "no 429 reached our client"
+    assert waits, "no 429 reached our client in 5 rounds"
     for r in waits:  # the server's Retry-After (APF varies it) decided every wait, within the call's deadline
         assert r.retry_after is not None and r.retry_after >= 1
         assert r.wait == pytest.approx(min(r.retry_after, 10.0), abs=0.01) or r.wait < r.retry_after

@@ -16,6 +16,7 @@ gate a deploy or a readiness probe.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -133,17 +134,13 @@ class ApiServerReport:
     error: str | None = None
 
 
-def check_apiserver(url: str, kubeconfig: str, context: str | None, timeout: float) -> ApiServerReport:
+def check_apiserver(url: str, configuration: Any, timeout: float) -> ApiServerReport:
+    """``configuration``: the kubeconfig's, loaded once; a copy is pointed at ``url``."""
     from kubernetes.client.exceptions import ApiException
 
     from .kube import ApiClient, KubePolicy
 
-    try:
-        base = ApiClient.from_kubeconfig(kubeconfig, context=context, policy=KubePolicy(probe_interval=0))
-    except exceptions.ConfigurationError as e:
-        return ApiServerReport(url, healthy=False, reachable=False, error=str(e))
-    cfg = base.configuration
-    base.close()
+    cfg = copy.copy(configuration)
     cfg.refresh_api_key_hook = None  # the kubeconfig loader's hook would reset host to the kubeconfig's server
     cfg.host = url
     api = ApiClient(cfg, policy=KubePolicy(probe_interval=0, connect_timeout=timeout, read_idle_timeout=timeout,
@@ -153,7 +150,7 @@ def check_apiserver(url: str, kubeconfig: str, context: str | None, timeout: flo
         started = time.monotonic()
         # authenticated: an anonymous HTTP/2 request makes the apiserver GOAWAY its connection
         # (UnauthenticatedHTTP2DOSMitigation), and the PING below needs that connection
-        resp = api.rest_client.pool_manager.request("GET", url.rstrip("/") + "/readyz", headers=_auth_headers(api),
+        resp = api.rest_client.pool_manager.request("GET", url.rstrip("/") + "/readyz", headers=api.auth_headers(),
                                                     timeout=timeout)
         report.latency_ms = round((time.monotonic() - started) * 1000, 2)
         report.reachable = True
@@ -166,7 +163,7 @@ def check_apiserver(url: str, kubeconfig: str, context: str | None, timeout: flo
             if conns and conns[0].closed is None:
                 report.ping_ms = round(conns[0].ping(timeout) * 1000, 2)
             try:
-                api.call_api("GET", url.rstrip("/") + "/api", header_params=_auth_headers(api),
+                api.call_api("GET", url.rstrip("/") + "/api", header_params=api.auth_headers(),
                              _request_timeout=timeout)
                 report.auth = "ok"
             except ApiException as e:
@@ -179,12 +176,6 @@ def check_apiserver(url: str, kubeconfig: str, context: str | None, timeout: flo
     finally:
         api.close()
     return report
-
-
-def _auth_headers(api: Any) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    api.update_params_for_auth(headers, [], ["BearerToken"], "/api", "GET", None)
-    return headers
 
 
 def _grid(cols: list[str], rows: list[list[str]]) -> str:
@@ -242,19 +233,20 @@ def main(argv: list[str] | None = None) -> int:
     except exceptions.ConfigurationError as e:
         p.error(str(e))
     apiservers: list[str] = []
+    kube_config: Any = None
     if a.kubeconfig:
         try:
             from .kube import ApiClient, KubePolicy
 
-            probe = ApiClient.from_kubeconfig(a.kubeconfig, context=a.context, policy=KubePolicy(probe_interval=0),
-                                              endpoints=[u.strip() for u in (a.apiservers or "").split(",")
-                                                         if u.strip()])
-            apiservers = list(probe.endpoints)
-            probe.close()
+            loaded = ApiClient.from_kubeconfig(a.kubeconfig, context=a.context, policy=KubePolicy(probe_interval=0),
+                                               endpoints=[u.strip() for u in (a.apiservers or "").split(",")
+                                                          if u.strip()])
+            apiservers, kube_config = list(loaded.endpoints), loaded.configuration
+            loaded.close()
         except exceptions.ConfigurationError as e:
             p.error(str(e))
     reports = [check(e, a.timeout, a.user, a.password, a.ca_cert, a.cert_key, a.cert_cert) for e in endpoints]
-    kube = [check_apiserver(u, a.kubeconfig, a.context, a.timeout) for u in apiservers]
+    kube = [check_apiserver(u, kube_config, a.timeout) for u in apiservers]
     if a.json:
         out: Any = {"etcd": [asdict(r) for r in reports], "kubernetes": [asdict(r) for r in kube]}
         print(json.dumps(out, indent=1))

@@ -216,6 +216,15 @@ class ApiClient(k8s.ApiClient):
     def active_endpoint(self) -> str:
         return self.endpoints[self._active]
 
+    def auth_headers(self) -> dict[str, str]:
+        """The configuration's credential headers (bearer token), for requests made outside ``*Api`` classes.
+
+        Probes need them: an anonymous HTTP/2 request makes kube-apiserver close the connection after
+        it (UnauthenticatedHTTP2DOSMitigation). Client certificates are in the TLS context instead."""
+        headers: dict[str, str] = {}
+        self.update_params_for_auth(headers, [], ["BearerToken"], "", "GET", None)
+        return headers
+
     def endpoint_states(self) -> dict[str, str]:
         """``{endpoint: "healthy" | "suspect" | "ejected" | "probing"}``."""
         return {ep: h.state.value for ep, h in self.health.items()}
@@ -365,13 +374,9 @@ class ApiClient(k8s.ApiClient):
                 return
             t = h.probe_sent(now)
         self._note(endpoint, t)
-        headers = {}
-        token = self.configuration.auth_settings().get("BearerToken")
-        if token and token.get("value"):
-            headers["Authorization"] = token["value"]
         try:
             resp = self.rest_client.pool_manager.request(
-                "GET", endpoint + "/readyz", headers=headers, preload_content=True,
+                "GET", endpoint + "/readyz", headers=self.auth_headers(), preload_content=True,
                 timeout=urllib3.Timeout(connect=min(self.policy.connect_timeout, h.dead_time()), read=h.dead_time()))
         except Exception as e:  # any failure of the probe is the endpoint's
             timed_out = isinstance(e, (urllib3.exceptions.TimeoutError,))
@@ -392,8 +397,10 @@ def _probe_loop(ref: weakref.ref[ApiClient], endpoint: str, stop: threading.Even
         if client is None:
             return
         interval = client.policy.probe_interval
-        if client.health[endpoint].state in (State.EJECTED, State.PROBING):
-            interval = min(interval, client.policy.health_policy().readmit_backoff)
+        health = client.health[endpoint]
+        if health.state in (State.EJECTED, State.PROBING):
+            interval = min(interval, health.policy.readmit_backoff)
+        del health
         del client
         if stop.wait(interval):
             return

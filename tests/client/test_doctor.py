@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resilient_etcd.testing import EtcdCluster, ToxiproxyServer
+from resilient_etcd.testing import EtcdCluster
 from resilient_etcd.testing.kube import KubeApiServer
 
 
@@ -52,35 +52,34 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
 
 
 def test_apiservers_reported_and_a_paused_one_fails(etcd_cluster: EtcdCluster,
-                                                     toxiproxy_server: ToxiproxyServer) -> None:
-    with KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server) as a, \
-            KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server, peer=a) as b:
-        args = ("--kubeconfig", str(a.kubeconfig()), "--apiservers", b.url, "--timeout", "1")
-        proc = doctor(*args, "--endpoints", ",".join(etcd_cluster.endpoints), "--json")
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        kube = {r["apiserver"]: r for r in json.loads(proc.stdout)["kubernetes"]}
-        assert set(kube) == {a.url, b.url}
-        for r in kube.values():
-            assert r["healthy"] and r["readyz"] == "ok" and r["auth"] == "ok" and r["protocol"] == "h2"
-            assert r["ping_ms"] is not None
-        table = doctor(*args)
-        assert table.returncode == 0 and table.stdout.startswith("apiserver"), table.stdout
-        # wrong credentials: reachable and ready, but unhealthy
-        bad = a.kubeconfig()
-        bad.write_text(bad.read_text().replace(a.token, "not-a-token"))
-        proc = doctor("--kubeconfig", str(bad), "--json")
-        (r,) = json.loads(proc.stdout)["kubernetes"]
-        assert proc.returncode == 1 and r["reachable"] and r["auth"] == "rejected (401)", r
-        a.kubeconfig()  # restore
-        a.pause()
-        try:
-            proc = doctor(*args, "--json")
-        finally:
-            a.resume()
-        assert proc.returncode == 1, proc.stdout + proc.stderr
-        kube = {r["apiserver"]: r for r in json.loads(proc.stdout)["kubernetes"]}
-        assert not kube[a.url]["healthy"] and kube[a.url]["error"]
-        assert kube[b.url]["healthy"]
+                                                     two_apiservers: list[KubeApiServer]) -> None:
+    a, b = two_apiservers
+    args = ("--kubeconfig", str(a.kubeconfig()), "--apiservers", b.url, "--timeout", "1")
+    proc = doctor(*args, "--endpoints", ",".join(etcd_cluster.endpoints), "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    kube = {r["apiserver"]: r for r in json.loads(proc.stdout)["kubernetes"]}
+    assert set(kube) == {a.url, b.url}
+    for r in kube.values():
+        assert r["healthy"] and r["readyz"] == "ok" and r["auth"] == "ok" and r["protocol"] == "h2"
+        assert r["ping_ms"] is not None
+    table = doctor(*args)
+    assert table.returncode == 0 and table.stdout.startswith("apiserver"), table.stdout
+    # wrong credentials: reachable and ready, but unhealthy
+    bad = a.kubeconfig()
+    bad.write_text(bad.read_text().replace(a.token, "not-a-token"))
+    proc = doctor("--kubeconfig", str(bad), "--json")
+    (r,) = json.loads(proc.stdout)["kubernetes"]
+    assert proc.returncode == 1 and r["reachable"] and r["auth"] == "rejected (401)", r
+    a.kubeconfig()  # restore
+    a.pause()
+    try:
+        proc = doctor(*args, "--json")
+    finally:
+        a.resume()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    kube = {r["apiserver"]: r for r in json.loads(proc.stdout)["kubernetes"]}
+    assert not kube[a.url]["healthy"] and kube[a.url]["error"]
+    assert kube[b.url]["healthy"]
 
 
 @pytest.mark.etcd_cluster(size=1, tls=True, client_cert_auth=True, proxied=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,7 @@ from kubernetes import client as k8s
 
 import resilient_etcd as etcd3
 from resilient_etcd.kube import ApiClient, KubePolicy
-from resilient_etcd.testing import EtcdCluster, ToxiproxyServer
 from resilient_etcd.testing.kube import KubeApiServer
-
-
-@pytest.fixture
-def two_apiservers(etcd_cluster: EtcdCluster, toxiproxy_server: ToxiproxyServer) -> Iterator[list[KubeApiServer]]:
-    with KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server) as a, \
-            KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server, peer=a) as b:
-        yield [a, b]
 
 
 def resilient(apis: list[KubeApiServer], **kw: object) -> ApiClient:

@@ -9,7 +9,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from kubernetes import client as k8s
@@ -17,11 +16,13 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import ProtocolError
 
 from resilient_etcd import metrics
-from resilient_etcd.kube import ApiClient, KubePolicy, watch
+from resilient_etcd.kube import ApiClient, KubePolicy
 from resilient_etcd.kube.h2pool import H2Connection
 from resilient_etcd.testing import EtcdCluster, ToxiproxyServer, netns_available, wait_until
 from resilient_etcd.testing.kube import KubeApiServer
 from resilient_etcd.testing.netns import VirtualIP
+
+from ._kube import Collector
 
 
 @pytest.fixture
@@ -33,25 +34,6 @@ def apiserver(etcd_cluster: EtcdCluster, toxiproxy_server: ToxiproxyServer) -> I
 def connections(api: ApiClient) -> list[H2Connection]:
     assert api._h2 is not None
     return api._h2.connections(api.endpoints[0].rstrip("/"))
-
-
-class Collector:
-    def __init__(self, v1: k8s.CoreV1Api, **kw: Any) -> None:
-        self.events: list[tuple[float, dict[str, Any]]] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(v1, kw), daemon=True)
-        self.thread.start()
-
-    def _run(self, v1: k8s.CoreV1Api, kw: dict[str, Any]) -> None:
-        for ev in watch(v1.list_namespaced_config_map, "default", stop=self.stop, **kw):
-            self.events.append((time.monotonic(), ev))
-
-    def arrived(self, name: str) -> float | None:
-        return next((t for t, e in self.events if e["object"]["metadata"]["name"] == name), None)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
 
 
 def test_one_connection_carries_calls_and_a_pinged_quiet_watch(apiserver: KubeApiServer) -> None:
@@ -157,28 +139,26 @@ def test_s5_quiet_watch_behind_a_moved_virtual_ip(etcd_cluster: EtcdCluster) -> 
     assert names.count("moved") == 1
 
 
-def test_readyz_probes_eject_a_paused_apiserver_and_readmit_it(etcd_cluster: EtcdCluster,
-                                                               toxiproxy_server: ToxiproxyServer) -> None:
-    with KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server) as a, \
-            KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server, peer=a) as b:
-        api = ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url])
+def test_readyz_probes_eject_a_paused_apiserver_and_readmit_it(two_apiservers: list[KubeApiServer]) -> None:
+    a, b = two_apiservers
+    api = ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url])
+    try:
+        wait_until(lambda: set(api.endpoint_states().values()) == {"healthy"}, timeout=5, what="all healthy")
+        a.pause()
+        started = time.monotonic()
         try:
-            wait_until(lambda: set(api.endpoint_states().values()) == {"healthy"}, timeout=5, what="all healthy")
-            a.pause()
-            started = time.monotonic()
-            try:
-                wait_until(lambda: api.endpoint_states()[a.url] == "ejected", timeout=6, what="ejection")
-                took = time.monotonic() - started
-                snap = metrics.snapshot()  # the same state, for users without Prometheus
-                assert snap["states"][a.url] == "ejected" and snap["events"]["ejections"][a.url] >= 1
-                assert api.active_endpoint == a.url  # no call yet: the choice moves on the next call
-                k8s.CoreV1Api(api).list_namespace(_request_timeout=3)
-                assert api.active_endpoint == b.url
-            finally:
-                a.resume()
-            wait_until(lambda: api.endpoint_states()[a.url] == "healthy", timeout=10, what="re-admission")
+            wait_until(lambda: api.endpoint_states()[a.url] == "ejected", timeout=6, what="ejection")
+            took = time.monotonic() - started
+            snap = metrics.snapshot()  # the same state, for users without Prometheus
+            assert snap["states"][a.url] == "ejected" and snap["events"]["ejections"][a.url] >= 1
+            assert api.active_endpoint == a.url  # no call yet: the choice moves on the next call
+            k8s.CoreV1Api(api).list_namespace(_request_timeout=3)
+            assert api.active_endpoint == b.url
         finally:
-            api.close()
+            a.resume()
+        wait_until(lambda: api.endpoint_states()[a.url] == "healthy", timeout=10, what="re-admission")
+    finally:
+        api.close()
     assert took < 3.0, f"/readyz probes took {took:.2f} s to eject a paused apiserver"
 
 
@@ -298,22 +278,21 @@ def test_close_leaves_no_thread_or_socket(apiserver: KubeApiServer) -> None:
 
 
 def test_a_watch_woken_by_a_dead_connection_resumes_on_the_other_apiserver(
-        etcd_cluster: EtcdCluster, toxiproxy_server: ToxiproxyServer) -> None:
+        two_apiservers: list[KubeApiServer]) -> None:
     """Probes off: only the PING check notices. The apiserver must be ejected *before* the watch
     wakes, or the watch re-opens on the dead one and pays a connect timeout first."""
-    with KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server) as a, \
-            KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server, peer=a) as b:
-        api = ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url], policy=KubePolicy(probe_interval=0))
-        writer = k8s.CoreV1Api(ApiClient.from_kubeconfig(b.kubeconfig(direct=True)))
-        c = Collector(k8s.CoreV1Api(api))
-        try:
-            wait_until(lambda: connections(api), timeout=5, what="the watch's connection")
-            a.require_proxy().blackhole()
-            started = time.monotonic()
-            writer.create_namespaced_config_map("default", {"metadata": {"name": "via-b"}})
-            wait_until(lambda: c.arrived("via-b") is not None, timeout=10, what="the event through b")
-            took = (c.arrived("via-b") or 0) - started
-        finally:
-            a.require_proxy().heal()
-            c.close()
+    a, b = two_apiservers
+    api = ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url], policy=KubePolicy(probe_interval=0))
+    writer = k8s.CoreV1Api(ApiClient.from_kubeconfig(b.kubeconfig(direct=True)))
+    c = Collector(k8s.CoreV1Api(api))
+    try:
+        wait_until(lambda: connections(api), timeout=5, what="the watch's connection")
+        a.require_proxy().blackhole()
+        started = time.monotonic()
+        writer.create_namespaced_config_map("default", {"metadata": {"name": "via-b"}})
+        wait_until(lambda: c.arrived("via-b") is not None, timeout=10, what="the event through b")
+        took = (c.arrived("via-b") or 0) - started
+    finally:
+        a.require_proxy().heal()
+        c.close()
     assert took < 3.0, f"{took:.2f} s: the watch went back to the dead apiserver first"

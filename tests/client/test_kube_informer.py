@@ -10,7 +10,7 @@ from kubernetes import client as k8s
 
 from resilient_etcd.kube import ApiClient
 from resilient_etcd.kube.informer import Informer, object_key
-from resilient_etcd.testing import EtcdCluster, ToxiproxyServer, wait_until
+from resilient_etcd.testing import wait_until
 from resilient_etcd.testing.kube import KubeApiServer
 
 
@@ -19,41 +19,39 @@ def server_state(v1: k8s.CoreV1Api) -> dict[str, dict[str, str]]:
             for c in v1.list_namespaced_config_map("default").items}
 
 
-def test_informer_follows_changes_through_a_blackholed_apiserver(etcd_cluster: EtcdCluster,
-                                                                 toxiproxy_server: ToxiproxyServer) -> None:
-    with KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server) as a, \
-            KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server, peer=a) as b:
-        writer = k8s.CoreV1Api(ApiClient.from_kubeconfig(b.kubeconfig(direct=True)))
-        writer.create_namespaced_config_map("default", {"metadata": {"name": "pre"}, "data": {"v": "0"}})
-        calls: list[tuple[str, str]] = []
-        lock = threading.Lock()
+def test_informer_follows_changes_through_a_blackholed_apiserver(two_apiservers: list[KubeApiServer]) -> None:
+    a, b = two_apiservers
+    writer = k8s.CoreV1Api(ApiClient.from_kubeconfig(b.kubeconfig(direct=True)))
+    writer.create_namespaced_config_map("default", {"metadata": {"name": "pre"}, "data": {"v": "0"}})
+    calls: list[tuple[str, str]] = []
+    lock = threading.Lock()
 
-        def record(kind: str) -> Any:
-            def handler(*objs: dict[str, Any]) -> None:
-                with lock:
-                    calls.append((kind, objs[-1]["metadata"]["name"]))
-            return handler
+    def record(kind: str) -> Any:
+        def handler(*objs: dict[str, Any]) -> None:
+            with lock:
+                calls.append((kind, objs[-1]["metadata"]["name"]))
+        return handler
 
-        api = ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url])
-        inf = Informer(k8s.CoreV1Api(api).list_namespaced_config_map, "default",
-                       on_add=record("add"), on_update=record("update"), on_delete=record("delete"))
-        with inf:
-            assert inf.wait_synced(10)
-            assert inf.get("default/pre") is not None
+    api = ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url])
+    inf = Informer(k8s.CoreV1Api(api).list_namespaced_config_map, "default",
+                   on_add=record("add"), on_update=record("update"), on_delete=record("delete"))
+    with inf:
+        assert inf.wait_synced(10)
+        assert inf.get("default/pre") is not None
+        for i in range(10):
+            writer.create_namespaced_config_map("default", {"metadata": {"name": f"cm{i}"}, "data": {"v": "0"}})
+        a.require_proxy().blackhole()
+        try:
             for i in range(10):
-                writer.create_namespaced_config_map("default", {"metadata": {"name": f"cm{i}"}, "data": {"v": "0"}})
-            a.require_proxy().blackhole()
-            try:
-                for i in range(10):
-                    writer.patch_namespaced_config_map(f"cm{i}", "default", {"data": {"v": "1"}})
-                for i in range(0, 10, 2):
-                    writer.delete_namespaced_config_map(f"cm{i}", "default")
-                want = server_state(writer)
-                wait_until(lambda: {object_key(o): o.get("data", {}) for o in inf.items()} == want,
-                           timeout=10, what="the informer's store to equal the server")
-            finally:
-                a.require_proxy().heal()
-        api.close()
+                writer.patch_namespaced_config_map(f"cm{i}", "default", {"data": {"v": "1"}})
+            for i in range(0, 10, 2):
+                writer.delete_namespaced_config_map(f"cm{i}", "default")
+            want = server_state(writer)
+            wait_until(lambda: {object_key(o): o.get("data", {}) for o in inf.items()} == want,
+                       timeout=10, what="the informer's store to equal the server")
+        finally:
+            a.require_proxy().heal()
+    api.close()
     assert inf.error is None
     assert sorted(n for k, n in calls if k == "add") == sorted(["pre", *[f"cm{i}" for i in range(10)]])
     assert sorted(n for k, n in calls if k == "update") == sorted(f"cm{i}" for i in range(10))

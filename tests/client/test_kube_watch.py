@@ -5,43 +5,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
 
-import pytest
 from kubernetes import client as k8s
 from tenacity import Retrying, stop_after_delay, wait_fixed
 
 from resilient_etcd.kube import ApiClient, watch
-from resilient_etcd.testing import EtcdCluster, ToxiproxyServer, wait_until
+from resilient_etcd.testing import wait_until
 from resilient_etcd.testing.kube import KubeApiServer
 
-
-@pytest.fixture
-def apis(etcd_cluster: EtcdCluster, toxiproxy_server: ToxiproxyServer) -> Iterator[list[KubeApiServer]]:
-    with KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server) as a, \
-            KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server, peer=a) as b:
-        yield [a, b]
+from ._kube import Collector
 
 
-class Collector:
-    def __init__(self, v1: k8s.CoreV1Api, **kw: Any) -> None:
-        self.events: list[tuple[float, dict[str, Any]]] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(v1, kw), daemon=True)
-        self.thread.start()
-
-    def _run(self, v1: k8s.CoreV1Api, kw: dict[str, Any]) -> None:
-        for ev in watch(v1.list_namespaced_config_map, "default", stop=self.stop, **kw):
-            self.events.append((time.monotonic(), ev))
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
-
-
-def test_quiet_watch_leaves_a_blackholed_apiserver(apis: list[KubeApiServer]) -> None:
-    a, b = apis
+def test_quiet_watch_leaves_a_blackholed_apiserver(two_apiservers: list[KubeApiServer]) -> None:
+    a, b = two_apiservers
     v1 = k8s.CoreV1Api(ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url]))
     writer = k8s.CoreV1Api(ApiClient.from_kubeconfig(b.kubeconfig(direct=True)))
     c = Collector(v1)
@@ -59,8 +35,8 @@ def test_quiet_watch_leaves_a_blackholed_apiserver(apis: list[KubeApiServer]) ->
     assert took < 3.5, f"a quiet watch took {took:.2f} s to leave the blackholed apiserver"
 
 
-def test_thousand_updates_exactly_once_through_faults(apis: list[KubeApiServer]) -> None:
-    a, b = apis
+def test_thousand_updates_exactly_once_through_faults(two_apiservers: list[KubeApiServer]) -> None:
+    a, b = two_apiservers
     api = ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url])
     writer = k8s.CoreV1Api(ApiClient.from_kubeconfig(b.kubeconfig(direct=True)))
     created = writer.create_namespaced_config_map("default", {"metadata": {"name": "hist"}, "data": {"n": "0"}})
@@ -104,8 +80,8 @@ def test_thousand_updates_exactly_once_through_faults(apis: list[KubeApiServer])
         f"lost {sorted(set(range(1, n + 1)) - set(seen))[:10]}…, duplicates {len(seen) - len(set(seen))}")
 
 
-def test_gone_resource_version_relists(apis: list[KubeApiServer]) -> None:
-    a, _ = apis
+def test_gone_resource_version_relists(two_apiservers: list[KubeApiServer]) -> None:
+    a, _ = two_apiservers
     v1 = k8s.CoreV1Api(ApiClient.from_kubeconfig(a.kubeconfig()))
     stop = threading.Event()
     first = next(watch(v1.list_namespaced_config_map, "default", resource_version="1", stop=stop))

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import queue
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,36 +20,15 @@ from resilient_etcd.kube import ApiClient
 from resilient_etcd.testing import EtcdCluster, ToxiproxyServer, wait_until
 from resilient_etcd.testing.kube import KubeApiServer
 
+from ._replica import Replica
+
 MIRROR = Path(__file__).resolve().parents[2] / "examples" / "configmap-mirror" / "mirror.py"
 BOUND = 10.0  # seconds from the last change to etcd holding it; the measured figures are printed
 
 
-class Replica:
-    def __init__(self, name: str, api: KubeApiServer, other: KubeApiServer, endpoints: list[str]) -> None:
-        self.name = name
-        self.proc = subprocess.Popen(
-            [sys.executable, str(MIRROR), "--kubeconfig", str(api.kubeconfig()), "--apiservers", other.url,
-             "--endpoints", ",".join(endpoints), "--name", name, "--ttl", "3"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        self.seen: list[dict[str, Any]] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            event = json.loads(line)
-            self.seen.append(event)
-            self.events.put(event)
-
-    def stop(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def replica(name: str, api: KubeApiServer, other: KubeApiServer, endpoints: list[str]) -> Replica:
+    return Replica(name, [sys.executable, str(MIRROR), "--kubeconfig", str(api.kubeconfig()), "--apiservers",
+                          other.url, "--endpoints", ",".join(endpoints), "--name", name, "--ttl", "3"])
 
 
 def retry(fn: Callable[[], Any]) -> Any:
@@ -68,7 +44,7 @@ def test_mirror_converges_through_faults(etcd_cluster: EtcdCluster, toxiproxy_se
         writer_api = ApiClient.from_kubeconfig(b.kubeconfig(direct=True))
         writer = k8s.CoreV1Api(writer_api)
         checker = etcd3.client(endpoints=etcd_cluster.direct_endpoints, timeout=5)
-        replicas = [Replica("r1", a, b, etcd_cluster.endpoints), Replica("r2", b, a, etcd_cluster.endpoints[::-1])]
+        replicas = [replica("r1", a, b, etcd_cluster.endpoints), replica("r2", b, a, etcd_cluster.endpoints[::-1])]
         timings: dict[str, float] = {}
         totals: dict[str, float] = {}
         counter = [0]
@@ -102,7 +78,7 @@ def test_mirror_converges_through_faults(etcd_cluster: EtcdCluster, toxiproxy_se
             totals[label] = time.monotonic() - fault_started
 
         try:
-            wait_until(lambda: any(e["event"] == "synced" for r in replicas for e in r.seen), timeout=30,
+            wait_until(lambda: any(e["event"] == "synced" for r in replicas for e in r.drain()), timeout=30,
                        what="a replica to lead and sync")
             t0 = time.monotonic()
             churn()
@@ -144,7 +120,7 @@ def test_mirror_converges_through_faults(etcd_cluster: EtcdCluster, toxiproxy_se
     terms = []
     for r in replicas:
         start = None
-        for e in r.seen:
+        for e in r.drain():
             if e["event"] == "leader":
                 start = e["t"]
             elif e["event"] in ("lost", "stepping-down") and start is not None:

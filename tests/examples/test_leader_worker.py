@@ -3,75 +3,32 @@ failover on a frozen leader process, never two writers (checked from etcd's own 
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import resilient_etcd as etcd3
 from resilient_etcd.testing import EtcdCluster
+
+from ._replica import Replica
 
 WORKER = Path(__file__).resolve().parents[2] / "examples" / "leader-worker" / "worker.py"
 TTL = 3
 
 
-class Replica:
-    def __init__(self, name: str, endpoints: list[str]) -> None:
-        self.name = name
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER), "--endpoints", ",".join(endpoints), "--name", name, "--ttl", str(TTL)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        self.seen: list[dict[str, Any]] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.events.put(json.loads(line))
-
-    def wait(self, event: str, timeout: float) -> dict[str, Any] | None:
-        end = time.monotonic() + timeout
-        while (left := end - time.monotonic()) > 0:
-            try:
-                e = self.events.get(timeout=left)
-            except queue.Empty:
-                return None
-            self.seen.append(e)
-            if e["event"] == event:
-                return e
-        return None
-
-    def drain(self) -> list[dict[str, Any]]:
-        while True:
-            try:
-                self.seen.append(self.events.get_nowait())
-            except queue.Empty:
-                return self.seen
-
-    def stop(self) -> None:
-        os.kill(self.proc.pid, signal.SIGCONT)
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def replica(name: str, endpoints: list[str]) -> Replica:
+    return Replica(name, [sys.executable, str(WORKER), "--endpoints", ",".join(endpoints), "--name", name,
+                          "--ttl", str(TTL)])
 
 
 def test_single_active_with_fencing(etcd_cluster: EtcdCluster) -> None:
-    a = Replica("a", etcd_cluster.endpoints)  # a's first endpoint is m0: the member it uses
+    a = replica("a", etcd_cluster.endpoints)  # a's first endpoint is m0: the member it uses
     b: Replica | None = None
     try:
         assert a.wait("leader", 20), "a never became leader"
-        b = Replica("b", etcd_cluster.endpoints[::-1])
+        b = replica("b", etcd_cluster.endpoints[::-1])
         time.sleep(1.0)  # b is now campaigning behind a (the scenario's steady state)
 
         # 1. the member a uses freezes: a's client fails over and keeps its lease — no handover

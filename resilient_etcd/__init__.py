@@ -17,6 +17,7 @@ from .etcd.models import Alarm, KVMetadata, Member, Status
 from .etcd.transactions import Transactions
 from .exceptions import (
     AuthenticationError,
+    ClientClosedError,
     ConfigurationError,
     ConnectionFailedError,
     ConnectionTimeoutError,
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "Alarm",
     "AuthenticationError",
+    "ClientClosedError",
     "ConfigurationError",
     "ConnectionFailedError",
     "ConnectionTimeoutError",

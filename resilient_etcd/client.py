@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import IO, Any
@@ -29,10 +31,10 @@ from .etcd.transactions import (
     lease_id,
 )
 from .etcd.watch import WatchManager
-from .exceptions import ConfigurationError, WatchTimedOut
+from .exceptions import ClientClosedError, ConfigurationError, DeadlineExceeded, WatchTimedOut
 from .policies import HealthPolicy, KeepalivePolicy, RetryPolicy
 from .transport.endpoints import Endpoint, TlsConfig, parse_endpoint
-from .transport.pool import EndpointStatus, Stubs
+from .transport.pool import Connection, EndpointStatus, Stubs
 from .transport.transport import Metadata, Transport
 
 log = logging.getLogger("resilient_etcd")
@@ -109,6 +111,7 @@ class Etcd3Client:
         self.transactions = Transactions()
         self._watch_lock = threading.Lock()
         self._watch_manager: WatchManager | None = None
+        self._watch_holder: list[WatchManager] = []  # for the finalizer, which must not hold self
         self._transport = Transport(
             self._endpoints,
             tls=TlsConfig.from_files(ca_cert, cert_key, cert_cert),
@@ -120,11 +123,13 @@ class Etcd3Client:
             user=user,
             password=password,
         )
+        # a client dropped without close() still stops its threads and closes its channels
+        self._finalizer = weakref.finalize(self, _shut, self._transport, self._watch_holder)
         if user is not None:
             try:
                 self._transport.authenticate()
             except BaseException:
-                self._transport.close()
+                self._finalizer()
                 raise
 
     @staticmethod
@@ -152,12 +157,11 @@ class Etcd3Client:
 
     # ---- lifecycle ----
     def close(self) -> None:
-        """Stop the watches, close every channel and stop the health prober."""
+        """Stop the watches, close every channel and stop the health prober. Calls made afterwards
+        raise :class:`ClientClosedError` at once."""
         with self._watch_lock:
-            manager, self._watch_manager = self._watch_manager, None
-        if manager is not None:
-            manager.close()
-        self._transport.close()
+            self._watch_manager = None
+        self._finalizer()
 
     def __enter__(self) -> Etcd3Client:
         return self
@@ -291,7 +295,7 @@ class Etcd3Client:
     def lease(self, ttl: int, lease_id: int | None = None, *, timeout: float | None = None) -> Lease:
         """Grant a lease of ``ttl`` seconds."""
         if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
-            raise ValueError(f"lease ttl must be a positive integer of seconds, got {ttl!r}")
+            raise ConfigurationError(f"lease ttl must be a positive integer of seconds, got {ttl!r}")
         resp = self._transport.unary("lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=ttl, ID=lease_id or 0),
                                      timeout=timeout)
         return Lease(resp.ID, resp.TTL, self)
@@ -321,8 +325,11 @@ class Etcd3Client:
     @property
     def _watcher(self) -> WatchManager:
         with self._watch_lock:
+            if not self._finalizer.alive:
+                raise ClientClosedError("the client was closed")
             if self._watch_manager is None:
                 self._watch_manager = WatchManager(self._transport)
+                self._watch_holder.append(self._watch_manager)
             return self._watch_manager
 
     def add_watch_callback(self, key: Key, callback: Callable[[Any], None], range_end: Key | None = None,
@@ -334,9 +341,16 @@ class Etcd3Client:
         The watch resumes by itself after restarts, hangs and failovers, from the first revision it has
         not delivered: no event is lost or repeated. Callbacks run on the watch thread; keep them short.
         """
+        return self._add_watch(key, callback, range_end=range_end, start_revision=start_revision,
+                               progress_notify=progress_notify, filters=filters, prev_kv=prev_kv)
+
+    def _add_watch(self, key: Key, callback: Callable[[Any], None], *, range_end: Key | None = None,
+                   start_revision: int | None = None, progress_notify: bool = False,
+                   filters: list[int] | None = None, prev_kv: bool = False, timeout: float | None = None) -> int:
+        """``add_watch_callback`` whose creation waits at most ``timeout`` (and the scope)."""
         k = to_bytes(key)
         end = to_bytes(range_end) if range_end is not None else b""
-        timeout = deadlines.call_timeout(None, self.timeout)
+        timeout = deadlines.call_timeout(timeout, self.timeout)
         return self._watcher.add(k, end, callback, start_revision=start_revision, progress_notify=progress_notify,
                                  filters=filters, prev_kv=prev_kv, timeout=timeout)
 
@@ -381,17 +395,24 @@ class Etcd3Client:
         return self.watch(p, range_end=prefix_range_end(p), **kwargs)
 
     def watch_once(self, key: Key, timeout: float | None = None, **kwargs: Any) -> Event:
-        """The next event on ``key``, or :class:`WatchTimedOut` after ``timeout`` seconds."""
+        """The next event on ``key``, or :class:`WatchTimedOut` after ``timeout`` seconds (None: no
+        limit of its own, but a :func:`deadline` scope still applies, then as :class:`DeadlineExceeded`)."""
         got: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
         def first(item: Any) -> None:
             if isinstance(item, BaseException) or item.events:
                 got.put(item)
 
-        watch_id = self.add_watch_callback(key, first, **kwargs)
+        scope = deadlines.remaining()
+        by_scope = scope is not None and (timeout is None or scope < timeout)
+        wait = deadlines.call_timeout(timeout, None)
+        end = None if wait is None else time.monotonic() + wait
+        watch_id = self._add_watch(key, first, timeout=wait, **kwargs)
         try:
-            item = got.get(timeout=timeout)
+            item = got.get(timeout=None if end is None else max(0.0, end - time.monotonic()))
         except queue.Empty:
+            if by_scope:
+                raise DeadlineExceeded(f"deadline exceeded waiting for an event on {key!r}") from None
             raise WatchTimedOut(f"no event on {key!r} within {timeout} s") from None
         finally:
             self.cancel_watch(watch_id)
@@ -433,19 +454,43 @@ class Etcd3Client:
                               rpc_pb2.MemberUpdateRequest(ID=member_id, peerURLs=peer_urls), timeout=timeout)
 
     # ---- maintenance ----
-    def status(self, *, timeout: float | None = None) -> Status:
-        """Status of the member in use, with the leader resolved to a :class:`Member`."""
-        st = self._transport.unary("maintenance", "Status", rpc_pb2.StatusRequest(), timeout=timeout)
-        leader = next((m for m in self.members if m.id == st.leader), None)
+    def _member_conn(self, endpoint: str | None) -> Connection:
+        """The connection a per-member operation is pinned to: ``endpoint`` (as given to the client),
+        or the member in use."""
+        if endpoint is None:
+            return self._transport.pool.pick()
+        target = parse_endpoint(endpoint).target
+        for c in self._transport.pool.conns:
+            if c.name == target:
+                return c
+        raise ConfigurationError(f"{endpoint!r} is not one of this client's endpoints "
+                                 f"({', '.join(c.name for c in self._transport.pool.conns)})")
+
+    def status(self, *, endpoint: str | None = None, timeout: float | None = None) -> Status:
+        """Status of one member (``endpoint``, default: the member in use), with the leader resolved to a
+        :class:`Member`. Answers about one member are never taken from another: if that member fails,
+        this raises."""
+        with deadlines.deadline_of(timeout, self.timeout):
+            st = self._transport.unary("maintenance", "Status", rpc_pb2.StatusRequest(),
+                                       pin=self._member_conn(endpoint))
+            members = list(self.members)
+        leader = next((m for m in members if m.id == st.leader), None)
         return Status(st.version, st.dbSize, leader, st.raftIndex, st.raftTerm)
 
-    def defragment(self, *, timeout: float | None = None) -> rpc_pb2.DefragmentResponse:
-        resp: rpc_pb2.DefragmentResponse = self._transport.unary(
-            "maintenance", "Defragment", rpc_pb2.DefragmentRequest(), timeout=timeout)
+    def defragment(self, *, endpoint: str | None = None, timeout: float | None = None) -> rpc_pb2.DefragmentResponse:
+        """Defragment one member (``endpoint``, default: the member in use) — never another one, even if
+        it fails (etcd's guidance: one member at a time). While it runs, traffic goes to the other
+        members and this one is not probed or ejected (a defragmenting member stalls reads)."""
+        conn = self._member_conn(endpoint)
+        with self._transport.pool.maintenance(conn):
+            resp: rpc_pb2.DefragmentResponse = self._transport.unary(
+                "maintenance", "Defragment", rpc_pb2.DefragmentRequest(), timeout=timeout, pin=conn)
         return resp
 
-    def hash(self, *, timeout: float | None = None) -> int:
-        return int(self._transport.unary("maintenance", "Hash", rpc_pb2.HashRequest(), timeout=timeout).hash)
+    def hash(self, *, endpoint: str | None = None, timeout: float | None = None) -> int:
+        """The KV hash of one member (``endpoint``, default: the member in use)."""
+        return int(self._transport.unary("maintenance", "Hash", rpc_pb2.HashRequest(), timeout=timeout,
+                                         pin=self._member_conn(endpoint)).hash)
 
     def _alarm(self, action: Any, member_id: int, alarm_type: Any, timeout: float | None) -> list[Alarm]:
         req = rpc_pb2.AlarmRequest(action=action, memberID=member_id, alarm=alarm_type)
@@ -466,15 +511,30 @@ class Etcd3Client:
     def disarm_alarm(self, member_id: int = 0, *, timeout: float | None = None) -> list[Alarm]:
         return self._alarm(rpc_pb2.AlarmRequest.DEACTIVATE, member_id, rpc_pb2.NOSPACE, timeout)
 
-    def snapshot(self, file_obj: IO[bytes], *, timeout: float | None = None) -> None:
-        """Write a snapshot of the backend database to ``file_obj`` (retried from scratch if it breaks)."""
+    def snapshot(self, file_obj: IO[bytes], *, endpoint: str | None = None, timeout: float | None = None) -> None:
+        """Stream a snapshot of one member's backend database (``endpoint``, default: the member in use)
+        into ``file_obj``, chunk by chunk: memory stays flat whatever the database size.
 
-        def invoke(stubs: Stubs, budget: float | None, md: Metadata) -> list[bytes]:
-            return [r.blob for r in stubs.maintenance.Snapshot(rpc_pb2.SnapshotRequest(), timeout=budget,
-                                                                metadata=md)]
+        A snapshot of a large database over a slow link takes as long as it takes, so it has **no
+        default deadline**: only ``timeout`` or a :func:`deadline` scope bound it. It is not moved to
+        another member if this one fails mid-way (``file_obj`` then holds a partial snapshot, and the
+        error is raised).
+        """
 
-        for blob in self._transport.call("Maintenance.Snapshot", invoke, timeout=timeout, idempotent=True):
-            file_obj.write(blob)
+        def invoke(stubs: Stubs, budget: float | None, md: Metadata) -> None:
+            for r in stubs.maintenance.Snapshot(rpc_pb2.SnapshotRequest(), timeout=budget, metadata=md):
+                file_obj.write(r.blob)
+
+        self._transport.call("Maintenance.Snapshot", invoke, timeout=timeout, pin=self._member_conn(endpoint),
+                             default_timeout=None)
+
+
+def _shut(transport: Transport, watch_holder: list[WatchManager]) -> None:
+    """Close a client's watches and transport (from ``close()`` or when the client is collected)."""
+    for manager in watch_holder:
+        manager.close()
+    watch_holder.clear()
+    transport.close()
 
 
 class _WatchIterator:

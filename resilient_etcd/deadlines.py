@@ -23,6 +23,7 @@ context by themselves.)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -102,6 +103,12 @@ def call_timeout(per_call: float | None, default: float | None) -> float | None:
     if left <= 0:
         raise DeadlineExceeded(f"deadline exceeded {-left:.3f} s before the call started")
     return left if budget is None or left < budget else budget
+
+
+def deadline_of(per_call: float | None, default: float | None) -> contextlib.AbstractContextManager[Any]:
+    """A scope for an operation made of several calls: ``min(scope, per_call, default)`` covers them all."""
+    budget = call_timeout(per_call, default)
+    return contextlib.nullcontext() if budget is None else deadline(budget)
 
 
 def validate_timeout(name: str, value: Any, *, allow_none: bool = True) -> float | None:

@@ -5,6 +5,7 @@ Hierarchy::
     Etcd3Exception
     ├── ConnectionFailedError          gRPC UNAVAILABLE: the member could not be reached
     │   ├── EndpointsUnavailable       no endpoint answered within the deadline
+    │   ├── ClientClosedError          the client (or its watch) was closed
     │   └── NoLeaderError              no raft leader (on watches: transient, the watch resumes)
     ├── ConnectionTimeoutError         gRPC DEADLINE_EXCEEDED
     │   └── DeadlineExceeded           the caller's deadline ran out (before or during I/O)
@@ -79,6 +80,10 @@ class EndpointsUnavailable(ConnectionFailedError):
         super().__init__(detail_message)
 
 
+class ClientClosedError(ConnectionFailedError):
+    """The client was closed: the call was not sent (or the watch it fed has ended)."""
+
+
 class AuthenticationError(Etcd3Exception):
     """Authentication failed (wrong user/password) or the user lacks permission."""
 
@@ -101,6 +106,7 @@ class ConfigurationError(Etcd3Exception, ValueError):
 
 __all__ = [
     "AuthenticationError",
+    "ClientClosedError",
     "ConfigurationError",
     "ConnectionFailedError",
     "ConnectionTimeoutError",

@@ -143,6 +143,18 @@ class EtcdMember(ServerProcess):
         except OSError:
             return False
 
+    def metric(self, name: str, timeout: float = 5.0) -> float:
+        """The sum of every sample of Prometheus metric ``name`` on this member's ``/metrics``."""
+        url = f"{self.scheme}://{self.direct_endpoint}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout, context=self.cluster.ssl_context()) as resp:
+            text = resp.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            head, _, value = line.rpartition(" ")
+            if head == name or head.startswith(name + "{"):
+                total += float(value)
+        return total
+
     def restart(self, wait: bool = True) -> None:
         self.kill()
         self.start(wait=wait)

@@ -56,6 +56,7 @@ class EndpointHealth:
         self.ejections = 0
         self.probe_timeouts = 0  # consecutive probes that got no answer in time
         self.readmit_at = 0.0
+        self.maintenance = 0  # our own long action runs on this member (defragment): no probes, no traffic
         self._backoff = policy.readmit_backoff
 
     # ---- derived values ----
@@ -75,11 +76,11 @@ class EndpointHealth:
     @property
     def usable(self) -> bool:
         """May carry traffic while other endpoints exist (slow is not dead: suspect is usable)."""
-        return self.state in (State.HEALTHY, State.SUSPECT)
+        return self.state in (State.HEALTHY, State.SUSPECT) and not self.maintenance
 
     # ---- probes ----
     def probe_due(self, now: float) -> bool:
-        if self.probe_sent_at is not None:
+        if self.probe_sent_at is not None or self.maintenance:
             return False
         if self.state is State.EJECTED:
             return now >= self.readmit_at
@@ -113,7 +114,8 @@ class EndpointHealth:
     def tick(self, now: float) -> Transition | None:
         """Mark an endpoint suspect when its probe is late (ejection comes from the probe's deadline)."""
         sent = self.probe_sent_at
-        if self.state is State.HEALTHY and sent is not None and now - sent > self.dead_time() / 2:
+        late = sent is not None and now - sent > self.dead_time() / 2
+        if self.state is State.HEALTHY and not self.maintenance and sent is not None and late:
             return self._move(State.SUSPECT, f"probe unanswered for {now - sent:.2f} s", now)
         return None
 

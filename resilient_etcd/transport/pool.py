@@ -13,11 +13,13 @@ thread or on the calling thread, never inside gRPC's callback threads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,7 @@ from .health import EndpointHealth, State, Transition
 log = logging.getLogger("resilient_etcd.health")
 
 _STATUS_REQUEST = rpc_pb2.StatusRequest()
+_READY = 2  # grpc_connectivity_state GRPC_CHANNEL_READY, as cygrpc reports it
 
 
 class Stubs:
@@ -75,6 +78,14 @@ class Connection:
         self.generation = 0
         self.health = EndpointHealth(policy, time.monotonic())
 
+    def transport_ready(self) -> bool:
+        """Does the channel have a READY connection right now? (True when grpcio does not say: a
+        caller uses False as proof that a failed call was never sent, so unknown must not be False.)"""
+        try:
+            return bool(self.channel._channel.check_connectivity_state(False) == _READY)
+        except (AttributeError, ValueError):  # ValueError: closed; the call itself will say so
+            return True
+
     def redial(self) -> grpc.Channel:
         """Swap in a fresh channel; returns the old one for the caller to close."""
         old = self.channel
@@ -101,8 +112,31 @@ class EndpointPool:
         self._events: queue.SimpleQueue[tuple[Connection, int, grpc.Future]] = queue.SimpleQueue()
         self._probe_metadata = probe_metadata
         self._closed = threading.Event()
-        self._prober = threading.Thread(target=self._probe_loop, name="resilient-etcd-prober", daemon=True)
+        # the prober holds the pool weakly: a pool nobody uses any more is collected, and its
+        # finalizer stops the thread and closes the channels
+        self._prober = threading.Thread(target=_probe_loop, args=(weakref.ref(self), self._closed),
+                                        name="resilient-etcd-prober", daemon=True)
+        self._finalizer = weakref.finalize(self, _shut, self._closed, self._prober, self.conns)
         self._prober.start()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    @contextlib.contextmanager
+    def maintenance(self, conn: Connection) -> Iterator[None]:
+        """Around a long action on one member (our own defragment): traffic moves to the others
+        and the member is neither probed nor ejected while the action runs (a defragmenting etcd
+        3.6 member holds the backend lock that ``Status`` waits for)."""
+        with self._lock:
+            conn.health.maintenance += 1
+            conn.health.probe_sent_at = None
+        try:
+            yield
+        finally:
+            with self._lock:
+                conn.health.maintenance -= 1
+                conn.health.last_probe_at = time.monotonic()
 
     # ---- choosing ----
     def pick(self, avoid: Connection | None = None) -> Connection:
@@ -187,17 +221,14 @@ class EndpointPool:
             ]
 
     # ---- the prober ----
-    def _probe_loop(self) -> None:
+    def _probe_step(self) -> None:
         tick = min(self.policy.probe_interval / 2, 0.05)
-        while not self._closed.is_set():
-            try:
-                conn, gen, fut = self._events.get(timeout=tick)
-            except queue.Empty:
-                pass
-            else:
-                self._on_probe_done(conn, gen, fut)
-                continue
+        try:
+            conn, gen, fut = self._events.get(timeout=tick)
+        except queue.Empty:
             self._probe_round()
+        else:
+            self._on_probe_done(conn, gen, fut)
 
     def _probe_round(self) -> None:
         now = time.monotonic()
@@ -221,7 +252,8 @@ class EndpointPool:
         except ValueError:  # channel closed between redial and send; the next round probes again
             c.health.probe_sent_at = None
             return
-        fut.add_done_callback(lambda f, c=c, gen=gen: self._events.put((c, gen, f)))
+        events = self._events
+        fut.add_done_callback(lambda f, c=c, gen=gen: events.put((c, gen, f)))
 
     def _on_probe_done(self, c: Connection, gen: int, fut: grpc.Future) -> None:
         now = time.monotonic()
@@ -229,6 +261,9 @@ class EndpointPool:
         with self._lock:
             if gen != c.generation:
                 c.health.probe_sent_at = None
+                return
+            if c.health.maintenance:
+                c.health.probe_sent_at = None  # sent before our own defragment began: says nothing
                 return
             # any answer from the server — even an error status — proves the connection carries data
             if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
@@ -243,9 +278,21 @@ class EndpointPool:
             old.close()
 
     def close(self) -> None:
-        self._closed.set()
-        if self._prober is not threading.current_thread():
-            self._prober.join(timeout=2)
-        with self._lock:
-            for c in self.conns:
-                c.channel.close()
+        self._finalizer()
+
+
+def _probe_loop(ref: weakref.ReferenceType[EndpointPool], closed: threading.Event) -> None:
+    while not closed.is_set():
+        pool = ref()
+        if pool is None:
+            return
+        pool._probe_step()
+        del pool
+
+
+def _shut(closed: threading.Event, prober: threading.Thread, conns: list[Connection]) -> None:
+    closed.set()
+    if prober is not threading.current_thread():
+        prober.join(timeout=2)
+    for c in conns:
+        c.channel.close()

@@ -1,14 +1,21 @@
 """Which RPCs may be retried, how a gRPC failure is classified, and the tenacity policy.
 
-One table (:data:`IDEMPOTENT`) says which RPCs are safe to send twice. Everything else
-mutates and is retried only when the request provably never left the client: no connection
-could be made, or the channel was already closed when the call was attempted.
+One table (:data:`RETRY_CLASSES`) gives every RPC its retry class:
+
+* **idempotent** — safe to send twice: retried after any connection failure, on another member;
+* **mutation** (the default) — retried, on any member, only when the request provably never left;
+* **pinned** — an answer *about* one member or an action *on* it (``Status``, ``Hash``,
+  ``Defragment``, ``Snapshot``, ``MoveLeader``): never moved to another member, and retried on the
+  same member only when provably unsent.
+
+"Provably unsent" is decided from states, never from error text alone (see :func:`classify`).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -24,26 +31,42 @@ from tenacity.stop import stop_base
 from .. import exceptions as exc
 from ..policies import RetryPolicy
 
-IDEMPOTENT: frozenset[str] = frozenset({
-    "KV.Range",
-    "Maintenance.Status",
-    "Maintenance.Hash",
-    "Maintenance.HashKV",
-    "Maintenance.Alarm.GET",
-    "Cluster.MemberList",
-    "Lease.LeaseTimeToLive",
-    "Lease.LeaseLeases",
-    "Auth.Authenticate",
-    "Auth.AuthStatus",
-    "Maintenance.Defragment",
+
+class RetryClass(enum.Enum):
+    IDEMPOTENT = "idempotent"  # may be sent again, to any member
+    MUTATION = "mutation"      # to any member, again only when provably unsent
+    PINNED = "pinned"          # to this member only, again only when provably unsent
+
+
+RETRY_CLASSES: Mapping[str, RetryClass] = MappingProxyType({
+    "KV.Range": RetryClass.IDEMPOTENT,
+    "Maintenance.Alarm.GET": RetryClass.IDEMPOTENT,  # alarms are cluster state (raft), any member answers
+    "Cluster.MemberList": RetryClass.IDEMPOTENT,
+    "Lease.LeaseTimeToLive": RetryClass.IDEMPOTENT,
+    "Lease.LeaseLeases": RetryClass.IDEMPOTENT,
+    "Lease.LeaseKeepAlive": RetryClass.IDEMPOTENT,
+    "Auth.Authenticate": RetryClass.IDEMPOTENT,
+    "Auth.AuthStatus": RetryClass.IDEMPOTENT,
+    "Maintenance.Status": RetryClass.PINNED,
+    "Maintenance.Hash": RetryClass.PINNED,
+    "Maintenance.HashKV": RetryClass.PINNED,
+    "Maintenance.Defragment": RetryClass.PINNED,
+    "Maintenance.Snapshot": RetryClass.PINNED,
+    "Maintenance.MoveLeader": RetryClass.PINNED,
 })
-"""RPCs that may be sent again after an ambiguous failure. Put, DeleteRange, Txn with writes,
-LeaseGrant, Compact and member/auth changes are absent: they mutate."""
+"""The retry class of each RPC by ``Service.Method``; an RPC not named here is a mutation (Put,
+DeleteRange, Txn with writes, LeaseGrant/Revoke, Compact, alarm and member/auth changes)."""
+
+IDEMPOTENT: frozenset[str] = frozenset(n for n, c in RETRY_CLASSES.items() if c is RetryClass.IDEMPOTENT)
+
+
+def retry_class(name: str) -> RetryClass:
+    return RETRY_CLASSES.get(name, RetryClass.MUTATION)
 
 
 class Failure(enum.Enum):
-    NOT_SENT = "not sent"          # no connection / closed channel: safe to retry anything
-    BROKEN = "broken"              # connection failed mid-call: ambiguous for mutations
+    NOT_SENT = "not sent"          # provably never left (see classify): safe to retry anything
+    BROKEN = "broken"              # connection failed or broke, maybe mid-call: ambiguous for mutations
     EJECTED = "ejected"            # we closed the channel under the call (endpoint ejected)
     SERVER_UNAVAILABLE = "server"  # etcd answered "unavailable" (no leader, leader changed …)
     AUTH_TOKEN = "auth token"      # token expired or unknown after a restart: re-authenticate
@@ -56,15 +79,24 @@ _CONNECT_MARKERS = ("failed to connect to all addresses", "failed to connect to 
 _TOKEN_MARKERS = ("invalid auth token", "user name is empty", "auth token is expired")
 
 
-def classify(code: grpc.StatusCode | None, details: str) -> Failure:
-    """Pure classification of one gRPC outcome (details lower-cased by the caller or not)."""
+def classify(code: grpc.StatusCode | None, details: str, *, transport_ready: bool = True) -> Failure:
+    """Pure classification of one gRPC outcome.
+
+    ``transport_ready``: whether the channel had a READY connection when the call started (True
+    when unknown). NOT_SENT needs that state as its proof: a channel with no ready connection must
+    dial before it can send, and a failed dial fails the call at the pick, before any byte of it
+    left. The connect-failure words only tell that case apart from a connection that came up and
+    then broke. On a connection that was READY, the same words prove nothing: grpc-core reports a
+    pending ICMP error ("connection refused", "no route to host") of an *established* connection
+    when its timer fires, after the request may have been delivered.
+    """
     text = (details or "").lower()
     if any(m in text for m in _TOKEN_MARKERS):
-        return Failure.AUTH_TOKEN
+        return Failure.AUTH_TOKEN  # the server answered: it refused the request, nothing was applied
     if code == grpc.StatusCode.UNAVAILABLE:
         if text.startswith("etcdserver:"):
             return Failure.SERVER_UNAVAILABLE
-        if any(m in text for m in _CONNECT_MARKERS):
+        if not transport_ready and any(m in text for m in _CONNECT_MARKERS):
             return Failure.NOT_SENT
         return Failure.BROKEN
     if code == grpc.StatusCode.CANCELLED and "channel closed" in text:
@@ -81,11 +113,12 @@ def is_hard(failure: Failure) -> bool:
     return failure in (Failure.NOT_SENT, Failure.BROKEN)
 
 
-def may_retry(failure: Failure, idempotent: bool) -> bool:
+def may_retry(failure: Failure, rclass: RetryClass) -> bool:
+    """May a call of ``rclass`` that failed with ``failure`` be sent again (pinned: to the same member)?"""
     if failure in (Failure.NOT_SENT, Failure.AUTH_TOKEN):
         return True
     if failure in (Failure.BROKEN, Failure.EJECTED, Failure.SERVER_UNAVAILABLE):
-        return idempotent
+        return rclass is RetryClass.IDEMPOTENT
     return False
 
 
@@ -102,8 +135,9 @@ class stop_when(stop_base):
 class RetryableError(Exception):
     """Internal: one attempt failed in a way the retry loop may try again."""
 
-    def __init__(self, failure: Failure, error: BaseException, endpoint: str) -> None:
-        self.failure, self.error, self.endpoint = failure, error, endpoint
+    def __init__(self, failure: Failure, error: BaseException, endpoint: str,
+                 token: tuple[tuple[str, str], ...] = ()) -> None:
+        self.failure, self.error, self.endpoint, self.token = failure, error, endpoint, token
         super().__init__(f"{endpoint}: {failure.value}: {error}")
 
 

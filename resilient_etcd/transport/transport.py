@@ -8,23 +8,40 @@ call's absolute deadline.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 
 from .. import deadlines
 from .._proto import rpc_pb2
 from ..deadlines import retries_enabled
-from ..exceptions import AuthenticationError, ConfigurationError, ConnectionFailedError, DeadlineExceeded
+from ..exceptions import (
+    AuthenticationError,
+    ClientClosedError,
+    ConfigurationError,
+    ConnectionFailedError,
+    DeadlineExceeded,
+)
 from ..metrics import METRICS
 from ..policies import HealthPolicy, KeepalivePolicy, RetryPolicy
 from .endpoints import Endpoint, TlsConfig
 from .health import State
 from .pool import Connection, EndpointPool, Stubs
-from .retry import IDEMPOTENT, Failure, RetryableError, classify, is_hard, make_retrying, may_retry, to_exception
+from .retry import (
+    Failure,
+    RetryableError,
+    RetryClass,
+    classify,
+    is_hard,
+    make_retrying,
+    may_retry,
+    retry_class,
+    to_exception,
+)
 
 Metadata = tuple[tuple[str, str], ...]
 T = TypeVar("T")
@@ -51,6 +68,13 @@ def _check_user_options(options: Sequence[tuple[str, Any]], keepalive: Keepalive
             KeepalivePolicy(time=value / 1000, timeout=keepalive.timeout)  # raises when below etcd's minimum
         checked.append((name, value))
     return checked
+
+
+class _Unset:
+    """The type of :data:`_UNSET`: "argument not given" where None means something."""
+
+
+_UNSET = _Unset()
 
 
 class Transport:
@@ -82,13 +106,10 @@ class Transport:
         self._user = user
         self.__password = password
         self._token_md: Metadata = ()
-        self._token_lock = threading.Lock()
-        self.pool = EndpointPool(endpoints, self._dial, health, lambda: self._token_md)
-
-    def _dial(self, endpoint: Endpoint) -> grpc.Channel:
-        if self._creds is not None:
-            return grpc.secure_channel(endpoint.target, self._creds, options=self._options)
-        return grpc.insecure_channel(endpoint.target, options=self._options)
+        self._token_lock = threading.RLock()
+        # the dial function holds no reference to this object, so the pool's finalizer does not either
+        self.pool = EndpointPool(endpoints, functools.partial(_dial, self._creds, self._options), health,
+                                 lambda: self._token_md)
 
     def close(self) -> None:
         self.pool.close()
@@ -98,12 +119,25 @@ class Transport:
     def has_credentials(self) -> bool:
         return self._user is not None
 
-    def authenticate(self) -> None:
-        """Fetch a fresh token (one thread at a time; the password never leaves this object)."""
-        with self._token_lock:
+    def authenticate(self, timeout: float | None = None, *, stale: Metadata | None = None) -> None:
+        """Fetch a fresh token within ``timeout`` (and the scope), single-flight.
+
+        ``stale``: the token metadata a call saw rejected. Threads that all saw the same token die
+        wait for one ``Authenticate``; the ones that get the lock after it was renewed use the new
+        token without asking again. The password never leaves this object.
+        """
+        budget = deadlines.call_timeout(timeout, self.default_timeout)
+        if not self._token_lock.acquire(timeout=-1 if budget is None else budget):
+            raise DeadlineExceeded(f"deadline exceeded waiting {budget:.3g} s for another thread's re-authentication")
+        try:
+            if stale is not None and self._token_md != stale:
+                return  # renewed by another thread while we waited
             req = rpc_pb2.AuthenticateRequest(name=self._user or "", password=self.__password or "")
-            resp = self.unary("auth", "Authenticate", req, idempotent=True, with_token=False)
+            resp = self.unary("auth", "Authenticate", req, timeout=budget, with_token=False)
             self._token_md = (("token", resp.token),)
+            METRICS.inc("token_renewals")
+        finally:
+            self._token_lock.release()
 
     # ---- calls ----
     def unary(
@@ -114,22 +148,26 @@ class Transport:
         *,
         timeout: float | None = None,
         idempotent: bool | None = None,
+        pin: Connection | None = None,
         with_token: bool = True,
         metadata: Metadata = (),
     ) -> Any:
         """Call ``service.method`` (stub attribute names, e.g. ``"kv", "Range"``) with resilience.
 
-        ``idempotent`` overrides the retry table (False: retry only if the request never left). This
-        is the hot path, so its first attempt is written out inline rather than going through
-        :meth:`call`'s closure.
+        ``idempotent`` overrides the retry table (False: retry only if the request never left);
+        ``pin`` sends the call to that member only (see :class:`RetryClass`). This is the hot path,
+        so its first attempt is written out inline rather than going through :meth:`call`'s closure.
         """
         budget = deadlines.call_timeout(timeout, self.default_timeout)
         started = time.monotonic()
-        conn = self.pool.pick()
+        rclass = _rclass(_qualified(service, method), idempotent, pin)
+        conn = self.pool.pick() if pin is None else pin
         gen = conn.generation
+        # a mutation's proof of "never sent" needs the transport's state before the call (classify)
+        ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
+        md = (self._token_md + metadata) if with_token else metadata
         try:
-            result = getattr(getattr(conn.stubs, service), method)(
-                request, timeout=budget, metadata=(self._token_md + metadata) if with_token else metadata)
+            result = getattr(getattr(conn.stubs, service), method)(request, timeout=budget, metadata=md)
         except (grpc.RpcError, ValueError) as e:
             first: BaseException = e
         else:
@@ -140,10 +178,8 @@ class Transport:
         def invoke(stubs: Stubs, left: float | None, md: Metadata) -> Any:
             return getattr(getattr(stubs, service), method)(request, timeout=left, metadata=md)
 
-        name = f"{_SERVICE_NAMES[service]}.{method}"
         deadline = None if budget is None else started + budget
-        return self._recover(invoke, deadline, name in IDEMPOTENT if idempotent is None else idempotent,
-                             with_token, metadata, conn, gen, first)
+        return self._recover(invoke, deadline, rclass, with_token, metadata, _Attempt(conn, gen, ready, md), first)
 
     def call(
         self,
@@ -152,49 +188,56 @@ class Transport:
         *,
         timeout: float | None = None,
         idempotent: bool | None = None,
+        pin: Connection | None = None,
         with_token: bool = True,
         metadata: Metadata = (),
+        default_timeout: float | _Unset | None = _UNSET,
     ) -> T:
         """Run ``invoke(stubs, timeout, metadata)`` against the picked endpoint, retrying as allowed.
 
-        ``name`` ("KV.Range") looks up the retry table unless ``idempotent`` is given. ``invoke``
-        must do all of its I/O before returning (drain a stream into a list, for instance), so
-        that every failure is seen here.
+        ``name`` ("KV.Range") looks up the retry table unless ``idempotent`` or ``pin`` is given.
+        ``invoke`` must do all of its I/O before returning (drain a stream into a list, for
+        instance), so that every failure is seen here. ``default_timeout`` replaces the client's default
+        (None: only ``timeout`` and the scope bound the call).
         """
-        budget = deadlines.call_timeout(timeout, self.default_timeout)
+        default = self.default_timeout if isinstance(default_timeout, _Unset) else default_timeout
+        budget = deadlines.call_timeout(timeout, default)
         deadline = None if budget is None else time.monotonic() + budget
-        conn = self.pool.pick()
+        rclass = _rclass(name, idempotent, pin)
+        conn = self.pool.pick() if pin is None else pin
         gen = conn.generation
+        ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
+        md = (self._token_md + metadata) if with_token else metadata
         try:
-            result = invoke(conn.stubs, budget, (self._token_md + metadata) if with_token else metadata)
-        except grpc.RpcError as e:
+            result = invoke(conn.stubs, budget, md)
+        except (grpc.RpcError, ValueError) as e:
             first: BaseException = e
-        except ValueError as e:  # "Cannot invoke RPC on closed channel!": ejected just now, never sent
-            first = e
         else:
             if conn.health.state is not State.HEALTHY:
                 self.pool.report_success(conn, gen)
             return result
-        if idempotent is None:
-            idempotent = name in IDEMPOTENT
-        return self._recover(invoke, deadline, idempotent, with_token, metadata, conn, gen, first)
+        return self._recover(invoke, deadline, rclass, with_token, metadata, _Attempt(conn, gen, ready, md), first)
 
-    def _attempt_failed(self, conn: Connection, gen: int, error: BaseException, idempotent: bool) -> RetryableError:
+    def _attempt_failed(self, a: _Attempt, error: BaseException, rclass: RetryClass) -> RetryableError:
         """Classify one failed attempt, feed the health machine, and decide: retry or raise."""
+        conn = a.conn
+        if self.pool.closed:
+            raise ClientClosedError(f"the client was closed; the call to {conn.name} was not completed") from error
         code: grpc.StatusCode | None = None
         if isinstance(error, grpc.RpcError):
             code, details = error.code(), error.details() or ""
-            failure = classify(code, details)
-            if code == grpc.StatusCode.CANCELLED and gen != conn.generation:
+            failure = classify(code, details, transport_ready=a.ready)
+            if code == grpc.StatusCode.CANCELLED and a.gen != conn.generation:
                 failure = Failure.EJECTED  # we closed the channel under this call
-            self.pool.report_failure(conn, gen, f"{code.name}: {details}", hard=is_hard(failure))
+            self.pool.report_failure(conn, a.gen, f"{code.name}: {details}", hard=is_hard(failure))
         elif isinstance(error, ValueError) and _is_closed_channel(error):
-            failure, details = Failure.NOT_SENT, str(error)  # closed before the call started: never left
+            # proof of "never sent": grpcio refuses a call on a closed channel before creating it
+            failure, details = Failure.NOT_SENT, str(error)
         else:
             raise error
         if failure is Failure.AUTH_TOKEN and not self.has_credentials:
             raise AuthenticationError(f"{details} (no user/password configured) [{conn.name}]")
-        if not may_retry(failure, idempotent) or self.retry_policy.max_attempts == 1 or not retries_enabled():
+        if not may_retry(failure, rclass) or self.retry_policy.max_attempts == 1 or not retries_enabled():
             if failure is Failure.EJECTED:
                 why = conn.health.last_error or "it stopped answering health probes"
                 raise ConnectionFailedError(
@@ -203,15 +246,14 @@ class Transport:
             if isinstance(error, ValueError):
                 raise to_exception(ConnectionFailedError(f"channel closed before the call: {error}"), conn.name)
             raise to_exception(error, conn.name) from error
-        return RetryableError(failure, error, conn.name)
+        return RetryableError(failure, error, conn.name, a.token)
 
     def _recover(
         self, invoke: Callable[[Stubs, float | None, Metadata], T], deadline: float | None,
-        idempotent: bool, with_token: bool, metadata: Metadata, conn: Connection, gen: int,
-        first: BaseException,
+        rclass: RetryClass, with_token: bool, metadata: Metadata, first_attempt: _Attempt, first: BaseException,
     ) -> T:
-        last = self._attempt_failed(conn, gen, first, idempotent)
-        current = conn
+        last = self._attempt_failed(first_attempt, first, rclass)
+        current = first_attempt.conn
         reauthed = False
 
         def out_of_time() -> bool:
@@ -219,24 +261,30 @@ class Transport:
 
         def attempt() -> T:
             nonlocal last, current, reauthed
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded(f"deadline exceeded; last error: {last}")
             if last.failure is Failure.AUTH_TOKEN:
                 if reauthed:
                     raise AuthenticationError(f"token rejected again after re-authentication [{last.endpoint}]")
                 reauthed = True
-                self.authenticate()
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise DeadlineExceeded(f"deadline exceeded; last error: {last}")
-            # move off the endpoint that failed, unless the failure was only a stale token
-            c = self.pool.pick(avoid=None if last.failure is Failure.AUTH_TOKEN else current)
+                self.authenticate(remaining, stale=last.token)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExceeded(f"deadline exceeded during re-authentication; last error: {last}")
+            if rclass is RetryClass.PINNED:
+                c = current  # an answer about, or an action on, this member: never another one
+            else:  # move off the endpoint that failed, unless the failure was only a stale token
+                c = self.pool.pick(avoid=None if last.failure is Failure.AUTH_TOKEN else current)
             g = c.generation
             METRICS.inc("retries", c.name)
             current = c
+            ready = True if rclass is RetryClass.IDEMPOTENT else c.transport_ready()
             md = (self._token_md + metadata) if with_token else metadata
             try:
                 result = invoke(c.stubs, remaining, md)
             except (grpc.RpcError, ValueError) as e:
-                last = self._attempt_failed(c, g, e, idempotent)
+                last = self._attempt_failed(_Attempt(c, g, ready, md), e, rclass)
                 raise last from e
             if c.health.state is not State.HEALTHY:
                 self.pool.report_success(c, g)
@@ -258,6 +306,39 @@ class Transport:
     @property
     def token_metadata(self) -> Metadata:
         return self._token_md
+
+
+def _dial(creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]], endpoint: Endpoint) -> grpc.Channel:
+    if creds is not None:
+        return grpc.secure_channel(endpoint.target, creds, options=options)
+    return grpc.insecure_channel(endpoint.target, options=options)
+
+
+class _Attempt(NamedTuple):
+    """One attempt: the connection and its generation, whether its transport was READY when the
+    call started (the proof a mutation's "never sent" needs), and the metadata it carried."""
+
+    conn: Connection
+    gen: int
+    ready: bool
+    md: Metadata
+
+    @property
+    def token(self) -> Metadata:
+        return tuple(kv for kv in self.md if kv[0] == "token")
+
+
+@functools.cache
+def _qualified(service: str, method: str) -> str:
+    return f"{_SERVICE_NAMES[service]}.{method}"
+
+
+def _rclass(name: str, idempotent: bool | None, pin: Connection | None) -> RetryClass:
+    if pin is not None:
+        return RetryClass.PINNED
+    if idempotent is not None:
+        return RetryClass.IDEMPOTENT if idempotent else RetryClass.MUTATION
+    return retry_class(name)
 
 
 def _is_closed_channel(error: ValueError) -> bool:

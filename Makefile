@@ -7,7 +7,7 @@ PROTOC_VENV := .venv-protoc
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench deps venv servers proto proto-check lint unit clean help
+.PHONY: test demo bench deps venv servers demo-servers proto proto-check lint unit clean help
 
 help:
 	@echo "make test   - all tests on real servers (bootstraps venv, deps, servers)"
@@ -15,9 +15,10 @@ help:
 	@echo "make bench  - the full benchmark run (~20 min): benchmarks/results + docs/benchmarks.md"
 	@echo "make servers / proto / lint / unit / clean"
 
-# system tools for the network-namespace scenarios and the socket-option check (root + apt only)
+# system tools for the network-namespace scenarios and the socket-option check, and Debian's etcd 3.4
+# (an older server the watch tests run against as well) (root + apt only)
 deps:
-	@need=""; for t in ip:iproute2 iptables:iptables conntrack:conntrack strace:strace; do \
+	@need=""; for t in ip:iproute2 iptables:iptables conntrack:conntrack strace:strace /usr/bin/etcd:etcd-server; do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || need="$$need $${t##*:}"; done; \
 	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -40,6 +41,10 @@ $(PROTOC_VENV)/.installed: tools/protoc-requirements.txt
 servers:
 	@tools/build-servers.sh >/dev/null
 
+# the demo replays the incident on etcd behind toxiproxy: no kube-apiserver to build
+demo-servers:
+	@tools/build-servers.sh etcd etcdctl toxiproxy >/dev/null
+
 proto: $(PROTOC_VENV)/.installed
 	$(PROTOC_VENV)/bin/python tools/gen_proto.py
 
@@ -56,7 +61,7 @@ unit: venv
 test: deps venv $(PROTOC_VENV)/.installed servers lint
 	RESILIENT_ETCD_PROTOC_PYTHON=$(PROTOC_VENV)/bin/python $(PY) -m pytest $(PYTEST_ARGS)
 
-demo: deps venv servers
+demo: deps venv demo-servers
 	$(PY) -m benchmarks.demo
 
 bench: deps venv servers

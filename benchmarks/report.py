@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,14 @@ DESCRIPTIONS = {
 
 
 def _pct(values: list[float], q: float) -> float:
+    """The q-quantile (nearest rank); a capped trial is ``inf`` and sorts last."""
     s = sorted(values)
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def _recovery(t: dict[str, Any]) -> float:
+    """A trial's recovery time; a trial still stalled at the cap is ``inf`` (shown as ``> cap``)."""
+    return math.inf if t["recover"] is None else float(t["recover"])
 
 
 def summarize(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -41,20 +48,16 @@ def summarize(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
                   key=lambda k: (k[0], list(CLIENTS).index(k[1]) if k[1] in CLIENTS else 99))
     for scenario, client in keys:
         ts = [t for t in trials if t["scenario"] == scenario and t["client"] == client]
-        rec = [t["recover"] for t in ts if t["recover"] is not None]
-        capped = len(ts) - len(rec)
+        rec = [_recovery(t) for t in ts]
+        capped = sum(1 for r in rec if math.isinf(r))
         cap = max(t["cap"] for t in ts)
         row: dict[str, Any] = {
             "scenario": scenario, "client": client, "trials": len(ts), "capped": capped, "cap": cap,
             "failed_calls": sum(t["failed_calls"] for t in ts), "overruns": sum(t["overruns"] for t in ts),
             "failovers": sum(t["failovers"] for t in ts),
         }
-        if rec:
-            row.update(p50=statistics.median(rec), p99=_pct(rec, 0.99), max=max(rec))
-        if capped:
-            row.update(p99=None, max=None)
-        follower = [t["recover"] for t in ts
-                    if t["recover"] is not None and t.get("extra", {}).get("victim_was_leader") is False]
+        row.update(p50=_pct(rec, 0.5), p99=_pct(rec, 0.99), max=max(rec))
+        follower = [_recovery(t) for t in ts if t.get("extra", {}).get("victim_was_leader") is False]
         if follower and len(follower) < len(ts):
             row["p99_follower"] = _pct(follower, 0.99)
             row["n_follower"] = len(follower)
@@ -66,8 +69,11 @@ def summarize(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _fmt(v: float | None, capped: bool, cap: float) -> str:
+    """Seconds for a table cell: a capped trial (``inf``) counts in every percentile, as ``> cap``."""
     if v is None:
-        return f"> {cap:g} s" if capped else "-"
+        return "-"
+    if math.isinf(v):
+        return f"> {cap:g} s"
     return f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s"
 
 
@@ -86,12 +92,15 @@ def markdown(results: dict[str, Any]) -> str:
         f"`{results.get('json_path', 'results JSON')}`; do not edit the numbers by hand.",
         "",
         f"- run: {results['started']} ({results['duration_s']:.0f} s), mode `{results['mode']}`",
+        *[f"- merged run: {m['started']} ({m['duration_s']:.0f} s): {', '.join(m.get('scenarios_requested', []))}"
+          for m in results.get("merged_runs", [])],
         f"- machine: {results['machine']}",
         f"- servers: etcd {results['etcd_version']}, 3 members on loopback, each behind toxiproxy "
         "(S4: members in network namespaces)",
         "- recovery = the longest time the client's loop (a get every 10 ms) went without a successful "
         "call while the fault held (at least 3 s): from the fault to the first success, or between two "
-        "successes; a client still stalled when the cap runs out is reported as `> cap`",
+        "successes; a client still stalled when the cap runs out counts as the cap in every percentile and "
+        "shows as `> cap`",
         "- reads are linearizable (python-etcd3's default), so when the faulty member was the raft "
         "leader (S1, S2) no client can succeed until the others elect a new one (election timeout "
         "1 s): the follower column shows the client's own share",
@@ -165,7 +174,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             r = next((r for r in rows if r["scenario"] == sc and r["client"] == client), None)
             if r is None:
                 continue
-            capped = r["capped"] > 0
+            capped = math.isinf(r["p99"])
             xs.append(j + i * width)
             ys.append(r["cap"] if capped else r["p99"])
             colors.append("lightgray" if capped else None)

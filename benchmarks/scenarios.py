@@ -16,7 +16,7 @@ import resilient_etcd as etcd3
 from resilient_etcd._proto import rpc_pb2, rpc_pb2_grpc
 from resilient_etcd.testing import EtcdCluster, EtcdMember
 
-from .baselines import TIMEOUTS, ClientSpec
+from .baselines import ClientSpec
 from .drivers import Driver
 
 Fault = Callable[[EtcdMember], None]
@@ -70,7 +70,7 @@ class Session:
 
     def __init__(self, cluster: EtcdCluster, spec: ClientSpec) -> None:
         self.cluster, self.spec = cluster, spec
-        self.timeout = TIMEOUTS[spec.name]
+        self.timeout = spec.timeout
         self.driver: Driver | None = None
 
     def ready(self) -> Driver:

@@ -296,9 +296,12 @@ class Etcd3Client:
         """Grant a lease of ``ttl`` seconds."""
         if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
             raise ConfigurationError(f"lease ttl must be a positive integer of seconds, got {ttl!r}")
+        sent = time.monotonic()
         resp = self._transport.unary("lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=ttl, ID=lease_id or 0),
                                      timeout=timeout)
-        return Lease(resp.ID, resp.TTL, self)
+        lease = Lease(resp.ID, resp.TTL, self)
+        lease.expires_at = sent + resp.TTL  # the server's clock started no earlier than our send
+        return lease
 
     def revoke_lease(self, lease_id: int, *, timeout: float | None = None) -> None:
         self._transport.unary("lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=lease_id), timeout=timeout)
@@ -426,9 +429,11 @@ class Etcd3Client:
         return self.watch_once(p, timeout=timeout, range_end=prefix_range_end(p), **kwargs)
 
     # ---- locks ----
-    def lock(self, name: str, ttl: int = 60, on_lost: Callable[[Lock], None] | None = None) -> Lock:
-        """A :class:`Lock` named ``name`` (key ``/locks/<name>``), held through a kept lease of ``ttl`` s."""
-        return Lock(name, ttl=ttl, etcd_client=self, on_lost=on_lost)
+    def lock(self, name: str, ttl: int = 60, on_lost: Callable[[Lock], None] | None = None, *,
+             keep_alive: bool = True) -> Lock:
+        """A :class:`Lock` named ``name`` (key ``/locks/<name>``) on a lease of ``ttl`` s, kept alive in the
+        background (``keep_alive=False``: python-etcd3's behaviour, it expires unless ``refresh()``-ed)."""
+        return Lock(name, ttl=ttl, etcd_client=self, on_lost=on_lost, keep_alive=keep_alive)
 
     def election(self, name: str, ttl: int = 10, on_lost: Callable[[Election], None] | None = None) -> Election:
         """An :class:`Election` under ``/election/<name>/``; candidates hold a kept lease of ``ttl`` s."""

@@ -45,3 +45,29 @@ def test_report_regenerates_from_json(tmp_path: Path) -> None:
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| S3 | resilient | 1 | 900 ms | 900 ms | 900 ms |" in md
     assert "> 5 s" in md
+
+
+def test_capped_trials_count_in_every_percentile_and_merged_runs_are_listed() -> None:
+    """p50/p99 used to be computed over the successful trials only: two of three trials at the cap
+    showed as a p50 of the one that recovered."""
+    from benchmarks import report
+
+    def trial(recover: float | None) -> dict[str, object]:
+        return {"scenario": "S2", "client": "clientv3", "cap": 20, "recover": recover, "failed_calls": 0,
+                "overruns": 0, "failovers": 0, "extra": {}}
+
+    data = {"started": "2026-01-01T00:00:00+00:00", "duration_s": 100.0, "mode": "full", "machine": "m",
+            "etcd_version": "3.6.16", "trials": [trial(2.98), trial(None), trial(None)], "steady": None,
+            "merged_runs": [{"started": "2026-01-02T00:00:00+00:00", "duration_s": 50.0,
+                             "scenarios_requested": ["S2"]}]}
+    md = report.markdown(data)
+    assert "| S2 | clientv3 | 3 | > 20 s | > 20 s | > 20 s |" in md
+    assert "merged run: 2026-01-02T00:00:00+00:00 (50 s): S2" in md
+
+
+def test_baselines_also_run_with_a_2s_timeout() -> None:
+    from benchmarks.baselines import CLIENTS
+
+    for name in ("raw", "etcd3", "pyetcd", "clientv3"):
+        assert CLIENTS[name].timeout is None
+        assert CLIENTS[f"{name}-2s"].timeout == 2.0 and CLIENTS[f"{name}-2s"].driver == name

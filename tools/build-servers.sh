@@ -5,6 +5,8 @@
 # outside the repository keyed by version. Idempotent: a cached binary is kept.
 #
 #   tools/build-servers.sh            # build what is missing, print the bin dir
+#   tools/build-servers.sh etcd toxiproxy   # only these (etcd, etcdctl, toxiproxy, clientv3-driver,
+#                                           # kube-apiserver): `make demo` needs no kube-apiserver
 #   tools/build-servers.sh --print    # print the bin dir, build nothing
 set -euo pipefail
 
@@ -29,6 +31,13 @@ if ! command -v go >/dev/null 2>&1; then
   exit 2
 fi
 
+wanted=("$@")
+known=" etcd etcdctl toxiproxy clientv3-driver kube-apiserver "
+for w in "${wanted[@]}"; do
+  [[ "$known" == *" $w "* ]] || { echo "build-servers: unknown server '$w' (one of:$known)" >&2; exit 2; }
+done
+want() { [[ ${#wanted[@]} -eq 0 || " ${wanted[*]} " == *" $1 "* ]]; }
+
 mkdir -p "$bindir"
 build() { # name version wrapper-dir package
   local out="$bindir/$1-$2"
@@ -40,18 +49,19 @@ build() { # name version wrapper-dir package
   echo "build-servers: built $1 $2 in $((SECONDS - start)) s" >&2
 }
 
-build etcd "$etcd_v" etcd .
-build etcdctl "$etcdctl_v" etcdctl .
-build toxiproxy-server "$toxi_v" toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server
-build toxiproxy-cli "$toxi_v" toxiproxy github.com/Shopify/toxiproxy/v2/cmd/cli
-build clientv3-driver "$drv_v" clientv3-driver .
-build kube-apiserver "$kube_v" kube-apiserver .
-
-# stable names for the harness; the versioned files are the cache
-ln -sf "etcd-$etcd_v" "$bindir/etcd"
-ln -sf "etcdctl-$etcdctl_v" "$bindir/etcdctl"
-ln -sf "toxiproxy-server-$toxi_v" "$bindir/toxiproxy-server"
-ln -sf "toxiproxy-cli-$toxi_v" "$bindir/toxiproxy-cli"
-ln -sf "clientv3-driver-$drv_v" "$bindir/clientv3-driver"
-ln -sf "kube-apiserver-$kube_v" "$bindir/kube-apiserver"
+# each built binary gets a stable name for the harness; the versioned files are the cache
+if want etcd; then build etcd "$etcd_v" etcd . && ln -sf "etcd-$etcd_v" "$bindir/etcd"; fi
+if want etcdctl; then build etcdctl "$etcdctl_v" etcdctl . && ln -sf "etcdctl-$etcdctl_v" "$bindir/etcdctl"; fi
+if want toxiproxy; then
+  build toxiproxy-server "$toxi_v" toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server
+  build toxiproxy-cli "$toxi_v" toxiproxy github.com/Shopify/toxiproxy/v2/cmd/cli
+  ln -sf "toxiproxy-server-$toxi_v" "$bindir/toxiproxy-server"
+  ln -sf "toxiproxy-cli-$toxi_v" "$bindir/toxiproxy-cli"
+fi
+if want clientv3-driver; then
+  build clientv3-driver "$drv_v" clientv3-driver . && ln -sf "clientv3-driver-$drv_v" "$bindir/clientv3-driver"
+fi
+if want kube-apiserver; then
+  build kube-apiserver "$kube_v" kube-apiserver . && ln -sf "kube-apiserver-$kube_v" "$bindir/kube-apiserver"
+fi
 echo "$bindir"

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import Etcd3Exception, WatchTimedOut
+from ..deadlines import deadline_of, validate_timeout
+from ..exceptions import ConfigurationError, DeadlineExceeded, Etcd3Exception, WatchTimedOut
 from .lease import Lease
 from .models import Key, KVMetadata, to_bytes
 
@@ -34,7 +35,7 @@ class Election:
     def __init__(self, client: Etcd3Client, name: str, ttl: int = 10,
                  on_lost: Callable[[Election], None] | None = None) -> None:
         if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
-            raise ValueError(f"election ttl must be a positive integer of seconds, got {ttl!r}")
+            raise ConfigurationError(f"election ttl must be a positive integer of seconds, got {ttl!r}")
         self.client = client
         self.prefix = f"/election/{name}/".encode()
         self.ttl = ttl
@@ -48,36 +49,60 @@ class Election:
         return f"Election({self.prefix!r}, leader={self.is_leader()}, revision={self.revision})"
 
     def campaign(self, value: Key, timeout: float | None = None) -> bool:
-        """Become leader with ``value``; waits for earlier candidates (up to ``timeout`` s, None: forever).
+        """Become leader with ``value``; waits for earlier candidates, up to ``timeout`` seconds (None: no
+        limit of its own; a :func:`deadline` scope still applies and raises :class:`DeadlineExceeded`).
 
-        Returns False on timeout (the candidacy is withdrawn).
+        Returns False when ``timeout`` runs out. On False or any error the candidacy is withdrawn:
+        its keeper stops and its lease (with the key) is revoked, or expires within ``ttl`` if the
+        cluster cannot be reached. Campaigning again while a candidacy is alive reuses it.
         """
+        if timeout is not None:
+            validate_timeout("timeout", timeout)
+        own_end = None if timeout is None else time.monotonic() + timeout
+        try:
+            with deadline_of(timeout, None):
+                self._campaign(to_bytes(value, "value"))
+            return True
+        except (WatchTimedOut, DeadlineExceeded):
+            self._withdraw()
+            if own_end is not None and time.monotonic() >= own_end - 0.005:
+                return False  # our own timeout, not an outer scope's
+            raise
+        except BaseException:
+            self._withdraw()
+            raise
+
+    def _campaign(self, value: bytes) -> None:
         c = self.client
         t = c.transactions
-        end = None if timeout is None else time.monotonic() + timeout
-        self._lost.clear()
-        self.lease = c.lease(self.ttl).keep_alive(on_lost=self._lease_lost)
-        self.key = self.prefix + f"{self.lease.id:x}".encode()
+        if self.lease is None or self.lease.is_lost or self.key is None:
+            self._withdraw()
+            self._lost.clear()
+            self.lease = c.lease(self.ttl).keep_alive(on_lost=self._lease_lost)
+            self.key = self.prefix + f"{self.lease.id:x}".encode()
         ok, responses = c.transaction(compare=[t.create(self.key) == 0],
-                                      success=[t.put(self.key, to_bytes(value, "value"), lease=self.lease)],
+                                      success=[t.put(self.key, value, lease=self.lease)],
                                       failure=[t.get(self.key)])
-        self.revision = (int(responses[0].header.revision) if ok else responses[0][0][1].create_revision)
+        if ok:
+            self.revision = int(responses[0].header.revision)
+        else:  # our candidacy exists already (a campaign again): publish the new value on it
+            self.revision = responses[0][0][1].create_revision
+            c.transaction(compare=[t.create(self.key) == self.revision],
+                          success=[t.put(self.key, value, lease=self.lease)], failure=[])
         while True:  # wait until no key created before ours remains
             resp = c.get_prefix_response(self.prefix, sort_order="descend", sort_target="create", limit=1,
                                          max_create_revision=self.revision - 1)
             if not resp.kvs:
-                return True
-            left = None if end is None else end - time.monotonic()
-            if left is not None and left <= 0:
-                self.resign()
-                return False
-            try:
-                c.watch_once(resp.kvs[0].key, timeout=left, start_revision=resp.header.revision + 1,
-                             filters=[_NOPUT])
-            except WatchTimedOut:
-                self.resign()
-                return False
+                return
+            c.watch_once(resp.kvs[0].key, start_revision=resp.header.revision + 1, filters=[_NOPUT])
             self._check()
+
+    def _withdraw(self) -> None:
+        """Stop and give up whatever candidacy exists, without waiting for the cluster."""
+        lease, self.lease = self.lease, None
+        self.key = self.revision = None
+        if lease is not None:
+            lease.abandon()
 
     def is_leader(self) -> bool:
         """True while this candidate's key is the oldest under the prefix and its lease is alive."""
@@ -104,16 +129,25 @@ class Election:
             raise NotLeaderError("our election key is gone: leadership was lost")
 
     def resign(self) -> None:
-        """Give up leadership (or candidacy)."""
-        if self.key is not None and self.revision is not None:
-            t = self.client.transactions
-            self.client.transaction(compare=[t.create(self.key) == self.revision], success=[t.delete(self.key)],
-                                    failure=[])
-        if self.lease is not None:
-            self.lease.stop_keep_alive()
-            if not self.lease.is_lost:
-                self.lease.revoke()
+        """Give up leadership (or candidacy). The keeper stops and the lease is revoked whatever
+        happens to the delete (if the cluster cannot be reached, the lease expires within ``ttl``)."""
+        key, revision, lease = self.key, self.revision, self.lease
         self.key = self.revision = self.lease = None
+        try:
+            if key is not None and revision is not None:
+                t = self.client.transactions
+                self.client.transaction(compare=[t.create(key) == revision], success=[t.delete(key)], failure=[])
+        except BaseException:
+            if lease is not None:
+                lease.abandon()
+            raise
+        if lease is not None:
+            lease.stop_keep_alive()
+            if not lease.is_lost:
+                try:
+                    lease.revoke()
+                except Etcd3Exception:
+                    lease.abandon()
 
     def leader(self) -> tuple[bytes, KVMetadata] | None:
         """``(value, metadata)`` of the current leader's key, or None when nobody leads."""

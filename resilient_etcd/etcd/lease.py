@@ -28,6 +28,8 @@ class Lease:
     the client's failover and retries. When the lease is gone — the server says it expired or was
     revoked, or no refresh got through before the TTL ran out — the lease flips to *lost*,
     ``on_lost(lease)`` is called once, and every later use raises :class:`LeaseLostError`.
+    ``keep_alive(on_lost=…, refresh=False)`` only watches the clock: the lease expires unless the
+    owner calls ``refresh()`` in time (python-etcd3's behaviour), and ``on_lost`` says when it did.
     """
 
     def __init__(self, lease_id: int, ttl: int, etcd_client: Etcd3Client | None = None) -> None:
@@ -37,6 +39,7 @@ class Lease:
         self._lost: str | None = None
         self._on_lost: list[Callable[[Lease], None]] = []
         self._keeper: threading.Thread | None = None
+        self._refreshing = True
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.expires_at = time.monotonic() + ttl  # local, conservative estimate of the server's expiry
@@ -90,12 +93,16 @@ class Lease:
         return list(self._client().get_lease_info(self.id).keys)
 
     # ---- the keeper ----
-    def keep_alive(self, on_lost: Callable[[Lease], None] | None = None) -> Lease:
-        """Start refreshing in the background (idempotent); ``on_lost`` is called once if it is lost."""
+    def keep_alive(self, on_lost: Callable[[Lease], None] | None = None, *, refresh: bool = True) -> Lease:
+        """Start refreshing in the background (idempotent); ``on_lost`` is called once if it is lost.
+
+        ``refresh=False``: no refreshes, only the loss signal when ``refresh()`` was not called in time.
+        """
         with self._lock:
             if on_lost is not None:
                 self._on_lost.append(on_lost)
             if self._keeper is None:
+                self._refreshing = refresh
                 self._keeper = threading.Thread(target=self._keep, name=f"resilient-etcd-lease-{self.id:x}",
                                                 daemon=True)
                 self._keeper.start()
@@ -106,6 +113,25 @@ class Lease:
         if self._keeper is not None and self._keeper is not threading.current_thread():
             self._keeper.join(timeout=5)
 
+    def abandon(self) -> None:
+        """Give the lease up on a failure path: stop the keeper now, and revoke it in the background
+        (bounded by its TTL, after which it is gone anyway) so the caller does not wait for a cluster
+        that may be unreachable. Whatever it carried goes with it."""
+        self.stop_keep_alive()
+        if self._lost is not None or self.etcd_client is None:
+            return
+        self._mark_lost("abandoned", notify=False)
+        client, lease_id, ttl = self.etcd_client, self.id, self.ttl
+
+        def revoke() -> None:
+            try:
+                client.revoke_lease(lease_id, timeout=ttl)
+            except Exception as e:  # it expires by itself within its TTL
+                log.info("lease %x: revoke after a failure did not get through (%s); it expires within %d s",
+                         lease_id, e, ttl, extra={"lease": lease_id, "event": "lease_abandoned"})
+
+        threading.Thread(target=revoke, name=f"resilient-etcd-revoke-{lease_id:x}", daemon=True).start()
+
     def _keep(self) -> None:
         interval = max(self.ttl / 3.0, 0.2)
         while not self._stop.wait(interval if self._lost is None else 0):
@@ -113,8 +139,12 @@ class Lease:
                 return
             left = self.expires_at - time.monotonic()
             if left <= 0:
-                self._mark_lost(f"no keep-alive got through within its TTL ({self.ttl} s)")
+                why = "no keep-alive got through" if self._refreshing else "refresh() was not called"
+                self._mark_lost(f"{why} within its TTL ({self.ttl} s)")
                 return
+            if not self._refreshing:
+                interval = left + 0.01  # only watch the clock; refresh() moves expires_at
+                continue
             try:
                 with deadline(left):
                     self.refresh()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import uuid
@@ -10,7 +9,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import LeaseLostError, LockLostError, WatchTimedOut
+from .. import deadlines
+from ..exceptions import ConfigurationError, DeadlineExceeded, Etcd3Exception, LockLostError, WatchTimedOut
 from .lease import Lease
 
 if TYPE_CHECKING:
@@ -24,16 +24,19 @@ class Lock:
     """A distributed lock (python-etcd3's API): ``acquire(timeout=10)``, ``release()``, ``refresh()``,
     ``is_acquired()``, and ``with lock:``.
 
-    While held, the lock's lease is kept alive in the background. If the lease is lost (the client
-    was cut off longer than ``ttl``), the lock is lost: ``on_lost(lock)`` is called and
-    ``is_acquired()`` / ``check()`` report it. ``revision`` is the fencing token: the etcd revision at
-    which this holder took the lock, larger for every later holder.
+    ``keep_alive=True`` (the default): while held, the lock's lease is refreshed in the background,
+    so a holder that is busy (or whose main thread is stuck) keeps the lock until ``release()`` or
+    until it is cut off from the cluster for longer than ``ttl``. ``keep_alive=False`` is
+    python-etcd3's behaviour: the lock expires ``ttl`` seconds after it was taken or last
+    ``refresh()``-ed. Either way, a lost lock calls ``on_lost(lock)`` and ``is_acquired()`` /
+    ``check()`` report it. ``revision`` is the fencing token: the etcd revision at which this holder
+    took the lock, larger for every later holder.
     """
 
     def __init__(self, name: str, ttl: int = 60, etcd_client: Etcd3Client | None = None,
-                 on_lost: Callable[[Lock], None] | None = None) -> None:
+                 on_lost: Callable[[Lock], None] | None = None, *, keep_alive: bool = True) -> None:
         if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
-            raise ValueError(f"lock ttl must be a positive integer of seconds, got {ttl!r}")
+            raise ConfigurationError(f"lock ttl must be a positive integer of seconds, got {ttl!r}")
         self.name = name
         self.ttl = ttl
         self.etcd_client = etcd_client
@@ -41,11 +44,12 @@ class Lock:
         self.uuid = uuid.uuid1().bytes
         self.lease: Lease | None = None
         self.revision: int | None = None
+        self.keep_alive = keep_alive
         self._on_lost = on_lost
         self._lost = threading.Event()
 
     def __repr__(self) -> str:
-        return f"Lock({self.name!r}, ttl={self.ttl}, revision={self.revision})"
+        return f"Lock({self.name!r}, ttl={self.ttl}, revision={self.revision}, keep_alive={self.keep_alive})"
 
     def _client(self) -> Etcd3Client:
         if self.etcd_client is None:
@@ -53,48 +57,70 @@ class Lock:
         return self.etcd_client
 
     def acquire(self, timeout: float | None = 10) -> bool:
-        """Take the lock, waiting up to ``timeout`` seconds (None: forever). True when held."""
+        """Take the lock, waiting up to ``timeout`` seconds (None: no limit of its own). True when held,
+        False when ``timeout`` ran out. The whole call — lease grant, transaction, waiting — keeps
+        within ``timeout`` and any :func:`deadline` scope (whose expiry raises
+        :class:`DeadlineExceeded`). Whatever a failed attempt started (its lease) is given up."""
         client = self._client()
-        end = None if timeout is None else time.monotonic() + timeout
+        if timeout is not None:
+            deadlines.validate_timeout("timeout", timeout)
+        own_end = None if timeout is None else time.monotonic() + timeout
+        with deadlines.deadline_of(timeout, None):
+            try:
+                return self._acquire(client)
+            except (WatchTimedOut, DeadlineExceeded):
+                if own_end is not None and time.monotonic() >= own_end - 0.005:
+                    return False  # our own timeout, not an outer scope's
+                raise
+
+    def _acquire(self, client: Etcd3Client) -> bool:
         t = client.transactions
         while True:
-            self.lease = client.lease(self.ttl)
-            ok, responses = client.transaction(
-                compare=[t.create(self.key) == 0],
-                success=[t.put(self.key, self.uuid, lease=self.lease)],
-                failure=[t.get(self.key)],
-            )
+            lease = self.lease = client.lease(self.ttl)
+            try:
+                ok, responses = client.transaction(
+                    compare=[t.create(self.key) == 0],
+                    success=[t.put(self.key, self.uuid, lease=lease)],
+                    failure=[t.get(self.key)],
+                )
+            except BaseException:
+                self.lease = None
+                lease.abandon()  # the put may have been applied: revoking takes the key with it
+                raise
             if ok:
                 self.revision = int(responses[0].header.revision)
                 self._lost.clear()
-                self.lease.keep_alive(on_lost=self._lease_lost)
+                lease.keep_alive(on_lost=self._lease_lost, refresh=self.keep_alive)
                 return True
-            self.lease.revoke()
             self.lease = None
-            left = None if end is None else end - time.monotonic()
-            if left is not None and left <= 0:
-                return False
+            lease.abandon()
             holder = responses[0]
             if not holder:
                 continue  # released between our compare and now
             seen_at = holder[0][1].response_header.revision
-            try:  # wait for the holder's key to go (replaying from what we saw, so no release is missed)
-                client.watch_once(self.key, timeout=left, start_revision=seen_at + 1, filters=[_NOPUT])
-            except WatchTimedOut:
-                return False
+            # wait for the holder's key to go (replaying from what we saw, so no release is missed)
+            client.watch_once(self.key, start_revision=seen_at + 1, filters=[_NOPUT])
 
     def release(self) -> bool:
-        """Give the lock up; False when we did not hold it."""
+        """Give the lock up; False when we did not hold it. The lease is stopped and revoked whatever
+        happens to the delete (if that fails, the lease's revocation still frees the lock)."""
         client = self._client()
         t = client.transactions
-        ok, _ = client.transaction(compare=[t.value(self.key) == self.uuid], success=[t.delete(self.key)],
-                                   failure=[])
-        if self.lease is not None:
-            self.lease.stop_keep_alive()
-            with contextlib.suppress(LeaseLostError):
-                self.lease.revoke()
-            self.lease = None
-        return ok
+        lease, self.lease = self.lease, None
+        try:
+            ok, _ = client.transaction(compare=[t.value(self.key) == self.uuid], success=[t.delete(self.key)],
+                                       failure=[])
+        except BaseException:
+            if lease is not None:
+                lease.abandon()
+            raise
+        if lease is not None:
+            lease.stop_keep_alive()
+            try:
+                lease.revoke()
+            except Etcd3Exception:
+                lease.abandon()
+        return bool(ok)
 
     def refresh(self) -> list[Any]:
         if self.lease is None:

@@ -11,7 +11,11 @@ if nothing at all comes back within ``stall_timeout`` the stream is declared dea
 re-opened on another endpoint — a quiet watch is checked as often as a busy one. The endpoint
 prober catches hung connections independently (closing the channel ends the stream here too).
 Progress answers also advance every watch's ``next_revision`` (they promise that everything up
-to their revision has been sent), which keeps resumes clear of compaction.
+to their revision has been sent), which keeps resumes clear of compaction — but only from servers
+that keep that promise: etcd before 3.4.25 / 3.5.8 could answer a progress request ahead of events
+still pending for an unsynced watcher (etcd #15220), and raising the floor then would drop those
+events. The server's version comes from ``Status`` on the stream's own connection; unknown counts
+as old.
 
 A watch whose resume point was compacted away receives :class:`RevisionCompactedError` (with the
 compacted revision) and ends: never silently. A token the server no longer knows (restart, TTL)
@@ -39,6 +43,7 @@ from ..transport.retry import Failure, classify, is_hard
 from .events import WatchResponse, new_event
 
 if TYPE_CHECKING:
+    from ..transport.pool import Connection
     from ..transport.transport import Transport
 
 log = logging.getLogger("resilient_etcd.watch")
@@ -68,6 +73,20 @@ class _Watch:
         return rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
             key=self.key, range_end=self.range_end, start_revision=start, progress_notify=self.progress_notify,
             filters=self.filters, prev_kv=self.prev_kv, watch_id=self.id))
+
+
+def progress_is_ordered(version: str | None) -> bool:
+    """Does an etcd of ``version`` answer a progress request only after every event before it
+    (etcd #15220, fixed in 3.4.25 and 3.5.8)? False when unknown."""
+    try:
+        major, minor, patch = (int(p) for p in (version or "").split("-")[0].split(".")[:3])
+    except ValueError:
+        return False
+    if (major, minor) == (3, 4):
+        return patch >= 25
+    if (major, minor) == (3, 5):
+        return patch >= 8
+    return (major, minor) >= (3, 6)
 
 
 def _requests(q: queue.SimpleQueue[rpc_pb2.WatchRequest | None]) -> Iterator[rpc_pb2.WatchRequest]:
@@ -105,6 +124,7 @@ class WatchManager:
         self._closed = threading.Event()
         self._stream: tuple[Any, queue.SimpleQueue[rpc_pb2.WatchRequest | None]] | None = None
         self._last_activity = 0.0
+        self._progress_ordered = False  # may progress answers raise the floor? (per stream, by server version)
         self._progress_sent: float | None = None
         self._last_progress = 0.0
         self._in_callback = False
@@ -185,12 +205,14 @@ class WatchManager:
         q: queue.SimpleQueue[rpc_pb2.WatchRequest | None] = queue.SimpleQueue()
         md = self._t.token_metadata + ((("hasleader", "true"),) if self._require_leader else ())
         delivered = False
+        ordered = progress_is_ordered(self._server_version(conn))
         try:
             call = conn.stubs.watch.Watch(_requests(q), metadata=md)
         except ValueError:  # channel closed under us: pick again
             return False
         with self._lock:
             self._stream = (call, q)
+            self._progress_ordered = ordered
             self._stalled = False
             self._progress_sent = None
             self._last_activity = self._last_progress = time.monotonic()
@@ -238,6 +260,19 @@ class WatchManager:
             METRICS.inc("watch_resumes", conn.name)
         return delivered
 
+    def _server_version(self, conn: Connection) -> str | None:
+        """The etcd version behind ``conn`` (cached per connection generation); None when unknown."""
+        cached = conn.server_version
+        if cached is not None and cached[0] == conn.generation:
+            return cached[1]
+        try:
+            st = conn.stubs.maintenance.Status(rpc_pb2.StatusRequest(), timeout=self.stall_timeout,
+                                               metadata=self._t.token_metadata)
+        except (grpc.RpcError, ValueError):
+            return None
+        conn.server_version = (conn.generation, st.version)
+        return str(st.version)
+
     def _notify_no_leader(self, reason: str) -> None:
         """Tell every watch once per outage that there is no leader; the watches stay and resume."""
         if self._leaderless:
@@ -265,6 +300,8 @@ class WatchManager:
     def _handle(self, resp: rpc_pb2.WatchResponse) -> None:
         wid = resp.watch_id
         if wid == _ALL_WATCHERS:
+            if not self._progress_ordered:
+                return  # proof of life only (the watchdog saw it); events may still be pending
             with self._lock:
                 for w in self._watches.values():
                     if w.on_stream and w.next_revision is not None:

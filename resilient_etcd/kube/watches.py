@@ -7,6 +7,10 @@
 * a dead, frozen or stale *connection* is the ``ApiClient``'s job: over HTTP/2 its PING check
   and ``/readyz`` probes fail the stream within about 2 s and the watch resumes on the next
   usable apiserver;
+* errors that waiting cannot heal — 400, 401, 403, 404, 405, 422, at the start or as an ``ERROR``
+  event — raise :class:`ApiException` to the caller; transient ones (429, 5xx, connection errors)
+  are retried with jittered exponential backoff capped at 5 s (the server's ``Retry-After`` is
+  honoured by the ``ApiClient`` underneath);
 * a stream that stays *silent* for ``idle_timeout`` seconds is re-established — this catches an
   apiserver that is alive but whose watch has stopped (its own etcd connection hung). Over HTTP/2
   the default is 75 s: with bookmarks on, a healthy watch hears from the apiserver about once a
@@ -24,10 +28,17 @@ from typing import Any
 
 import urllib3
 from kubernetes.client.exceptions import ApiException
+from tenacity import RetryCallState, wait_random_exponential
 
 log = logging.getLogger("resilient_etcd.kube.watch")
 
 _STREAM_ERRORS = (urllib3.exceptions.HTTPError, OSError, ApiException)
+PERMANENT = frozenset({400, 401, 403, 404, 405, 422})
+"""HTTP statuses a watch raises at once: no amount of waiting changes the answer."""
+
+
+def is_permanent(error: BaseException) -> bool:
+    return isinstance(error, ApiException) and error.status in PERMANENT
 
 
 HTTP1_IDLE_TIMEOUT = 1.5
@@ -48,17 +59,36 @@ def watch(list_func: Callable[..., Any], *args: Any, resource_version: str | Non
     if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)) or not idle_timeout > 0:
         raise ValueError(f"idle_timeout must be a positive number of seconds, got {idle_timeout!r}")
     stop = stop or threading.Event()
+    backoff = wait_random_exponential(multiplier=0.1, max=5.0)
+    failures = 0
+
+    def pause(error: BaseException) -> None:
+        nonlocal failures
+        if is_permanent(error):
+            raise error
+        failures += 1
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = failures
+        delay = backoff(state)
+        log.log(logging.WARNING if failures in (3, 10) else logging.DEBUG,
+                "watch failed %d time(s) in a row (%s); retrying in %.2f s", failures, error, delay,
+                extra={"event": "kube_watch_retry", "failures": failures})
+        stop.wait(delay)
+
     rv = resource_version
-    if rv is None:
-        rv, listing = _relist(list_func, args, kwargs)
+    while rv is None and not stop.is_set():
+        try:
+            rv, listing = _relist(list_func, args, kwargs)
+        except _STREAM_ERRORS as e:
+            pause(e)
     while not stop.is_set():
         try:
             resp = list_func(*args, watch=True, allow_watch_bookmarks=True, resource_version=rv,
                              _preload_content=False, _request_timeout=(2.0, idle_timeout), **kwargs)
         except _STREAM_ERRORS as e:
-            log.info("watch could not start (%s); retrying", e)
-            stop.wait(0.2)
+            pause(e)
             continue
+        error: ApiException | None = None
         try:
             for line in _lines(resp):
                 event = json.loads(line)
@@ -68,8 +98,10 @@ def watch(list_func: Callable[..., Any], *args: Any, resource_version: str | Non
                     if obj.get("code") == 410:
                         rv, listing = _relist(list_func, args, kwargs)
                         yield {"type": "RELIST", "object": listing}
-                        break
-                    raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+                    else:
+                        error = ApiException(status=obj.get("code"), reason=obj.get("message"))
+                    break
+                failures = 0
                 rv = obj.get("metadata", {}).get("resourceVersion", rv)
                 if kind == "BOOKMARK":
                     continue
@@ -80,6 +112,8 @@ def watch(list_func: Callable[..., Any], *args: Any, resource_version: str | Non
             log.debug("watch stream ended (%s); resuming from %s", type(e).__name__, rv)
         finally:
             resp.release_conn()
+        if error is not None:
+            pause(error)  # raises the permanent ones
 
 
 def _relist(list_func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any]:

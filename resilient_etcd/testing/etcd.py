@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from resilient_etcd._proto import auth_pb2, rpc_pb2, rpc_pb2_grpc
 from ._procs import ProcessRegistry, ServerProcess
 from ._support import HarnessError, WaitAborted, ensure_port_free, find_binary, free_port, log_tail, wait_until
 from .netns import NetnsHost, VirtualIP
-from .tls import CertFiles, make_certs
+from .tls import CertFiles, make_certs, make_jwt_keys
 from .toxiproxy import Proxy, ToxiproxyServer
 
 ROOT_PASSWORD_DEFAULT = "root-pw"
@@ -84,7 +85,7 @@ class EtcdMember(ServerProcess):
         c = self.cluster
         client_url = f"{self.scheme}://{self.direct_endpoint}"
         argv = [
-            find_binary("etcd"),
+            c.etcd_binary or find_binary("etcd"),
             "--name", self.name,
             "--data-dir", str(self.data_dir),
             "--listen-client-urls", client_url,
@@ -98,6 +99,9 @@ class EtcdMember(ServerProcess):
             "--auth-token-ttl", str(c.auth_token_ttl),
             *c.extra_args,
         ]
+        if c.jwt_keys is not None:  # JWTs expire at their TTL whatever their use (simple tokens are extended)
+            priv, pub = c.jwt_keys
+            argv += ["--auth-token", f"jwt,pub-key={pub},priv-key={priv},sign-method=ES256,ttl={c.jwt_ttl}s"]
         if c.certs is not None:
             argv += ["--cert-file", str(c.certs.server_cert), "--key-file", str(c.certs.server_key)]
             if c.client_cert_auth:  # etcd verifies client certificates whenever a trusted CA is set
@@ -134,14 +138,20 @@ class EtcdMember(ServerProcess):
         self.served_at = time.monotonic()
 
     def readyz(self, timeout: float = 0.5) -> bool:
-        """True when the member's /readyz says ok (it serves linearizable requests)."""
-        url = f"{self.scheme}://{self.direct_endpoint}/readyz"
+        """True when the member's /readyz says ok (it serves linearizable requests); etcd 3.4, which
+        has no /readyz, is asked /health."""
         ctx = self.cluster.ssl_context()
-        try:
-            with urllib.request.urlopen(url, timeout=timeout, context=ctx) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
+        for path in ("/readyz", "/health"):
+            try:
+                with urllib.request.urlopen(f"{self.scheme}://{self.direct_endpoint}{path}", timeout=timeout,
+                                            context=ctx) as resp:
+                    return bool(resp.status == 200)
+            except urllib.error.HTTPError as e:
+                if e.code != 404:
+                    return False
+            except OSError:
+                return False
+        return False
 
     def metric(self, name: str, timeout: float = 5.0) -> float:
         """The sum of every sample of Prometheus metric ``name`` on this member's ``/metrics``."""
@@ -222,6 +232,8 @@ class EtcdCluster:
         netns: bool = False,
         toxiproxy: ToxiproxyServer | None = None,
         auth_token_ttl: int = 300,
+        jwt_ttl: int | None = None,
+        etcd_binary: str | None = None,
         extra_args: tuple[str, ...] = (),
         start_timeout: float = 30.0,
     ) -> None:
@@ -237,7 +249,11 @@ class EtcdCluster:
         self.tls = tls
         self.client_cert_auth = client_cert_auth
         self.use_netns = netns
+        if jwt_ttl is not None and (isinstance(jwt_ttl, bool) or not isinstance(jwt_ttl, int) or jwt_ttl < 1):
+            raise ValueError(f"jwt_ttl must be a whole number of seconds >= 1, got {jwt_ttl!r}")
         self.auth_token_ttl = auth_token_ttl
+        self.jwt_ttl = jwt_ttl
+        self.etcd_binary = etcd_binary
         self.extra_args = tuple(extra_args)
         self.start_timeout = start_timeout
         self.token = "re-" + secrets.token_hex(4)
@@ -248,6 +264,7 @@ class EtcdCluster:
         self.members: list[EtcdMember] = []
         self.hosts: list[NetnsHost] = []
         self.certs: CertFiles | None = None
+        self.jwt_keys: tuple[Path, Path] | None = None
         self.root_password: str | None = None
         self._auth_tokens: dict[str, str] = {}
         self._vips: list[VirtualIP] = []
@@ -271,6 +288,8 @@ class EtcdCluster:
                 self.hosts.append(ns)
                 host = ns.address
             self.members.append(EtcdMember(self, i, host, ns))
+        if self.jwt_ttl is not None:
+            self.jwt_keys = make_jwt_keys(self.workdir / "jwt")
         if self.tls:
             ips = sorted({"127.0.0.1", *(m.host for m in self.members)})
             self.certs = make_certs(self.workdir / "certs", ips)

@@ -30,7 +30,7 @@ from .netns import leftover_namespaces, netns_available, reap_stale
 from .toxiproxy import ToxiproxyServer
 
 _FIXTURES = {"etcd_cluster", "etcd_member", "toxiproxy_server", "kube_apiserver"}
-_FRESH_KEYS = {"auth", "tls", "client_cert_auth", "netns", "auth_token_ttl", "extra_args"}
+_FRESH_KEYS = {"auth", "tls", "client_cert_auth", "netns", "auth_token_ttl", "jwt_ttl", "etcd_binary", "extra_args"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -86,3 +86,14 @@ def make_certs(directory: Path, ips: list[str], client_cn: str = "root") -> Cert
     _write_key(server_key, files.server_key)
     _write_key(client_key, files.client_key)
     return files
+
+
+def make_jwt_keys(directory: Path) -> tuple[Path, Path]:
+    """An ES256 key pair for etcd's ``--auth-token jwt,...``: ``(private key, public key)`` PEM files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    priv, pub = directory / "jwt.key", directory / "jwt.pub"
+    _write_key(key, priv)
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    return priv, pub

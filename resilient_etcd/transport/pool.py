@@ -77,6 +77,7 @@ class Connection:
         self.stubs = Stubs(self.channel)
         self.generation = 0
         self.health = EndpointHealth(policy, time.monotonic())
+        self.server_version: tuple[int, str] | None = None  # (generation, etcd version) once asked
 
     def transport_ready(self) -> bool:
         """Does the channel have a READY connection right now? (True when grpcio does not say: a

@@ -3,10 +3,12 @@ every blocking wait keeps the deadline, and unused clients release everything.""
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import io
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -135,3 +137,172 @@ def test_calls_on_a_closed_client_fail_at_once(etcd_cluster: EtcdCluster) -> Non
     with pytest.raises(etcd3.ClientClosedError):
         c.watch("/x")
     assert time.monotonic() - started < 1
+
+
+# ---- what a call starts, it stops (item 2) and lock expiry (item 3) ----
+
+def _outcome(fn: Callable[[], object]) -> object:
+    try:
+        return fn()
+    except BaseException as e:
+        return e
+
+
+def _keys(c: etcd3.Etcd3Client, prefix: str) -> list[bytes]:
+    return [m.key for _, m in c.get_prefix(prefix)]
+
+
+def test_failed_campaign_withdraws_its_candidacy(etcd_cluster: EtcdCluster) -> None:
+    """A campaign that fails while waiting (quorum lost) used to leave its key kept alive; a second
+    campaign then waited behind its own older key forever."""
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=2) as a_client, \
+            etcd3.client(endpoints=etcd_cluster.endpoints, timeout=2) as b_client:
+        a = a_client.election("withdraw", ttl=30)
+        assert a.campaign("a", timeout=5)
+        b = b_client.election("withdraw", ttl=2)
+        result: list[object] = []
+        waiter = threading.Thread(target=lambda: result.append(_outcome(lambda: b.campaign("b", timeout=60))))
+        waiter.start()
+        wait_until(lambda: len(_keys(a_client, "/election/withdraw/")) == 2, timeout=5, what="b's candidacy")
+        etcd_cluster.stop_quorum()
+        try:
+            waiter.join(30)
+            assert not waiter.is_alive(), "the campaign must end when the cluster loses its leader"
+        finally:
+            etcd_cluster.restore_quorum()
+        assert isinstance(result[0], etcd3.Etcd3Exception), result
+        assert b.lease is None and b.key is None
+        wait_until(lambda: len(_keys(a_client, "/election/withdraw/")) == 1, timeout=20,
+                   what="the failed candidate's key to go (revoked, or expired within its 2 s TTL)")
+        a.resign()
+        assert b.campaign("b", timeout=5), "a second campaign must not wait behind the first one's key"
+        b.resign()
+
+
+def test_failed_lock_release_stops_the_keeper(etcd_cluster: EtcdCluster) -> None:
+    """release() used to run its delete before stopping the keeper: when the delete failed, the
+    lease was refreshed and the lock held until the process exited."""
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=2) as c:
+        lock = c.lock("release-fails", ttl=3)
+        assert lock.acquire(timeout=5)
+        lease = lock.lease
+        assert lease is not None
+        etcd_cluster.stop_quorum()
+        try:
+            with etcd3.deadline(2), pytest.raises(etcd3.Etcd3Exception):
+                lock.release()
+            assert lease._keeper is not None and not lease._keeper.is_alive(), "the keeper must stop"
+        finally:
+            etcd_cluster.restore_quorum()
+        wait_until(lambda: c.get("/locks/release-fails") == (None, None), timeout=20,
+                   what="the lock key to go with its lease")
+
+
+@pytest.mark.etcd_cluster(size=1)
+def test_lock_without_keep_alive_expires_like_python_etcd3(etcd_cluster: EtcdCluster) -> None:
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=2) as c:
+        refreshed = c.lock("refreshed", ttl=2, keep_alive=False)
+        assert refreshed.acquire(timeout=5)
+        lost = threading.Event()
+        lapsed = c.lock("lapsed", ttl=2, keep_alive=False, on_lost=lambda _: lost.set())
+        assert lapsed.acquire(timeout=5)
+        end = time.monotonic() + 4
+        while time.monotonic() < end:  # the owner refreshes one lock and forgets the other
+            refreshed.refresh()
+            assert not lost.wait(0.5) or time.monotonic() > lapsed.lease.expires_at  # type: ignore[union-attr]
+        assert lost.is_set(), "on_lost must say when an unrefreshed lock expired"
+        with pytest.raises(etcd3.LockLostError):
+            lapsed.check()
+        wait_until(lambda: c.get("/locks/lapsed") == (None, None), timeout=5, what="the server to expire it")
+        assert refreshed.is_acquired()
+        assert refreshed.release()
+
+
+# ---- every blocking wait keeps the deadline (item 6) ----
+
+def _within(seconds: float, fn: Callable[[], object]) -> tuple[object, float]:
+    """Run ``fn`` in a thread (carrying our context); its outcome and duration, failing if it outlives
+    ``seconds`` + 5 (so a hang is reported, not waited for)."""
+    ctx = contextvars.copy_context()
+    out: list[object] = []
+    started = time.monotonic()
+    th = threading.Thread(target=lambda: out.append(ctx.run(_outcome, fn)), daemon=True)
+    th.start()
+    th.join(seconds + 5)
+    assert not th.is_alive(), f"still blocked {seconds + 5:.1f} s later"
+    return out[0], time.monotonic() - started
+
+
+def test_blocking_waits_keep_the_scope(client: etcd3.Etcd3Client) -> None:
+    holder = client.lock("held", ttl=10)
+    assert holder.acquire(timeout=5)
+    leader = client.election("held", ttl=10)
+    assert leader.campaign("x", timeout=5)
+    other = client.election("held", ttl=10)
+    try:
+        for name, fn in [
+            ("watch_once(timeout=None)", lambda: client.watch_once("/quiet", timeout=None)),
+            ("Lock.acquire(timeout=None)", lambda: client.lock("held").acquire(timeout=None)),
+            ("with lock:", lambda: client.lock("held").__enter__()),
+            ("campaign(timeout=None)", lambda: other.campaign("y", timeout=None)),
+        ]:
+            def scoped(fn: Callable[[], object] = fn) -> object:
+                with etcd3.deadline(0.5):
+                    return fn()
+
+            outcome, took = _within(0.5, scoped)
+            assert isinstance(outcome, etcd3.DeadlineExceeded), (name, outcome)
+            assert took < 0.5 + 0.1 + 0.2, (name, took)  # +100 ms, +200 ms for a loaded CI machine
+    finally:
+        holder.release()
+        leader.resign()
+
+
+def test_timeouts_bound_the_whole_operation(etcd_cluster: EtcdCluster) -> None:
+    """Lock.acquire(timeout=0.3) used to take 10-20 s with the cluster unreachable (the lease grant
+    and the transaction ran on the client default); watch_once's creation waited 10 s."""
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=10) as c:
+        for m in etcd_cluster.members:
+            m.require_proxy().blackhole()
+        try:
+            for name, fn, expected in [
+                ("Lock.acquire(timeout=0.3)", lambda: c.lock("x").acquire(timeout=0.3), False),
+                ("campaign(timeout=0.3)", lambda: c.election("x").campaign("v", timeout=0.3), False),
+                ("watch_once(timeout=0.3)", lambda: c.watch_once("/x", timeout=0.3), etcd3.WatchTimedOut),
+            ]:
+                outcome, took = _within(0.3, fn)
+                ok = outcome is expected if isinstance(expected, bool) else isinstance(outcome, expected)
+                assert ok, (name, outcome)
+                assert took < 0.3 + 0.1 + 0.2, (name, took)
+        finally:
+            for m in etcd_cluster.members:
+                m.require_proxy().heal()
+
+
+@pytest.mark.etcd_cluster(size=1, auth=True, jwt_ttl=2)
+def test_reauthentication_is_single_flight(etcd_cluster: EtcdCluster) -> None:
+    from resilient_etcd.metrics import METRICS
+    from resilient_etcd.testing.etcd import ROOT_PASSWORD_DEFAULT
+
+    def renewals() -> int:
+        return int(sum(METRICS.snapshot()["events"].get("token_renewals", {}).values()))
+
+    with etcd3.client(endpoints=etcd_cluster.endpoints, user="root", password=ROOT_PASSWORD_DEFAULT,
+                      timeout=5) as c:
+        c.put("/auth/k", "v")
+        before = renewals()
+        time.sleep(3)  # the token's 2 s TTL runs out (the scenario is the passage of time itself)
+        barrier = threading.Barrier(8)
+
+        def reader() -> object:
+            barrier.wait()
+            return c.get("/auth/k")[0]
+
+        outs: list[object] = []
+        threads = [threading.Thread(target=lambda: outs.append(_outcome(reader))) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert outs == [b"v"] * 8, outs
+        assert renewals() - before == 1, "eight threads with one stale token must renew it once"

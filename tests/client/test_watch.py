@@ -241,3 +241,65 @@ def test_no_quorum_require_leader_watch_fails_fast_then_resumes(etcd_cluster: Et
         assert [(e.value, e.mod_revision) for e in resp.events] == [(b"after", rev)]
         cancel()
     assert noticed < 15, f"no-leader took {noticed:.1f} s to surface"
+
+
+DEBIAN_ETCD = "/usr/bin/etcd"  # Debian's etcd-server 3.4.23 (make deps installs it): before etcd #15220's fix
+
+
+def _resumed_history(cluster: EtcdCluster, n: int) -> tuple[list[int], bool]:
+    """Write ``n`` keys while the member restarts twice under a prefix watch; the revisions the watch
+    delivered, and whether its stream trusted progress answers."""
+    with etcd3.client(endpoints=cluster.endpoints, timeout=5) as c:
+        events, cancel = c.watch_prefix("/v34/")
+        manager = c._watch_manager
+        assert manager is not None
+
+        def write() -> None:
+            for i in range(n):
+                for _ in range(100):  # through the restarts: retry until it lands (unique values, checked below)
+                    try:
+                        c.put(f"/v34/{i}", str(i))
+                        break
+                    except etcd3.Etcd3Exception:
+                        time.sleep(0.05)
+                if i in (n // 3, 2 * n // 3):
+                    cluster.members[0].restart()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        revisions: list[int] = []
+        keys: set[bytes] = set()
+        while len(keys) < n:
+            ev = next_within(events, 15)
+            assert ev is not None, f"the watch stopped after {len(keys)} of {n} keys"
+            revisions.append(ev.mod_revision)
+            keys.add(ev.key)
+        writer.join(30)
+        ordered = manager._progress_ordered
+        cancel()
+    return revisions, ordered
+
+
+@pytest.mark.etcd_cluster(size=1, etcd_binary=DEBIAN_ETCD)
+def test_watch_on_etcd_34_resumes_without_trusting_progress_answers(etcd_cluster: EtcdCluster) -> None:
+    """etcd before 3.4.25 / 3.5.8 could answer a progress request ahead of pending events (etcd #15220):
+    on such a server progress answers prove the stream alive but never raise the resume floor."""
+    version = etcd_cluster.members[0].status().version
+    assert version.startswith("3.4."), version
+    revisions, ordered = _resumed_history(etcd_cluster, 150)
+    assert not ordered, f"progress answers of etcd {version} must not move the floor"
+    assert revisions == sorted(set(revisions)), "in order, no duplicates"
+
+
+@pytest.mark.etcd_cluster(size=1)
+def test_watch_on_etcd_36_trusts_progress_answers(etcd_cluster: EtcdCluster) -> None:
+    revisions, ordered = _resumed_history(etcd_cluster, 150)
+    assert ordered and revisions == sorted(set(revisions))
+
+
+def test_progress_order_by_version() -> None:
+    from resilient_etcd.etcd.watch import progress_is_ordered
+
+    assert [progress_is_ordered(v) for v in ("3.4.23", "3.4.25", "3.5.7", "3.5.8", "3.6.0", "3.6.16-rc.0")] == [
+        False, True, False, True, True, True]
+    assert not progress_is_ordered(None) and not progress_is_ordered("") and not progress_is_ordered("x")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import IO, Any
 
-from . import deadlines
+from . import _lifecycle, deadlines
 from ._proto import rpc_pb2
 from .etcd.election import Election
 from .etcd.events import Event, WatchResponse
@@ -112,6 +112,8 @@ class Etcd3Client:
         self._watch_lock = threading.Lock()
         self._watch_manager: WatchManager | None = None
         self._watch_holder: list[WatchManager] = []  # for the finalizer, which must not hold self
+        self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()  # kept ones stop when the client closes
+        self._iterators: weakref.WeakSet[_WatchIterator] = weakref.WeakSet()
         self._transport = Transport(
             self._endpoints,
             tls=TlsConfig.from_files(ca_cert, cert_key, cert_cert),
@@ -124,7 +126,9 @@ class Etcd3Client:
             password=password,
         )
         # a client dropped without close() still stops its threads and closes its channels
-        self._finalizer = weakref.finalize(self, _shut, self._transport, self._watch_holder)
+        self._finalizer = weakref.finalize(self, _shut, self._transport, self._watch_holder, self._leases,
+                                           self._iterators)
+        _lifecycle.register(self)
         if user is not None:
             try:
                 self._transport.authenticate()
@@ -301,6 +305,7 @@ class Etcd3Client:
                                      timeout=timeout)
         lease = Lease(resp.ID, resp.TTL, self)
         lease.expires_at = sent + resp.TTL  # the server's clock started no earlier than our send
+        self._leases.add(lease)
         return lease
 
     def revoke_lease(self, lease_id: int, *, timeout: float | None = None) -> None:
@@ -362,8 +367,11 @@ class Etcd3Client:
         return self.add_watch_callback(p, callback, range_end=prefix_range_end(p), **kwargs)
 
     def cancel_watch(self, watch_id: int) -> None:
-        """Stop a watch; its iterator ends."""
-        self._watcher.cancel(watch_id)
+        """Stop a watch; its iterator ends (nothing to do once the client is closed)."""
+        with self._watch_lock:
+            manager = self._watch_manager
+        if manager is not None:
+            manager.cancel(watch_id)
 
     def watch_response(self, key: Key, **kwargs: Any) -> tuple[Iterator[WatchResponse], Callable[[], None]]:
         """``(iterator of WatchResponse, cancel)``; the iterator raises the error that ends the watch.
@@ -373,11 +381,11 @@ class Etcd3Client:
         """
         responses: queue.SimpleQueue[Any] = queue.SimpleQueue()
         watch_id = self.add_watch_callback(key, responses.put, **kwargs)
-        it = _WatchIterator(responses)
+        it = _WatchIterator(responses, self)
+        self._iterators.add(it)
 
         def cancel() -> None:
-            it.done = True
-            responses.put(None)
+            it.close()
             self.cancel_watch(watch_id)
 
         return it, cancel
@@ -534,8 +542,14 @@ class Etcd3Client:
                              default_timeout=None)
 
 
-def _shut(transport: Transport, watch_holder: list[WatchManager]) -> None:
-    """Close a client's watches and transport (from ``close()`` or when the client is collected)."""
+def _shut(transport: Transport, watch_holder: list[WatchManager], leases: weakref.WeakSet[Lease],
+          iterators: weakref.WeakSet[_WatchIterator]) -> None:
+    """Close a client (from ``close()``, when it is collected, or at exit): its lease keepers stop, its
+    watch iterators end, its watch threads, prober and channels go."""
+    for lease in list(leases):
+        lease.stop_keep_alive()
+    for it in list(iterators):
+        it.close()
     for manager in watch_holder:
         manager.close()
     watch_holder.clear()
@@ -543,11 +557,17 @@ def _shut(transport: Transport, watch_holder: list[WatchManager]) -> None:
 
 
 class _WatchIterator:
-    """Responses of one watch; raises the ending error, or a transient NoLeaderError and goes on."""
+    """Responses of one watch; raises the ending error, or a transient NoLeaderError and goes on.
+    Ends when the watch is cancelled or its client closed."""
 
-    def __init__(self, responses: queue.SimpleQueue[Any]) -> None:
+    def __init__(self, responses: queue.SimpleQueue[Any], client: Etcd3Client) -> None:
         self._responses = responses
+        self._client = client  # a watch in use keeps its client (and so its connections) alive
         self.done = False
+
+    def close(self) -> None:
+        self.done = True
+        self._responses.put(None)
 
     def __iter__(self) -> _WatchIterator:
         return self
@@ -555,7 +575,8 @@ class _WatchIterator:
     def __next__(self) -> WatchResponse:
         if self.done:
             raise StopIteration
-        item = self._responses.get()
+        with _lifecycle.busy():
+            item = self._responses.get()
         if item is None:
             self.done = True
             raise StopIteration

@@ -45,8 +45,8 @@ from kubernetes.client import rest
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_base, wait_random_exponential
 
-from .. import deadlines
-from ..exceptions import ConfigurationError, DeadlineExceeded
+from .. import _lifecycle, deadlines
+from ..exceptions import ClientClosedError, ConfigurationError, DeadlineExceeded
 from ..metrics import METRICS
 from ..policies import HealthPolicy, _count, _seconds
 from ..transport.health import EndpointHealth, State, Transition
@@ -186,17 +186,30 @@ class ApiClient(k8s.ApiClient):
                 on_close=lambda origin, reason, broken: (m := me()) and m(origin, reason, broken))
             self.rest_client.pool_manager = self._h2  # type: ignore[assignment]
         self._stop = threading.Event()
-        self._finalizer = weakref.finalize(self, _shutdown, self._stop, self.rest_client.pool_manager)
+        probers: list[threading.Thread] = []
+        self._finalizer = weakref.finalize(self, _shutdown, self._stop, self.rest_client.pool_manager, probers)
+        _lifecycle.register(self)
         if self.policy.probe_interval:
             ref = weakref.ref(self)
             for ep in self.endpoints:
-                threading.Thread(target=_probe_loop, args=(ref, ep, self._stop), daemon=True,
-                                 name=f"readyz {ep}").start()
+                t = threading.Thread(target=_probe_loop, args=(ref, ep, self._stop), daemon=True,
+                                     name=f"readyz {ep}")
+                probers.append(t)
+                t.start()
 
     def close(self) -> None:
-        """Stop the probers and close every apiserver connection (also done when garbage-collected)."""
+        """Stop the probers and close every apiserver connection (also done when garbage-collected,
+        and at process exit); watches on this client end."""
         self._finalizer()
         super().close()  # type: ignore[no-untyped-call]
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait between attempts; close() ends the wait."""
+        self._stop.wait(seconds)
 
     @classmethod
     def from_kubeconfig(cls, path: str | Path, context: str | None = None, **kwargs: Any) -> ApiClient:
@@ -264,6 +277,8 @@ class ApiClient(k8s.ApiClient):
 
     def call_api(self, method: str, url: str, header_params: Any = None, body: Any = None,
                  post_params: Any = None, _request_timeout: Any = None) -> rest.RESTResponse:
+        if self.closed:
+            raise ClientClosedError(f"the ApiClient was closed; {method} was not sent")
         base = self.configuration.host.rstrip("/")
         path = url[len(base):] if url.startswith(base) else None
         if path is None:  # an operation-specific host: leave it alone
@@ -320,9 +335,10 @@ class ApiClient(k8s.ApiClient):
 
         # client-go retries a Retry-After answer up to 10 times; connection failures get a few per apiserver
         attempts = max(_MAX_ATTEMPTS, 4 * len(self.endpoints) + 2)
-        retrying = Retrying(stop=stop_after_attempt(attempts) | stop_when(out_of_time),
+        retrying = Retrying(stop=stop_after_attempt(attempts) | stop_when(out_of_time) | stop_when(lambda: self.closed),
                             wait=_wait_retry_after(self.policy.max_retry_after, deadline), before_sleep=before_sleep,
-                            retry=retry_if_exception_type(_Retryable), reraise=True)
+                            retry=retry_if_exception_type(_Retryable), reraise=True,
+                            sleep=self._sleep)
         try:
             result: rest.RESTResponse = retrying(attempt)
         except _Retryable as e:
@@ -411,9 +427,12 @@ def _probe_loop(ref: weakref.ref[ApiClient], endpoint: str, stop: threading.Even
         del client
 
 
-def _shutdown(stop: threading.Event, pool: Any) -> None:
+def _shutdown(stop: threading.Event, pool: Any, probers: list[threading.Thread]) -> None:
     stop.set()
     (pool.close if isinstance(pool, H2PoolManager) else pool.clear)()
+    for t in probers:
+        if t is not threading.current_thread():
+            t.join(timeout=1.0)
 
 
 def _origin(endpoint: str) -> str:

@@ -237,6 +237,11 @@ class H2Connection:
     def close(self, reason: str = "closed by the client") -> None:
         self._fail(ConnectionDead(f"connection to {self.origin} closed: {reason}"), reason, broken=False)
 
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the I/O thread to end (after :meth:`close`)."""
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
     # ---- the I/O thread ----
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -555,10 +560,14 @@ class H2PoolManager:
         self.fallback.clear()
 
     def close(self) -> None:
-        """``clear()`` for good: no connection is dialled afterwards (the ``ApiClient`` is closed)."""
+        """``clear()`` for good: no connection is dialled afterwards (the ``ApiClient`` is closed); waits
+        briefly for the connections' I/O threads to end."""
         with self._lock:
             self._shut = True
+            conns = [c for cs in self._conns.values() for c in cs]
         self.clear()
+        for c in conns:
+            c.join(timeout=1.0)
 
 
 def _timeouts(timeout: Any, default_connect: float) -> tuple[float, float | None]:

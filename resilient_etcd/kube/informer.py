@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .. import _lifecycle
 from .watches import _relist, watch
 
 log = logging.getLogger("resilient_etcd.kube.informer")
@@ -57,6 +58,7 @@ class Informer:
             raise RuntimeError("informer already started")
         self._thread = threading.Thread(target=self._run, name="informer", daemon=True)
         self._thread.start()
+        _lifecycle.register(self)
         return self
 
     def wait_synced(self, timeout: float | None = None) -> bool:
@@ -65,8 +67,12 @@ class Informer:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+    def close(self) -> None:
+        """Stop, waiting briefly (at process exit, the informer is closed this way)."""
+        self.stop(timeout=1.0)
 
     def __enter__(self) -> Informer:
         return self.start()

@@ -30,6 +30,8 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 from tenacity import RetryCallState, wait_random_exponential
 
+from .. import _lifecycle
+
 log = logging.getLogger("resilient_etcd.kube.watch")
 
 _STREAM_ERRORS = (urllib3.exceptions.HTTPError, OSError, ApiException)
@@ -59,11 +61,22 @@ def watch(list_func: Callable[..., Any], *args: Any, resource_version: str | Non
     if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)) or not idle_timeout > 0:
         raise ValueError(f"idle_timeout must be a positive number of seconds, got {idle_timeout!r}")
     stop = stop or threading.Event()
+    api = getattr(getattr(list_func, "__self__", None), "api_client", None)
+    with _lifecycle.busy():
+        yield from _watch(list_func, args, kwargs, rv=resource_version, idle_timeout=idle_timeout, stop=stop,
+                          closed=lambda: bool(getattr(api, "closed", False)))
+
+
+def _watch(list_func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, rv: str | None,
+           idle_timeout: float, stop: threading.Event, closed: Callable[[], bool]) -> Iterator[dict[str, Any]]:
+    """The loop of :func:`watch`; ends when ``stop`` is set or the client is closed."""
     backoff = wait_random_exponential(multiplier=0.1, max=5.0)
     failures = 0
 
     def pause(error: BaseException) -> None:
         nonlocal failures
+        if closed():
+            return
         if is_permanent(error):
             raise error
         failures += 1
@@ -75,13 +88,12 @@ def watch(list_func: Callable[..., Any], *args: Any, resource_version: str | Non
                 extra={"event": "kube_watch_retry", "failures": failures})
         stop.wait(delay)
 
-    rv = resource_version
-    while rv is None and not stop.is_set():
+    while rv is None and not stop.is_set() and not closed():
         try:
             rv, listing = _relist(list_func, args, kwargs)
         except _STREAM_ERRORS as e:
             pause(e)
-    while not stop.is_set():
+    while not stop.is_set() and not closed():
         try:
             resp = list_func(*args, watch=True, allow_watch_bookmarks=True, resource_version=rv,
                              _preload_content=False, _request_timeout=(2.0, idle_timeout), **kwargs)

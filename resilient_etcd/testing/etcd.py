@@ -175,6 +175,12 @@ class EtcdMember(ServerProcess):
             raise HarnessError("drop() needs a cluster started with netns=True")
         self.netns.drop(self.client_port)
 
+    def reject(self) -> None:
+        """ICMP port-unreachable for client traffic inside the member's namespace (undo: ``undrop()``)."""
+        if self.netns is None:
+            raise HarnessError("reject() needs a cluster started with netns=True")
+        self.netns.reject(self.client_port)
+
     def undrop(self) -> None:
         if self.netns is None:
             raise HarnessError("undrop() needs a cluster started with netns=True")

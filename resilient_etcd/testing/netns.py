@@ -133,6 +133,13 @@ class NetnsHost:
         self.exec("iptables", "-A", "INPUT", *match, "-j", "DROP")
         self.exec("iptables", "-A", "OUTPUT", *back, "-j", "DROP")
 
+    def reject(self, port: int) -> None:
+        """Answer TCP ``port``'s incoming packets with ICMP port-unreachable and drop its replies: an
+        established connection's sender then sees "connection refused" when its timer fires."""
+        self.exec("iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(port), "-j", "REJECT",
+                  "--reject-with", "icmp-port-unreachable")
+        self.exec("iptables", "-A", "OUTPUT", "-p", "tcp", "--sport", str(port), "-j", "DROP")
+
     def undrop(self) -> None:
         self.exec("iptables", "-F", "INPUT")
         self.exec("iptables", "-F", "OUTPUT")

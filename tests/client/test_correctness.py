@@ -306,3 +306,55 @@ def test_reauthentication_is_single_flight(etcd_cluster: EtcdCluster) -> None:
             t.join(10)
         assert outs == [b"v"] * 8, outs
         assert renewals() - before == 1, "eight threads with one stale token must renew it once"
+
+
+# ---- "never sent" needs proof (item 9) ----
+
+@pytest.mark.etcd_cluster(size=3, netns=True, proxied=False)
+def test_refused_on_an_established_connection_is_not_proof_of_never_sent(etcd_cluster: EtcdCluster) -> None:
+    """A put reaches a frozen member's socket; the path then answers ICMP port-unreachable, so the
+    connection dies with "Connection refused" when its timer fires. That text used to count as "never
+    sent": the put was retried on another member, and applied again when the member woke up."""
+    m0 = etcd_cluster.members[0]
+    # probes would notice the freeze first (ejection: not retried either way); let the connection's
+    # own timer (TCP_USER_TIMEOUT = keepalive timeout) speak
+    health = etcd3.HealthPolicy(probe_interval=30, dead_after=60)
+    keepalive = etcd3.KeepalivePolicy(time=5, timeout=1)
+    with etcd3.client(endpoints=[m.direct_endpoint for m in etcd_cluster.members], timeout=15,
+                      health=health, keepalive=keepalive) as c:
+        start = c.put("/icmp/warm", "0").header.revision
+        assert next(h for h in c.endpoint_health() if h.active).endpoint == m0.direct_endpoint
+        m0.pause()
+        outcome: list[object] = []
+        writer = threading.Thread(target=lambda: outcome.append(_outcome(lambda: c.put("/icmp/k", "once"))))
+        writer.start()
+        time.sleep(0.3)  # the put is in m0's socket buffer (the scenario's order, not a synchronisation)
+        m0.reject()
+        writer.join(20)
+        m0.undrop()
+        m0.resume()
+        assert not writer.is_alive()
+        with etcd3.client(endpoints=[etcd_cluster.members[1].direct_endpoint], timeout=5) as other:
+            # let the woken member process what it had buffered, then read the key's whole history
+            wait_until(lambda: m0.status().raftIndex >= etcd_cluster.members[1].status().raftIndex, timeout=10,
+                       what="the woken member to catch up")
+            applied = [e for e in _history(other, "/icmp/k", start)]
+    assert len(applied) <= 1, f"the put was applied {len(applied)} times (at {applied}; the call: {outcome})"
+    assert isinstance(outcome[0], etcd3.ConnectionFailedError), outcome
+
+
+def _history(c: etcd3.Etcd3Client, key: str, start: int) -> list[int]:
+    """Revisions at which ``key`` was written after ``start``."""
+    revisions: list[int] = []
+    events, cancel = c.watch(key, start_revision=start + 1)
+    end = c.get_response("/").header.revision
+    while not revisions or revisions[-1] < end:
+        got: list[object] = []
+        t = threading.Thread(target=lambda: got.append(next(events)), daemon=True)
+        t.start()
+        t.join(1)
+        if not got:
+            break
+        revisions.append(got[0].mod_revision)  # type: ignore[attr-defined]
+    cancel()
+    return revisions

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -61,7 +62,8 @@ def keepalive_check(endpoint: str, timeout: float, ca_cert: str | None, cert_key
 
     ep = parse_endpoint(endpoint)
     ctx: ssl.SSLContext | None = None
-    if ep.secure or (ep.secure is None and ca_cert):
+    # the same rule as the client's own (TlsConfig.from_files): any certificate file means TLS
+    if ep.secure or (ep.secure is None and (ca_cert or cert_cert or cert_key)):
         ctx = ssl.create_default_context(cafile=ca_cert)
         if cert_cert:
             ctx.load_cert_chain(cert_cert, cert_key)
@@ -204,6 +206,17 @@ def _table(reports: list[Report]) -> str:
     return _grid(cols, rows)
 
 
+PASSWORD_ENV = "RESILIENT_ETCD_PASSWORD"
+
+
+def _password(given: str | None, path: str | None) -> str | None:
+    """The etcd password: ``--password-file``, else ``--password``, else ``$RESILIENT_ETCD_PASSWORD``."""
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    return given if given is not None else os.environ.get(PASSWORD_ENV)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m resilient_etcd")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -214,12 +227,19 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--apiservers", help="extra API server URLs (comma-separated), same credentials")
     d.add_argument("--timeout", type=float, default=2.0, help="deadline per endpoint, seconds (default 2)")
     d.add_argument("--user")
-    d.add_argument("--password")
+    d.add_argument("--password", help=f"visible to other users in `ps`: prefer ${PASSWORD_ENV} or --password-file")
+    d.add_argument("--password-file", help="read the password from this file (first line)")
     d.add_argument("--ca-cert")
     d.add_argument("--cert-key")
     d.add_argument("--cert-cert")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     a = p.parse_args(argv)
+    try:
+        a.password = _password(a.password, a.password_file)
+    except OSError as e:
+        p.error(f"cannot read --password-file {a.password_file!r}: {e.strerror or e}")
+    if a.password is not None and a.user is None:
+        p.error("a password needs --user")
     if not a.endpoints and not a.kubeconfig:
         p.error("give --endpoints (etcd), --kubeconfig (Kubernetes) or both")
     endpoints = [e.strip() for e in (a.endpoints or "").split(",") if e.strip()]

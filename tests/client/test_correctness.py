@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import gc
 import io
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -344,17 +345,16 @@ def test_refused_on_an_established_connection_is_not_proof_of_never_sent(etcd_cl
 
 
 def _history(c: etcd3.Etcd3Client, key: str, start: int) -> list[int]:
-    """Revisions at which ``key`` was written after ``start``."""
+    """Revisions at which ``key`` was written after ``start`` (a replaying watch, read until quiet)."""
+    seen: queue.SimpleQueue[object] = queue.SimpleQueue()
+    wid = c.add_watch_callback(key, seen.put, start_revision=start + 1)
     revisions: list[int] = []
-    events, cancel = c.watch(key, start_revision=start + 1)
-    end = c.get_response("/").header.revision
-    while not revisions or revisions[-1] < end:
-        got: list[object] = []
-        t = threading.Thread(target=lambda: got.append(next(events)), daemon=True)
-        t.start()
-        t.join(1)
-        if not got:
-            break
-        revisions.append(got[0].mod_revision)  # type: ignore[attr-defined]
-    cancel()
-    return revisions
+    try:
+        while True:
+            try:
+                resp = seen.get(timeout=1)
+            except queue.Empty:
+                return revisions
+            revisions += [e.mod_revision for e in resp.events]  # type: ignore[attr-defined]
+    finally:
+        c.cancel_watch(wid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,38 @@ def test_tls_member_with_client_certificates(etcd_cluster: EtcdCluster) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (r,) = json.loads(proc.stdout)["etcd"]
     assert r["healthy"] and r["keepalive"].startswith("PING ack"), r  # the PING went over TLS + ALPN h2
+
+
+@pytest.mark.etcd_cluster(size=1, auth=True)
+def test_password_from_a_file_or_the_environment(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
+    """--password shows in `ps`; the file and the environment variable do not."""
+    from resilient_etcd.testing.etcd import ROOT_PASSWORD_DEFAULT
+
+    secret = tmp_path / "password"
+    secret.write_text(ROOT_PASSWORD_DEFAULT + "\n")
+    by_file = doctor("--endpoints", etcd_cluster.endpoints[0], "--user", "root", "--password-file", str(secret),
+                     "--json")
+    assert by_file.returncode == 0, by_file.stdout + by_file.stderr
+    assert json.loads(by_file.stdout)["etcd"][0]["auth"] == "ok"
+    env = {**os.environ, "RESILIENT_ETCD_PASSWORD": ROOT_PASSWORD_DEFAULT}
+    by_env = subprocess.run([sys.executable, "-m", "resilient_etcd", "doctor", "--endpoints",
+                             etcd_cluster.endpoints[0], "--user", "root", "--json"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert by_env.returncode == 0, by_env.stdout + by_env.stderr
+    assert ROOT_PASSWORD_DEFAULT not in by_env.stdout + by_env.stderr
+    assert doctor("--endpoints", "a:1", "--user", "root", "--password-file", str(tmp_path / "nope")).returncode == 2
+
+
+@pytest.mark.etcd_cluster(size=1, tls=True, client_cert_auth=True, proxied=False)
+def test_client_certificate_without_ca_pings_over_tls(etcd_cluster: EtcdCluster) -> None:
+    """With a client certificate, no --ca-cert and no https://, the PING check dialled plaintext while
+    the main check used TLS (server trusted through the system roots, here the environment's)."""
+    certs = etcd_cluster.certs
+    assert certs is not None
+    env = {**os.environ, "SSL_CERT_FILE": str(certs.ca), "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(certs.ca)}
+    proc = subprocess.run([sys.executable, "-m", "resilient_etcd", "doctor", "--endpoints", etcd_cluster.endpoints[0],
+                           "--cert-key", str(certs.client_key), "--cert-cert", str(certs.client_cert), "--json"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (r,) = json.loads(proc.stdout)["etcd"]
+    assert r["healthy"] and r["keepalive"].startswith("PING ack"), r

@@ -234,12 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--cert-cert")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     a = p.parse_args(argv)
-    try:
-        a.password = _password(a.password, a.password_file)
-    except OSError as e:
-        p.error(f"cannot read --password-file {a.password_file!r}: {e.strerror or e}")
-    if a.password is not None and a.user is None:
+    if (a.password is not None or a.password_file is not None) and a.user is None:
         p.error("a password needs --user")
+    try:
+        a.password = _password(a.password, a.password_file) if a.user is not None else None
+    except OSError as err:
+        p.error(f"cannot read --password-file {a.password_file!r}: {err.strerror or err}")
     if not a.endpoints and not a.kubeconfig:
         p.error("give --endpoints (etcd), --kubeconfig (Kubernetes) or both")
     endpoints = [e.strip() for e in (a.endpoints or "").split(",") if e.strip()]

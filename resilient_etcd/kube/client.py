@@ -27,6 +27,7 @@ What changes for every generated ``*Api`` class that uses it:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import socket
@@ -298,9 +299,14 @@ class ApiClient(k8s.ApiClient):
             connect, read = timeout
             t = (min(connect, left) if left else connect, (min(read, left) if left and read else read))
             try:
-                resp: rest.RESTResponse = self.rest_client.request(
-                    method, endpoint + path, headers=header_params, body=body, post_params=post_params,
-                    _request_timeout=t)
+                # the scope bounds the whole response as it is read, not only each read (a LIST that keeps
+                # trickling in must still end at the deadline); a watch without a deadline streams on
+                with deadlines.deadline(left) if left else contextlib.nullcontext():
+                    resp: rest.RESTResponse = self.rest_client.request(
+                        method, endpoint + path, headers=header_params, body=body, post_params=post_params,
+                        _request_timeout=t)
+                    if not watch:  # read the body here: inside the deadline, and retried if it breaks
+                        resp.response.data  # noqa: B018
             except _NEVER_SENT as e:  # never sent: safe to retry anything, elsewhere
                 self._failover(endpoint, e)
                 raise _Retryable(e) from e

@@ -47,6 +47,9 @@ import h2.settings
 import urllib3
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProtocolError, ReadTimeoutError
 
+from .. import deadlines
+from ..exceptions import DeadlineExceeded
+
 log = logging.getLogger("resilient_etcd.kube.h2")
 
 _HOP_BY_HOP = frozenset({"connection", "host", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
@@ -378,6 +381,7 @@ class H2Response:
 
     def __init__(self, stream: _Stream, headers: list[tuple[bytes, bytes]], read_timeout: float | None) -> None:
         self._stream, self._read_timeout = stream, read_timeout
+        self._deadline = deadlines.current_deadline()  # the scope in force when the request was made
         self.headers = urllib3.HTTPHeaderDict()
         self.status = 0
         for k, v in headers:
@@ -398,10 +402,17 @@ class H2Response:
             data, self._buffer = self._buffer, b""
             yield data
         while not self._done:
+            wait = self._read_timeout
+            if self._deadline is not None:
+                left = max(0.0, self._deadline - time.monotonic())
+                wait = left if wait is None else min(wait, left)
             try:
-                item = self._stream.chunks.get(timeout=self._read_timeout)
+                item = self._stream.chunks.get(timeout=wait)
             except queue.Empty:
                 self.release_conn()
+                if self._deadline is not None and time.monotonic() >= self._deadline:
+                    raise DeadlineExceeded(f"deadline exceeded while the response of {self._stream.url} "
+                                           "was arriving") from None
                 raise ReadTimeoutError(None, self._stream.url,  # type: ignore[arg-type]
                                        f"no data for {self._read_timeout} s") from None
             if item is _END:

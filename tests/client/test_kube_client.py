@@ -135,3 +135,22 @@ def test_client_certificate_auth_over_http2(two_apiservers: list[KubeApiServer])
         assert api.active_endpoint == b.url
     finally:
         api.close()
+
+
+def test_deadline_bounds_the_whole_response(kube_apiserver: KubeApiServer) -> None:
+    """The deadline used to bound each read only: a LIST that kept trickling in ran past ``deadline()``."""
+    v1 = k8s.CoreV1Api(ApiClient.from_kubeconfig(kube_apiserver.kubeconfig(), policy=KubePolicy(probe_interval=0)))
+    blob = "x" * 64 * 1024
+    for i in range(16):
+        v1.create_namespaced_config_map("default", {"metadata": {"name": f"big-{i}"}, "data": {"v": blob}})
+    kube_apiserver.require_proxy().bandwidth(256)  # KB/s: the 1 MiB LIST needs ~4 s
+    try:
+        started = time.monotonic()
+        with etcd3.deadline(1.5), pytest.raises(etcd3.DeadlineExceeded):
+            v1.list_namespaced_config_map("default")
+        took = time.monotonic() - started
+    finally:
+        kube_apiserver.require_proxy().heal()
+        for i in range(16):
+            v1.delete_namespaced_config_map(f"big-{i}", "default")
+    assert took < 1.5 + 0.1 + 0.2, took

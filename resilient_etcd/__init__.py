@@ -6,6 +6,13 @@ Usage (docs/quickstart.md; its samples run against real servers in tests/test_do
     client = etcd3.client(endpoints=["m1:2379", "m2:2379", "m3:2379"])
 """
 
+import logging as _logging
+import os as _os
+
+# grpc-core logs failed handshakes and the like to stderr (hundreds of lines for one wrong CA); our
+# errors carry the cause. GRPC_VERBOSITY set by the user wins (it must be set before grpc is imported).
+_os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 from . import exceptions
 from .client import DEFAULT_TIMEOUT, Etcd3Client, client
 from .deadlines import current_deadline, deadline, no_retry, remaining
@@ -22,6 +29,7 @@ from .exceptions import (
     ConnectionFailedError,
     ConnectionTimeoutError,
     DeadlineExceeded,
+    EndpointConfigurationError,
     EndpointsUnavailable,
     Etcd3Exception,
     InternalServerError,
@@ -35,6 +43,9 @@ from .exceptions import (
 from .policies import HealthPolicy, KeepalivePolicy, RetryPolicy
 from .transport.endpoints import Endpoint
 from .transport.pool import EndpointStatus
+
+# a library logs, the application decides where to: nothing reaches stderr unless logging is configured
+_logging.getLogger("resilient_etcd").addHandler(_logging.NullHandler())
 
 __version__ = "0.1.0"
 
@@ -50,6 +61,7 @@ __all__ = [
     "DeleteEvent",
     "Election",
     "Endpoint",
+    "EndpointConfigurationError",
     "EndpointStatus",
     "EndpointsUnavailable",
     "Etcd3Client",

@@ -7,6 +7,7 @@ keyword-only ``timeout`` (seconds) where a call is made. Each call's deadline is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -31,7 +32,14 @@ from .etcd.transactions import (
     lease_id,
 )
 from .etcd.watch import WatchManager
-from .exceptions import ClientClosedError, ConfigurationError, DeadlineExceeded, WatchTimedOut
+from .exceptions import (
+    ClientClosedError,
+    ConfigurationError,
+    DeadlineExceeded,
+    Etcd3Exception,
+    LeaseLostError,
+    WatchTimedOut,
+)
 from .policies import HealthPolicy, KeepalivePolicy, RetryPolicy
 from .transport.endpoints import Endpoint, TlsConfig, parse_endpoint
 from .transport.pool import Connection, EndpointStatus, Stubs
@@ -83,7 +91,7 @@ class Etcd3Client:
     def __init__(
         self,
         host: str = "localhost",
-        port: int = 2379,
+        port: int | str = 2379,
         ca_cert: str | None = None,
         cert_key: str | None = None,
         cert_cert: str | None = None,
@@ -137,7 +145,7 @@ class Etcd3Client:
                 raise
 
     @staticmethod
-    def _parse_endpoints(host: str, port: int, endpoints: Sequence[str | Endpoint] | None) -> list[Endpoint]:
+    def _parse_endpoints(host: str, port: int | str, endpoints: Sequence[str | Endpoint] | None) -> list[Endpoint]:
         if endpoints is not None:
             if isinstance(endpoints, (str, bytes)):
                 raise ConfigurationError("endpoints must be a list of addresses, not a single string")
@@ -149,6 +157,8 @@ class Etcd3Client:
             if len({e.target for e in parsed}) != len(parsed):
                 raise ConfigurationError(f"duplicate endpoints in {[e.target for e in parsed]}")
             return parsed
+        if isinstance(port, str) and port.strip().isdigit():  # python-etcd3 accepts "2379"
+            port = int(port)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise ConfigurationError(f"port must be an integer 1-65535, got {port!r}")
         return [parse_endpoint(f"{host}:{port}" if ":" not in host or host.startswith("[") else f"[{host}]:{port}")]
@@ -237,17 +247,19 @@ class Etcd3Client:
         """Write ``value`` to ``key``; never sent twice unless the first send provably never left."""
         req = rpc_pb2.PutRequest(key=to_bytes(key), value=to_bytes(value, "value"), lease=lease_id(lease),
                                  prev_kv=prev_kv)
-        resp: rpc_pb2.PutResponse = self._transport.unary("kv", "Put", req, timeout=timeout)
+        with _lease_gone(lease):
+            resp: rpc_pb2.PutResponse = self._transport.unary("kv", "Put", req, timeout=timeout)
         return resp
 
     def put_if_not_exists(self, key: Key, value: Key, lease: Lease | int | None = None,
                           *, timeout: float | None = None) -> bool:
         """Create ``key`` only if absent; True when it was created."""
-        succeeded, _ = self.transaction(
-            compare=[self.transactions.create(key) == 0],
-            success=[self.transactions.put(key, value, lease=lease)],
-            failure=[], timeout=timeout,
-        )
+        with _lease_gone(lease):
+            succeeded, _ = self.transaction(
+                compare=[self.transactions.create(key) == 0],
+                success=[self.transactions.put(key, value, lease=lease)],
+                failure=[], timeout=timeout,
+            )
         return succeeded
 
     def replace(self, key: Key, initial_value: Key, new_value: Key, *, timeout: float | None = None) -> bool:
@@ -540,6 +552,23 @@ class Etcd3Client:
 
         self._transport.call("Maintenance.Snapshot", invoke, timeout=timeout, pin=self._member_conn(endpoint),
                              default_timeout=None)
+
+
+@contextlib.contextmanager
+def _lease_gone(lease: Lease | int | None) -> Iterator[None]:
+    """A write on a lease the server no longer knows raises :class:`LeaseLostError` (and marks a
+    :class:`Lease` lost), as promised, instead of a bare "requested lease not found"."""
+    if isinstance(lease, Lease):
+        lease.check()
+    try:
+        yield
+    except Etcd3Exception as e:
+        if lease is None or lease == 0 or "lease not found" not in str(e):
+            raise
+        if isinstance(lease, Lease):
+            lease._mark_lost("not found on the server (expired or revoked)", notify=False)
+            raise LeaseLostError(lease.id, "not found on the server (expired or revoked)") from e
+        raise LeaseLostError(int(lease), "not found on the server (expired or revoked)") from e
 
 
 def _shut(transport: Transport, watch_holder: list[WatchManager], leases: weakref.WeakSet[Lease],

@@ -4,7 +4,8 @@ Hierarchy::
 
     Etcd3Exception
     ├── ConnectionFailedError          gRPC UNAVAILABLE: the member could not be reached
-    │   ├── EndpointsUnavailable       no endpoint answered within the deadline
+    │   ├── EndpointsUnavailable       no endpoint answered within the deadline (also a DeadlineExceeded)
+    │   ├── EndpointConfigurationError no endpoint can work as configured (DNS, TLS): raised at once
     │   ├── ClientClosedError          the client (or its watch) was closed
     │   └── NoLeaderError              no raft leader (on watches: transient, the watch resumes)
     ├── ConnectionTimeoutError         gRPC DEADLINE_EXCEEDED
@@ -72,8 +73,20 @@ class DeadlineExceeded(ConnectionTimeoutError):
     """The deadline for the call (scope, per-call ``timeout`` or client default) ran out."""
 
 
-class EndpointsUnavailable(ConnectionFailedError):
-    """Every endpoint failed; ``errors`` maps endpoint to its last error."""
+class EndpointsUnavailable(ConnectionFailedError, DeadlineExceeded):
+    """The deadline ran out with no endpoint answering (refused, unreachable, or silent); ``errors`` maps
+    each endpoint to its last error. Both python-etcd3's ``ConnectionFailedError`` and our
+    :class:`DeadlineExceeded` catch it."""
+
+    def __init__(self, detail_message: str, errors: dict[str, str] | None = None) -> None:
+        self.errors = dict(errors or {})
+        super().__init__(detail_message)
+
+
+class EndpointConfigurationError(ConnectionFailedError):
+    """No endpoint can work as configured, and waiting will not change that: a host name that does not
+    resolve, a certificate that fails verification, TLS spoken to a plaintext port or the reverse.
+    Raised at once, not at the deadline; ``errors`` maps each endpoint to its cause."""
 
     def __init__(self, detail_message: str, errors: dict[str, str] | None = None) -> None:
         self.errors = dict(errors or {})
@@ -93,7 +106,7 @@ class LeaseLostError(Etcd3Exception):
 
     def __init__(self, lease_id: int, reason: str) -> None:
         self.lease_id, self.reason = lease_id, reason
-        super().__init__(f"lease {lease_id:x} lost: {reason}")
+        super().__init__(f"lease {lease_id:#x} lost: {reason}")
 
 
 class LockLostError(Etcd3Exception):
@@ -111,6 +124,7 @@ __all__ = [
     "ConnectionFailedError",
     "ConnectionTimeoutError",
     "DeadlineExceeded",
+    "EndpointConfigurationError",
     "EndpointsUnavailable",
     "Etcd3Exception",
     "InternalServerError",

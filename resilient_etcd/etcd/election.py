@@ -169,7 +169,8 @@ class Election:
                 if value != last:
                     last = value
                     yield value
-                next(events)
+                if next(events, None) is None:
+                    return  # cancelled, or the client was closed
                 current = self.leader()
                 value = None if current is None else current[0]
 

@@ -46,7 +46,7 @@ class Lease:
 
     def __repr__(self) -> str:
         state = f", lost: {self._lost}" if self._lost else ""
-        return f"Lease(id={self.id}, ttl={self.ttl}{state})"
+        return f"Lease(id={self.id:#x}, ttl={self.ttl}{state})"
 
     @property
     def is_lost(self) -> bool:
@@ -127,7 +127,7 @@ class Lease:
             try:
                 client.revoke_lease(lease_id, timeout=ttl)
             except Exception as e:  # it expires by itself within its TTL
-                log.info("lease %x: revoke after a failure did not get through (%s); it expires within %d s",
+                log.info("lease %#x: revoke after a failure did not get through (%s); it expires within %d s",
                          lease_id, e, ttl, extra={"lease": lease_id, "event": "lease_abandoned"})
 
         threading.Thread(target=revoke, name=f"resilient-etcd-revoke-{lease_id:x}", daemon=True).start()
@@ -152,7 +152,7 @@ class Lease:
             except LeaseLostError:
                 return
             except Exception as e:  # any failure: keep trying until the TTL says the lease is gone
-                log.warning("lease %x keep-alive failed (%.1f s of TTL left): %s", self.id, left, e,
+                log.warning("lease %#x keep-alive failed (%.1f s of TTL left): %s", self.id, left, e,
                             extra={"lease": self.id, "event": "lease_keepalive_failed"})
                 interval = min(0.5, max(left / 4, 0.05))  # try again soon, well before it runs out
 
@@ -165,7 +165,7 @@ class Lease:
         self._stop.set()
         if notify:
             METRICS.inc("lease_losses")
-            log.error("lease %x lost: %s", self.id, reason, extra={"lease": self.id, "event": "lease_lost"})
+            log.error("lease %#x lost: %s", self.id, reason, extra={"lease": self.id, "event": "lease_lost"})
         for cb in callbacks:
             try:
                 cb(self)

@@ -453,6 +453,11 @@ class H2Response:
 
     close = release_conn
 
+    def abort(self) -> None:
+        """From another thread: end the body here (a reader blocked on it sees its end) and reset the stream."""
+        self._stream.chunks.put(_END)
+        self._stream.conn.cancel(self._stream)
+
     @property
     def closed(self) -> bool:
         return self._done

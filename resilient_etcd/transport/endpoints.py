@@ -93,6 +93,25 @@ def _read(path: str | None, what: str) -> bytes | None:
     return data
 
 
+def _check_pem(ca_cert: str | None, cert_key: str | None, cert_cert: str | None) -> None:
+    """Parse the files as the TLS stack will, so a junk file is an error now, not a handshake failure
+    at every call (grpc accepts any bytes and fails each connection later)."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca_cert is not None:
+        try:
+            ctx.load_verify_locations(cafile=ca_cert)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigurationError(f"ca_cert {ca_cert!r} holds no PEM certificate: {exc}") from None
+    if cert_cert is not None and cert_key is not None:
+        try:
+            ctx.load_cert_chain(cert_cert, cert_key)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigurationError(f"cert_cert {cert_cert!r} / cert_key {cert_key!r}: not a PEM certificate and "
+                                     f"its matching private key ({exc})") from None
+
+
 @dataclass(frozen=True, repr=False)
 class TlsConfig:
     """PEM bytes read once at construction; ``repr`` never shows key material."""
@@ -110,7 +129,9 @@ class TlsConfig:
             raise ConfigurationError("cert_key and cert_cert must be given together (client certificate and its key)")
         if ca_cert is None and cert_key is None:
             return None
-        return cls(_read(ca_cert, "ca_cert"), _read(cert_key, "cert_key"), _read(cert_cert, "cert_cert"))
+        config = cls(_read(ca_cert, "ca_cert"), _read(cert_key, "cert_key"), _read(cert_cert, "cert_cert"))
+        _check_pem(ca_cert, cert_key, cert_cert)
+        return config
 
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,

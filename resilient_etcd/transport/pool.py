@@ -53,7 +53,11 @@ class Stubs:
 
 @dataclass(frozen=True)
 class EndpointStatus:
-    """A snapshot of one endpoint's health, as returned by ``client.endpoint_health()``."""
+    """A snapshot of one endpoint's health, as returned by ``client.endpoint_health()``.
+
+    ``state``: healthy, suspect, ejected, probing, or closed (the client was closed). ``since``: the
+    wall-clock time (``time.time()``) of the last state change. ``latency``: mean recent probe round
+    trip in seconds."""
 
     endpoint: str
     state: str
@@ -78,6 +82,7 @@ class Connection:
         self.generation = 0
         self.health = EndpointHealth(policy, time.monotonic())
         self.server_version: tuple[int, str] | None = None  # (generation, etcd version) once asked
+        self.permanent_error: str | None = None  # why this endpoint can never work as configured (diagnose)
 
     def transport_ready(self) -> bool:
         """Does the channel have a READY connection right now? (True when grpcio does not say: a
@@ -108,6 +113,8 @@ class EndpointPool:
     ) -> None:
         self.policy = policy
         self.conns = [Connection(e, dial, policy) for e in endpoints]
+        for c in self.conns:
+            METRICS.set_state(c.name, c.health.state.value)
         self.active = self.conns[0]
         self._lock = threading.RLock()
         self._events: queue.SimpleQueue[tuple[Connection, int, grpc.Future]] = queue.SimpleQueue()
@@ -185,8 +192,16 @@ class EndpointPool:
         if old is not None:
             old.close()
 
+    def misconfigured(self) -> dict[str, str] | None:
+        """``{endpoint: cause}`` when *every* endpoint failed in a way waiting cannot heal, else None."""
+        causes = {c.name: c.permanent_error for c in self.conns}
+        if all(causes.values()):
+            return {k: v for k, v in causes.items() if v}
+        return None
+
     def report_success(self, conn: Connection, generation: int) -> None:
         """A real call succeeded on a connection that was not marked healthy (the rare path)."""
+        conn.permanent_error = None
         with self._lock:
             if generation == conn.generation:
                 self._apply(conn, conn.health.succeeded(time.monotonic()))
@@ -210,11 +225,14 @@ class EndpointPool:
         return None
 
     def status(self) -> list[EndpointStatus]:
+        closed = self.closed
+        wall = time.time() - time.monotonic()  # monotonic -> wall clock
         with self._lock:
             return [
                 EndpointStatus(
-                    endpoint=c.name, state=c.health.state.value, active=c is self.active,
-                    since=c.health.since, latency=c.health.latency,
+                    endpoint=c.name, state="closed" if closed else c.health.state.value,
+                    active=c is self.active and not closed,
+                    since=wall + c.health.since, latency=c.health.latency,
                     consecutive_failures=c.health.consecutive_failures, ejections=c.health.ejections,
                     redials=c.generation, last_error=c.health.last_error,
                 )
@@ -271,6 +289,7 @@ class EndpointPool:
                 t = c.health.probe_failed(now, f"probe: {code.name}: {fut.details()}",
                                           timed_out=code == grpc.StatusCode.DEADLINE_EXCEEDED)
             else:
+                c.permanent_error = None
                 t = c.health.probe_answered(now)
                 if c.health.latencies:
                     METRICS.observe_probe(c.name, c.health.latencies[-1])

@@ -74,7 +74,7 @@ class Failure(enum.Enum):
     FATAL = "fatal"                # an answer; retrying cannot help
 
 
-_CONNECT_MARKERS = ("failed to connect to all addresses", "failed to connect to remote host",
+_CONNECT_MARKERS = ("failed to connect to all addresses", "failed to connect to remote host", "errors resolving",
                     "connection refused", "dns resolution failed", "no route to host")
 _TOKEN_MARKERS = ("invalid auth token", "user name is empty", "auth token is expired")
 
@@ -138,7 +138,11 @@ class RetryableError(Exception):
     def __init__(self, failure: Failure, error: BaseException, endpoint: str,
                  token: tuple[tuple[str, str], ...] = ()) -> None:
         self.failure, self.error, self.endpoint, self.token = failure, error, endpoint, token
-        super().__init__(f"{endpoint}: {failure.value}: {error}")
+        if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
+            text = f"{error.code().name}: {' '.join((error.details() or '').split())}"
+        else:
+            text = " ".join(str(error).split())
+        super().__init__(f"{endpoint}: {failure.value}: {text}")
 
 
 def make_retrying(policy: RetryPolicy, out_of_time: Callable[[], bool]) -> Retrying:

@@ -25,9 +25,12 @@ from ..exceptions import (
     ConfigurationError,
     ConnectionFailedError,
     DeadlineExceeded,
+    EndpointConfigurationError,
+    EndpointsUnavailable,
 )
 from ..metrics import METRICS
 from ..policies import HealthPolicy, KeepalivePolicy, RetryPolicy
+from .diagnose import permanent_cause, short
 from .endpoints import Endpoint, TlsConfig
 from .health import State
 from .pool import Connection, EndpointPool, Stubs
@@ -68,6 +71,11 @@ def _check_user_options(options: Sequence[tuple[str, Any]], keepalive: Keepalive
             KeepalivePolicy(time=value / 1000, timeout=keepalive.timeout)  # raises when below etcd's minimum
         checked.append((name, value))
     return checked
+
+
+# grpc's words for a call that failed while its channel was dialing (the pick or the resolver failed);
+# used only to decide whether to diagnose the endpoint, never to decide a retry
+_DIAL_FAILED = ("failed to connect to all addresses", "errors resolving", "dns resolution failed")
 
 
 class _Unset:
@@ -229,7 +237,11 @@ class Transport:
             failure = classify(code, details, transport_ready=a.ready)
             if code == grpc.StatusCode.CANCELLED and a.gen != conn.generation:
                 failure = Failure.EJECTED  # we closed the channel under this call
-            self.pool.report_failure(conn, a.gen, f"{code.name}: {details}", hard=is_hard(failure))
+            if code == grpc.StatusCode.UNAVAILABLE and conn.permanent_error is None and (
+                    not a.ready or any(m in details.lower() for m in _DIAL_FAILED)):
+                # a dial failed: is it one that waiting cannot heal? (asked once until the next success)
+                conn.permanent_error = permanent_cause(conn.endpoint, self._creds is not None, details)
+            self.pool.report_failure(conn, a.gen, f"{code.name}: {short(details)}", hard=is_hard(failure))
         elif isinstance(error, ValueError) and _is_closed_channel(error):
             # proof of "never sent": grpcio refuses a call on a closed channel before creating it
             failure, details = Failure.NOT_SENT, str(error)
@@ -246,6 +258,10 @@ class Transport:
             if isinstance(error, ValueError):
                 raise to_exception(ConnectionFailedError(f"channel closed before the call: {error}"), conn.name)
             raise to_exception(error, conn.name) from error
+        broken = self.pool.misconfigured()
+        if broken is not None:
+            lines = "; ".join(f"{ep}: {why}" for ep, why in broken.items())
+            raise EndpointConfigurationError(f"no endpoint can work as configured: {lines}", broken) from error
         return RetryableError(failure, error, conn.name, a.token)
 
     def _recover(
@@ -263,7 +279,7 @@ class Transport:
             nonlocal last, current, reauthed
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise DeadlineExceeded(f"deadline exceeded; last error: {last}")
+                raise self._out_of_time(last)
             if last.failure is Failure.AUTH_TOKEN:
                 if reauthed:
                     raise AuthenticationError(f"token rejected again after re-authentication [{last.endpoint}]")
@@ -294,9 +310,18 @@ class Transport:
             result: T = make_retrying(self.retry_policy, out_of_time)(attempt)
         except RetryableError as e:
             if out_of_time():
-                raise DeadlineExceeded(f"deadline exceeded; last error: {e}") from e.error
+                raise self._out_of_time(e) from e.error
             raise to_exception(e.error, e.endpoint) from e.error
         return result
+
+    def _out_of_time(self, last: RetryableError) -> DeadlineExceeded:
+        """The error for a deadline that ran out while retrying: when the endpoints were failing as
+        connections (refused, unreachable, silent), :class:`EndpointsUnavailable` with one line each."""
+        if last.failure not in (Failure.NOT_SENT, Failure.BROKEN, Failure.EJECTED, Failure.TIMEOUT):
+            return DeadlineExceeded(f"deadline exceeded; last error: {last}")
+        errors = {c.name: c.health.last_error or "no answer" for c in self.pool.conns}
+        lines = "; ".join(f"{ep}: {why}" for ep, why in errors.items())
+        return EndpointsUnavailable(f"deadline exceeded, no endpoint answered: {lines}", errors)
 
     # ---- streams ----
     def stubs(self) -> tuple[Connection, Stubs]:

@@ -17,7 +17,8 @@
   difference, so a write that failed during a fault is repaired, never lost.
 
 Events go to stdout as JSON lines (``leader``, ``synced``, ``reconciled``, ``lost``, ``error``).
-Stop with end of stdin or SIGTERM.
+Stop it with SIGTERM or Ctrl-C (SIGINT): it exits within a second. It never reads stdin, so it runs
+the same under a shell's ``&``, nohup, systemd or in a pod.
 """
 
 from __future__ import annotations
@@ -97,32 +98,66 @@ def run(args: argparse.Namespace, stop: threading.Event) -> None:
     api = ApiClient.from_kubeconfig(args.kubeconfig, endpoints=args.apiservers or None)
     v1 = k8s.CoreV1Api(api)
     with etcd3.client(endpoints=args.endpoints, timeout=5) as client:
-        while not stop.is_set():
-            lost = threading.Event()
-            election = client.election("configmap-mirror", ttl=args.ttl, on_lost=lambda _, lost=lost: lost.set())
-            if not election.campaign(args.name, timeout=2.0):
-                continue
-            mirror = Mirror(client, election, args.prefix)
-            say(event="leader", name=args.name, revision=mirror.fence)
-            informer = mirror.informer = Informer(v1.list_namespaced_config_map, args.namespace,
-                                                  label_selector=args.selector, **mirror.handlers())
-            with informer:
-                while not informer.wait_synced(0.5):
-                    if stop.is_set() or lost.is_set():
-                        break
-                else:
-                    say(event="synced", name=args.name, objects=len(informer.keys()))
-                while not (stop.is_set() or lost.is_set() or mirror.fenced.is_set()):
-                    try:
-                        fixes = mirror.reconcile()
-                        say(event="reconciled", name=args.name, fixes=fixes, objects=len(informer.keys()))
-                    except etcd3.Etcd3Exception as e:
-                        say(event="error", during="reconcile", error=f"{type(e).__name__}: {e}")
-                    stop.wait(args.resync)
-            say(event="lost" if (lost.is_set() or mirror.fenced.is_set()) else "stepping-down", name=args.name)
-            with contextlib.suppress(etcd3.Etcd3Exception):
-                election.resign()
+        done = threading.Event()
+        closer = close_on_stop(stop, done, client, api)
+        try:
+            _serve(args, stop, client, v1)
+        except etcd3.ClientClosedError:
+            pass  # stopping
+        finally:
+            done.set()
+            stop.set()
+            closer.join()
+    say(event="stopped", name=args.name)
     api.close()
+
+
+def close_on_stop(stop: threading.Event, done: threading.Event, *clients: Any) -> threading.Thread:
+    """When ``stop`` is set (SIGTERM), give the loop half a second to step down cleanly — resigning
+    hands leadership over at once — then close the clients, which ends whatever the loop still waits
+    in (a campaign, a write) with ClientClosedError. Not a daemon: the caller sets ``done`` and
+    ``stop`` when it returns, and joins it."""
+
+    def closer() -> None:
+        stop.wait()
+        if not done.wait(0.5):
+            for c in clients:
+                c.close()
+
+    t = threading.Thread(target=closer, name="closer")
+    t.start()
+    return t
+
+
+def _serve(args: argparse.Namespace, stop: threading.Event, client: etcd3.Etcd3Client, v1: Any) -> None:
+    """Campaign; while leader, mirror through an informer and reconcile every ``--resync`` seconds."""
+    while not stop.is_set():
+        lost = threading.Event()
+        election = client.election("configmap-mirror", ttl=args.ttl, on_lost=lambda _, lost=lost: lost.set())
+        if not election.campaign(args.name, timeout=2.0):
+            continue
+        mirror = Mirror(client, election, args.prefix)
+        say(event="leader", name=args.name, revision=mirror.fence)
+        informer = mirror.informer = Informer(v1.list_namespaced_config_map, args.namespace,
+                                              label_selector=args.selector, **mirror.handlers())
+        with informer:
+            while not informer.wait_synced(0.5):
+                if stop.is_set() or lost.is_set():
+                    break
+            else:
+                say(event="synced", name=args.name, objects=len(informer.keys()))
+            while not (stop.is_set() or lost.is_set() or mirror.fenced.is_set()):
+                try:
+                    fixes = mirror.reconcile()
+                    say(event="reconciled", name=args.name, fixes=fixes, objects=len(informer.keys()))
+                except etcd3.ClientClosedError:
+                    raise
+                except etcd3.Etcd3Exception as e:
+                    say(event="error", during="reconcile", error=f"{type(e).__name__}: {e}")
+                stop.wait(args.resync)
+        say(event="lost" if (lost.is_set() or mirror.fenced.is_set()) else "stepping-down", name=args.name)
+        with contextlib.suppress(etcd3.Etcd3Exception):
+            election.resign()
 
 
 def main() -> int:
@@ -138,8 +173,8 @@ def main() -> int:
     p.add_argument("--resync", type=float, default=1.0)
     a = p.parse_args()
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     run(a, stop)
     return 0
 

@@ -37,7 +37,7 @@ import grpc
 from tenacity import RetryCallState, wait_random_exponential
 
 from .._proto import rpc_pb2
-from ..exceptions import Etcd3Exception, NoLeaderError, RevisionCompactedError, WatchTimedOut
+from ..exceptions import ClientClosedError, Etcd3Exception, NoLeaderError, RevisionCompactedError, WatchTimedOut
 from ..metrics import METRICS
 from ..transport.retry import Failure, classify, is_hard
 from .events import WatchResponse, new_event
@@ -170,12 +170,22 @@ class WatchManager:
         stream[0].cancel()
 
     def close(self) -> None:
+        """End every watch: its callback gets :class:`ClientClosedError` (so a ``watch_once`` or a
+        lock waiting on it returns at once), and the stream and threads stop."""
         self._closed.set()
         with self._lock:
             self._wake.notify_all()
             stream = self._stream
+            watches, self._watches = list(self._watches.values()), {}
         if stream is not None:
             stream[0].cancel()
+        for w in watches:
+            err = ClientClosedError("the client was closed; the watch ended")
+            if not w.created.is_set():
+                w.error = err
+                w.created.set()
+            else:
+                _safe(w.callback, err)
         for th in (self._reader, self._monitor):
             if th is not threading.current_thread():
                 th.join(timeout=5)

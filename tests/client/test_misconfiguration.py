@@ -22,9 +22,8 @@ from resilient_etcd.testing.tls import make_certs
 
 def _fails_fast(make: Callable[[], etcd3.Etcd3Client], cause: str) -> None:
     started = time.monotonic()
-    with pytest.raises(etcd3.EndpointConfigurationError) as err:
-        with make() as c:
-            c.get("/x")
+    with pytest.raises(etcd3.EndpointConfigurationError) as err, make() as c:
+        c.get("/x")
     took = time.monotonic() - started
     message = str(err.value)
     assert took < 1.0, f"took {took:.2f} s: {message}"

@@ -45,19 +45,21 @@ class Report:
     db_size: int | None = None
     alarms: list[str] | None = None
     auth: str | None = None
-    keepalive: str | None = None
+    keepalive_ok: bool | None = None         # one HTTP/2 PING on a fresh connection: acked? (None: not checked)
+    keepalive_ms: float | None = None        # its round trip
+    keepalive_error: str | None = None
     error: str | None = None
 
 
 def keepalive_check(endpoint: str, timeout: float, ca_cert: str | None, cert_key: str | None,
-                    cert_cert: str | None) -> tuple[bool | None, str]:
+                    cert_cert: str | None) -> tuple[bool | None, float | None, str | None]:
     """One HTTP/2 PING on a fresh connection: what the client's keepalive relies on.
 
-    Returns (answered, text); ``answered`` is None when it could not be checked (no ``h2``)."""
+    Returns (answered, round trip in ms, error); ``answered`` is None when it could not be checked."""
     try:
         from .kube.h2pool import H2Connection
     except ImportError:
-        return None, "not checked (needs the kube extra: h2)"
+        return None, None, "not checked (needs the kube extra: h2)"
     import ssl
 
     ep = parse_endpoint(endpoint)
@@ -73,11 +75,11 @@ def keepalive_check(endpoint: str, timeout: float, ca_cert: str | None, cert_key
                             read_idle_timeout=3600, ping_timeout=3600, socket_options=[],
                             on_close=lambda *_: None)
     except Exception as e:  # reported, not raised
-        return False, f"no connection: {type(e).__name__}"
+        return False, None, f"no connection: {type(e).__name__}"
     try:
-        return True, f"PING ack {conn.ping(timeout) * 1000:.1f} ms"
+        return True, round(conn.ping(timeout) * 1000, 2), None
     except Exception as e:  # reported, not raised
-        return False, f"no PING ack: {e}"
+        return False, None, f"no PING ack: {e}"
     finally:
         conn.close()
 
@@ -93,7 +95,8 @@ def check(endpoint: str, timeout: float, user: str | None, password: str | None,
         return Report(endpoint, healthy=False, reachable=False, error=f"{type(e).__name__}: {e}")
     try:
         started = time.monotonic()
-        st = client._transport.unary("maintenance", "Status", rpc_pb2.StatusRequest(), timeout=timeout)
+        st = client._transport.unary("maintenance", "Status", rpc_pb2.StatusRequest(), timeout=timeout,
+                                     idempotent=True)  # a read: a failure reads as such, nothing was changed
         latency = (time.monotonic() - started) * 1000
         report = Report(endpoint, healthy=True, reachable=True, latency_ms=round(latency, 2),
                         member_id=f"{st.header.member_id:x}", is_leader=st.leader == st.header.member_id,
@@ -108,11 +111,12 @@ def check(endpoint: str, timeout: float, user: str | None, password: str | None,
                 report.auth = "required (no user/password given)"
             else:
                 raise
-        answered, report.keepalive = keepalive_check(endpoint, timeout, ca_cert, cert_key, cert_cert)
+        report.keepalive_ok, report.keepalive_ms, report.keepalive_error = keepalive_check(
+            endpoint, timeout, ca_cert, cert_key, cert_cert)
         if not report.has_leader:
             report.healthy, report.error = False, "no leader"
-        elif answered is False:
-            report.healthy, report.error = False, f"keepalive: {report.keepalive}"
+        elif report.keepalive_ok is False:
+            report.healthy, report.error = False, f"keepalive: {report.keepalive_error}"
         elif report.alarms:
             report.healthy, report.error = False, "alarms: " + ", ".join(report.alarms)
         return report
@@ -191,17 +195,31 @@ def _kube_table(reports: list[ApiServerReport]) -> str:
     cols = ["apiserver", "healthy", "readyz", "latency", "protocol", "ping", "auth", "error"]
     rows = [[r.apiserver, "yes" if r.healthy else "NO", r.readyz or "-",
              f"{r.latency_ms:.1f} ms" if r.latency_ms is not None else "-", r.protocol or "-",
-             f"{r.ping_ms:.1f} ms" if r.ping_ms is not None else "-", r.auth or "-", r.error or ""] for r in reports]
+             f"{r.ping_ms:.1f} ms" if r.ping_ms is not None else "-", _cut(r.auth, 16) or "-", _cut(r.error, 48)]
+            for r in reports]
     return _grid(cols, rows)
 
 
+def _keepalive_cell(r: Report) -> str:
+    if r.keepalive_ok:
+        return f"ack {r.keepalive_ms:.1f} ms"
+    return "-" if r.keepalive_ok is None else "NO ACK"
+
+
+def _cut(text: str | None, width: int) -> str:
+    """One table cell: one line, at most ``width`` characters (``--json`` has the whole text)."""
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[:width - 1] + "…"
+
+
 def _table(reports: list[Report]) -> str:
-    cols = ["endpoint", "healthy", "leader", "latency", "member", "term", "version", "db size", "keepalive", "auth",
-            "error"]
-    rows = [[r.endpoint, "yes" if r.healthy else "NO", "yes" if r.is_leader else ("no" if r.has_leader else "-"),
-             f"{r.latency_ms:.1f} ms" if r.latency_ms is not None else "-", r.member_id or "-",
-             str(r.raft_term or "-"), r.version or "-",
-             f"{r.db_size / 1024:.0f} KiB" if r.db_size else "-", r.keepalive or "-", r.auth or "-", r.error or ""]
+    cols = ["endpoint", "healthy", "reachable", "leader", "latency", "term", "version", "db size", "keepalive",
+            "alarms", "auth", "error"]
+    rows = [[r.endpoint, "yes" if r.healthy else "NO", "yes" if r.reachable else "NO",
+             "yes" if r.is_leader else ("no" if r.has_leader else "-"),
+             f"{r.latency_ms:.1f} ms" if r.latency_ms is not None else "-", str(r.raft_term or "-"),
+             r.version or "-", f"{r.db_size / 1024:.0f} KiB" if r.db_size else "-", _keepalive_cell(r),
+             ",".join(r.alarms or []) or "-", _cut(r.auth, 16) or "-", _cut(r.error, 48)]
             for r in reports]
     return _grid(cols, rows)
 

@@ -252,9 +252,10 @@ class Transport:
         if not may_retry(failure, rclass) or self.retry_policy.max_attempts == 1 or not retries_enabled():
             if failure is Failure.EJECTED:
                 why = conn.health.last_error or "it stopped answering health probes"
+                outcome = ("the call was abandoned" if rclass is RetryClass.IDEMPOTENT
+                           else "the call may or may not have been applied and was not retried")
                 raise ConnectionFailedError(
-                    f"endpoint {conn.name} was ejected while the call was in flight ({why}); "
-                    "the call may or may not have been applied and was not retried") from error
+                    f"endpoint {conn.name} was ejected while the call was in flight ({why}); {outcome}") from error
             if isinstance(error, ValueError):
                 raise to_exception(ConnectionFailedError(f"channel closed before the call: {error}"), conn.name)
             raise to_exception(error, conn.name) from error

@@ -3,9 +3,11 @@ every blocking wait keeps the deadline, and unused clients release everything.""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import gc
 import io
+import os
 import queue
 import threading
 import time
@@ -104,13 +106,26 @@ def test_snapshot_streams_without_a_default_deadline(etcd_cluster: EtcdCluster) 
                 m0.require_proxy().heal()
 
 
-def _threads() -> set[str]:
-    return {t.name for t in threading.enumerate() if t.name.startswith("resilient-etcd")}
+def _threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("resilient-etcd")}
+
+
+def _sockets() -> int:
+    """Sockets this process holds open."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed while we looked
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
 
 
 def test_unclosed_clients_release_their_threads_and_channels(etcd_cluster: EtcdCluster) -> None:
     """A client dropped without close() used to keep its prober (and ~30 probes/s) forever."""
+    keeper = etcd3.client(endpoints=etcd_cluster.endpoints, timeout=5)  # holds grpc's event engine steady
+    keeper.get("/warm")
     baseline = threading.active_count()
+    ours = _threads()
+    sockets = _sockets()
     for _ in range(50):
         c = etcd3.client(endpoints=etcd_cluster.endpoints, timeout=5)
         c.put("/unclosed", "1")
@@ -118,13 +133,16 @@ def test_unclosed_clients_release_their_threads_and_channels(etcd_cluster: EtcdC
     gc.collect()
     wait_until(lambda: threading.active_count() <= baseline + 2, timeout=10,
                what=f"threads back to baseline {baseline} (now {threading.active_count()}: {_threads()})")
+    wait_until(lambda: _sockets() <= sockets + 2, timeout=10,
+               what=f"sockets back to baseline {sockets} (now {_sockets()})")
     # a client with a watch is released too
     c = etcd3.client(endpoints=etcd_cluster.endpoints, timeout=5)
-    _, cancel = c.watch("/unclosed")
+    events, cancel = c.watch("/unclosed")  # (an iterator in use keeps its client alive)
     cancel()
-    del c, cancel
+    del c, events, cancel
     gc.collect()
-    wait_until(lambda: not _threads(), timeout=10, what=f"no resilient-etcd thread left ({_threads()})")
+    wait_until(lambda: not (_threads() - ours), timeout=10, what=f"no new thread left ({_threads() - ours})")
+    keeper.close()
 
 
 def test_calls_on_a_closed_client_fail_at_once(etcd_cluster: EtcdCluster) -> None:

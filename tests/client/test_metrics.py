@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import prometheus_client
+import pytest
 from prometheus_client import CollectorRegistry
 
 import resilient_etcd as etcd3
@@ -32,3 +35,18 @@ def test_scrape_during_a_blackhole(etcd_cluster: EtcdCluster) -> None:
         assert metrics.snapshot()["events"]["ejections"][active] >= 1
     finally:
         metrics.METRICS.disable_prometheus()
+
+
+def test_states_times_and_ids_read_as_users_expect(etcd_cluster: EtcdCluster) -> None:
+    """metrics states were {} while every endpoint was healthy; EndpointStatus.since was a monotonic
+    value; lease ids were hex in logs and decimal in reprs."""
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=5) as c:
+        states = metrics.snapshot()["states"]
+        assert all(states.get(ep) == "healthy" for ep in etcd_cluster.endpoints), states
+        for s in c.endpoint_health():
+            assert abs(s.since - time.time()) < 60, "since is wall-clock time"
+        lease = c.lease(5)
+        assert f"{lease.id:#x}" in repr(lease)
+        lease.revoke()
+        with pytest.raises(etcd3.LeaseLostError, match=f"{lease.id:#x}"):
+            lease.refresh()

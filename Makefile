@@ -28,7 +28,7 @@ deps:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench,dev,kube,metrics]'
+	$(PY) -m pip install -q -e '.[testing,dev,kube,metrics]'
 	@touch $@
 
 venv: $(STAMP)

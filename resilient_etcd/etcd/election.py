@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..deadlines import deadline_of, validate_timeout
 from ..exceptions import ConfigurationError, DeadlineExceeded, Etcd3Exception, WatchTimedOut
-from .lease import Lease
+from .lease import Lease, abandoned_on_error
 from .models import Key, KVMetadata, to_bytes
 
 if TYPE_CHECKING:
@@ -133,21 +133,12 @@ class Election:
         happens to the delete (if the cluster cannot be reached, the lease expires within ``ttl``)."""
         key, revision, lease = self.key, self.revision, self.lease
         self.key = self.revision = self.lease = None
-        try:
+        with abandoned_on_error(lease):
             if key is not None and revision is not None:
                 t = self.client.transactions
                 self.client.transaction(compare=[t.create(key) == revision], success=[t.delete(key)], failure=[])
-        except BaseException:
-            if lease is not None:
-                lease.abandon()
-            raise
         if lease is not None:
-            lease.stop_keep_alive()
-            if not lease.is_lost:
-                try:
-                    lease.revoke()
-                except Etcd3Exception:
-                    lease.abandon()
+            lease.give_up()
 
     def leader(self) -> tuple[bytes, KVMetadata] | None:
         """``(value, metadata)`` of the current leader's key, or None when nobody leads."""

@@ -3,21 +3,33 @@ and says so — loudly — when the lease is gone."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from .._proto import rpc_pb2
 from ..deadlines import deadline
-from ..exceptions import LeaseLostError
+from ..exceptions import Etcd3Exception, LeaseLostError
 from ..metrics import METRICS
 
 if TYPE_CHECKING:
     from ..client import Etcd3Client
 
 log = logging.getLogger("resilient_etcd.lease")
+
+
+@contextlib.contextmanager
+def abandoned_on_error(lease: Lease | None) -> Iterator[None]:
+    """Around a step that may leave ``lease`` (and what it carries) behind: on any error, abandon it."""
+    try:
+        yield
+    except BaseException:
+        if lease is not None:
+            lease.abandon()
+        raise
 
 
 class Lease:
@@ -131,6 +143,16 @@ class Lease:
                          lease_id, e, ttl, extra={"lease": lease_id, "event": "lease_abandoned"})
 
         threading.Thread(target=revoke, name=f"resilient-etcd-revoke-{lease_id:x}", daemon=True).start()
+
+    def give_up(self) -> None:
+        """Stop the keeper and revoke now; if the revoke does not get through, :meth:`abandon`."""
+        self.stop_keep_alive()
+        if self._lost is not None:
+            return
+        try:
+            self.revoke()
+        except Etcd3Exception:
+            self.abandon()
 
     def _keep(self) -> None:
         interval = max(self.ttl / 3.0, 0.2)

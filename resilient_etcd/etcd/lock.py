@@ -10,8 +10,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .. import deadlines
-from ..exceptions import ConfigurationError, DeadlineExceeded, Etcd3Exception, LockLostError, WatchTimedOut
-from .lease import Lease
+from ..exceptions import ConfigurationError, DeadlineExceeded, LockLostError, WatchTimedOut
+from .lease import Lease, abandoned_on_error
 
 if TYPE_CHECKING:
     from ..client import Etcd3Client
@@ -76,24 +76,20 @@ class Lock:
     def _acquire(self, client: Etcd3Client) -> bool:
         t = client.transactions
         while True:
-            lease = self.lease = client.lease(self.ttl)
-            try:
+            lease = client.lease(self.ttl)
+            with abandoned_on_error(lease):  # the put may have been applied: revoking takes the key with it
                 ok, responses = client.transaction(
                     compare=[t.create(self.key) == 0],
                     success=[t.put(self.key, self.uuid, lease=lease)],
                     failure=[t.get(self.key)],
                 )
-            except BaseException:
-                self.lease = None
-                lease.abandon()  # the put may have been applied: revoking takes the key with it
-                raise
             if ok:
+                self.lease = lease
                 self.revision = int(responses[0].header.revision)
                 self._lost.clear()
                 lease.keep_alive(on_lost=self._lease_lost, refresh=self.keep_alive)
                 return True
-            self.lease = None
-            lease.abandon()
+            lease.give_up()
             holder = responses[0]
             if not holder:
                 continue  # released between our compare and now
@@ -107,19 +103,11 @@ class Lock:
         client = self._client()
         t = client.transactions
         lease, self.lease = self.lease, None
-        try:
+        with abandoned_on_error(lease):
             ok, _ = client.transaction(compare=[t.value(self.key) == self.uuid], success=[t.delete(self.key)],
                                        failure=[])
-        except BaseException:
-            if lease is not None:
-                lease.abandon()
-            raise
         if lease is not None:
-            lease.stop_keep_alive()
-            try:
-                lease.revoke()
-            except Etcd3Exception:
-                lease.abandon()
+            lease.give_up()
         return bool(ok)
 
     def refresh(self) -> list[Any]:

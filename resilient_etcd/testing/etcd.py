@@ -12,15 +12,18 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from resilient_etcd._proto import auth_pb2, rpc_pb2, rpc_pb2_grpc
 
+if TYPE_CHECKING:
+    from .tls import CertFiles
+
 from ._procs import ProcessRegistry, ServerProcess
 from ._support import HarnessError, WaitAborted, ensure_port_free, find_binary, free_port, log_tail, wait_until
 from .netns import NetnsHost, VirtualIP
-from .tls import CertFiles, make_certs, make_jwt_keys
 from .toxiproxy import Proxy, ToxiproxyServer
 
 ROOT_PASSWORD_DEFAULT = "root-pw"
@@ -295,9 +298,13 @@ class EtcdCluster:
                 host = ns.address
             self.members.append(EtcdMember(self, i, host, ns))
         if self.jwt_ttl is not None:
+            from .tls import make_jwt_keys  # cryptography: only for the clusters that need keys
+
             self.jwt_keys = make_jwt_keys(self.workdir / "jwt")
         if self.tls:
             ips = sorted({"127.0.0.1", *(m.host for m in self.members)})
+            from .tls import make_certs
+
             self.certs = make_certs(self.workdir / "certs", ips)
         if self.proxied:
             if self.toxiproxy is None:

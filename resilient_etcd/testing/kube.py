@@ -17,15 +17,15 @@ import subprocess
 import tempfile
 import urllib.request
 from pathlib import Path
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from typing import TYPE_CHECKING
 
 from ._procs import ProcessRegistry, ServerProcess
 from ._support import HarnessError, WaitAborted, find_binary, free_port, log_tail, wait_until
 from .etcd import EtcdCluster
-from .tls import CertFiles, make_certs
 from .toxiproxy import Proxy, ToxiproxyServer
+
+if TYPE_CHECKING:
+    from .tls import CertFiles
 
 
 class ApiServerStartError(WaitAborted):
@@ -53,6 +53,8 @@ class KubeApiServer(ServerProcess):
         self.proxy: Proxy | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._argv: list[str] | None = None
+        from .tls import make_certs  # cryptography (the testing extra): imported when a server is made
+
         self.certs: CertFiles = peer.certs if peer else make_certs(self.dir / "certs", ["127.0.0.1"], client_cn="admin")
 
     @property
@@ -65,6 +67,9 @@ class KubeApiServer(ServerProcess):
         return f"https://{self.proxy.address}" if self.proxy else self.direct_url
 
     def _write_files(self) -> list[str]:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         key_path = self.dir / "sa.key"
         key_path.write_bytes(sa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

@@ -13,21 +13,38 @@ Fixtures
 Tests that use these fixtures get the ``integration`` marker, so ``-m "not integration"``
 runs the fast unit tests alone. At the end of the session the plugin fails the run if any
 server process or network namespace it started is still alive.
+
+The plugin is loaded in every pytest run of every project that has resilient-etcd installed, so it
+is inert until one of its fixtures is used: importing it needs only pytest and the core
+dependencies, and a fixture used without the ``testing`` extra fails *that test* with a message
+naming the extra, never the session.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from ._procs import ProcessRegistry
-from .etcd import EtcdCluster, EtcdMember
-from .kube import KubeApiServer
 from .netns import leftover_namespaces, netns_available, reap_stale
-from .toxiproxy import ToxiproxyServer
+
+if TYPE_CHECKING:
+    from .etcd import EtcdCluster, EtcdMember
+    from .kube import KubeApiServer
+    from .toxiproxy import ToxiproxyServer
+
+EXTRA = "resilient-etcd[testing]"
+
+
+def _needs_extra() -> None:
+    """Fail the test using a fixture, not the session, when the test bed's own needs are missing."""
+    try:
+        import cryptography  # noqa: F401  (certificates and keys of TLS/JWT clusters and kube-apiserver)
+    except ImportError as e:
+        pytest.fail(f"this fixture needs the test bed's extra: pip install '{EXTRA}' ({e})", pytrace=False)
 
 _FIXTURES = {"etcd_cluster", "etcd_member", "toxiproxy_server", "kube_apiserver"}
 _FRESH_KEYS = {"auth", "tls", "client_cert_auth", "netns", "auth_token_ttl", "jwt_ttl", "etcd_binary", "extra_args"}
@@ -51,6 +68,8 @@ class _ClusterCache:
         self.clusters: dict[tuple[tuple[str, Any], ...], EtcdCluster] = {}
 
     def get(self, toxiproxy: ToxiproxyServer, kwargs: dict[str, Any]) -> EtcdCluster:
+        from .etcd import EtcdCluster
+
         key = tuple(sorted(kwargs.items()))
         cluster = self.clusters.get(key)
         if cluster is not None:
@@ -73,6 +92,9 @@ class _ClusterCache:
 
 @pytest.fixture(scope="session")
 def toxiproxy_server() -> Iterator[ToxiproxyServer]:
+    _needs_extra()
+    from .toxiproxy import ToxiproxyServer
+
     with ToxiproxyServer() as server:
         yield server
 
@@ -95,6 +117,8 @@ def etcd_cluster(
     if kwargs.get("netns") and (reason := netns_available()):
         pytest.skip(reason)
     if _FRESH_KEYS & {k for k, v in kwargs.items() if v}:
+        from .etcd import EtcdCluster
+
         with EtcdCluster(toxiproxy=toxiproxy_server, **kwargs) as cluster:
             yield cluster
         return
@@ -109,6 +133,8 @@ def etcd_member(toxiproxy_server: ToxiproxyServer, _etcd_cluster_cache: _Cluster
 @pytest.fixture
 def kube_apiserver(toxiproxy_server: ToxiproxyServer, _etcd_cluster_cache: _ClusterCache) -> Iterator[KubeApiServer]:
     """A real kube-apiserver (TLS, bearer token, behind toxiproxy) on a shared single-member etcd."""
+    from .kube import KubeApiServer
+
     etcd = _etcd_cluster_cache.get(toxiproxy_server, {"size": 1})
     with KubeApiServer(etcd, toxiproxy=toxiproxy_server) as api:
         yield api

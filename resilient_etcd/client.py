@@ -209,6 +209,7 @@ class Etcd3Client:
 
     def get_prefix_response(self, key_prefix: Key, *, timeout: float | None = None,
                             **kwargs: Any) -> rpc_pb2.RangeResponse:
+        """The raw ``RangeResponse`` for every key under ``key_prefix`` (kwargs as :meth:`get`)."""
         prefix = to_bytes(key_prefix)
         return self._range(_range_request(prefix, prefix_range_end(prefix), **kwargs), timeout)
 
@@ -221,6 +222,7 @@ class Etcd3Client:
     def get_range_response(self, range_start: Key, range_end: Key, sort_order: str | None = None,
                            sort_target: str = "key", *, timeout: float | None = None,
                            **kwargs: Any) -> rpc_pb2.RangeResponse:
+        """The raw ``RangeResponse`` for the keys in ``[range_start, range_end)``."""
         req = _range_request(to_bytes(range_start), to_bytes(range_end), sort_order=sort_order,
                              sort_target=sort_target, **kwargs)
         return self._range(req, timeout)
@@ -233,6 +235,7 @@ class Etcd3Client:
 
     def get_all_response(self, sort_order: str | None = None, sort_target: str = "key", keys_only: bool = False,
                          *, timeout: float | None = None, **kwargs: Any) -> rpc_pb2.RangeResponse:
+        """The raw ``RangeResponse`` for every key in the store."""
         req = _range_request(b"\0", b"\0", sort_order=sort_order, sort_target=sort_target,
                              keys_only=keys_only, **kwargs)
         return self._range(req, timeout)
@@ -321,6 +324,7 @@ class Etcd3Client:
         return lease
 
     def revoke_lease(self, lease_id: int, *, timeout: float | None = None) -> None:
+        """Revoke lease ``lease_id``: every key attached to it is deleted. Not retried unless unsent."""
         self._transport.unary("lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=lease_id), timeout=timeout)
 
     def refresh_lease(self, lease_id: int, *, timeout: float | None = None) -> Iterator[rpc_pb2.LeaseKeepAliveResponse]:
@@ -337,6 +341,7 @@ class Etcd3Client:
         return iter(self._transport.call("Lease.LeaseKeepAlive", invoke, timeout=timeout, idempotent=True))
 
     def get_lease_info(self, lease_id: int, *, timeout: float | None = None) -> rpc_pb2.LeaseTimeToLiveResponse:
+        """``TTL`` (remaining; -1 when gone), ``grantedTTL`` and the attached ``keys`` of a lease."""
         resp: rpc_pb2.LeaseTimeToLiveResponse = self._transport.unary(
             "lease", "LeaseTimeToLive", rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id, keys=True), timeout=timeout)
         return resp
@@ -375,6 +380,7 @@ class Etcd3Client:
                                  filters=filters, prev_kv=prev_kv, timeout=timeout)
 
     def add_watch_prefix_callback(self, key_prefix: Key, callback: Callable[[Any], None], **kwargs: Any) -> int:
+        """:meth:`add_watch_callback` for every key under ``key_prefix``."""
         p = to_bytes(key_prefix)
         return self.add_watch_callback(p, callback, range_end=prefix_range_end(p), **kwargs)
 
@@ -404,6 +410,7 @@ class Etcd3Client:
 
     def watch_prefix_response(self, key_prefix: Key,
                               **kwargs: Any) -> tuple[Iterator[WatchResponse], Callable[[], None]]:
+        """:meth:`watch_response` for every key under ``key_prefix``."""
         p = to_bytes(key_prefix)
         return self.watch_response(p, range_end=prefix_range_end(p), **kwargs)
 
@@ -414,6 +421,7 @@ class Etcd3Client:
         return _EventIterator(responses), cancel
 
     def watch_prefix(self, key_prefix: Key, **kwargs: Any) -> tuple[Iterator[Event], Callable[[], None]]:
+        """:meth:`watch` for every key under ``key_prefix``: ``(iterator of events, cancel)``."""
         p = to_bytes(key_prefix)
         return self.watch(p, range_end=prefix_range_end(p), **kwargs)
 
@@ -445,6 +453,7 @@ class Etcd3Client:
         return event
 
     def watch_prefix_once(self, key_prefix: Key, timeout: float | None = None, **kwargs: Any) -> Event:
+        """:meth:`watch_once` for every key under ``key_prefix``."""
         p = to_bytes(key_prefix)
         return self.watch_once(p, timeout=timeout, range_end=prefix_range_end(p), **kwargs)
 
@@ -467,14 +476,17 @@ class Etcd3Client:
         return (Member.from_proto(m, self) for m in resp.members)
 
     def add_member(self, urls: list[str], *, timeout: float | None = None) -> Member:
+        """Add a member with peer ``urls`` to the cluster; the new :class:`Member` (start it afterwards)."""
         resp = self._transport.unary("cluster", "MemberAdd", rpc_pb2.MemberAddRequest(peerURLs=urls),
                                      timeout=timeout)
         return Member.from_proto(resp.member, self)
 
     def remove_member(self, member_id: int, *, timeout: float | None = None) -> None:
+        """Remove member ``member_id`` from the cluster."""
         self._transport.unary("cluster", "MemberRemove", rpc_pb2.MemberRemoveRequest(ID=member_id), timeout=timeout)
 
     def update_member(self, member_id: int, peer_urls: list[str], *, timeout: float | None = None) -> None:
+        """Change the peer URLs of member ``member_id``."""
         self._transport.unary("cluster", "MemberUpdate",
                               rpc_pb2.MemberUpdateRequest(ID=member_id, peerURLs=peer_urls), timeout=timeout)
 
@@ -529,11 +541,13 @@ class Etcd3Client:
 
     def list_alarms(self, member_id: int = 0, alarm_type: str = "none",
                     *, timeout: float | None = None) -> list[Alarm]:
+        """The active alarms (of ``member_id``, 0: all members; of ``alarm_type``, "none": all types)."""
         if alarm_type.lower() not in _ALARM_TYPES:
             raise ValueError(f"alarm_type must be one of {sorted(_ALARM_TYPES)}, got {alarm_type!r}")
         return self._alarm(rpc_pb2.AlarmRequest.GET, member_id, _ALARM_TYPES[alarm_type.lower()], timeout)
 
     def disarm_alarm(self, member_id: int = 0, *, timeout: float | None = None) -> list[Alarm]:
+        """Clear the NOSPACE alarm (of ``member_id``, 0: every member); the alarms it cleared."""
         return self._alarm(rpc_pb2.AlarmRequest.DEACTIVATE, member_id, rpc_pb2.NOSPACE, timeout)
 
     def snapshot(self, file_obj: IO[bytes], *, endpoint: str | None = None, timeout: float | None = None) -> None:

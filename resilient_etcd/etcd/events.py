@@ -10,6 +10,9 @@ from .._proto import kv_pb2
 
 
 class Event:
+    """One change to a key: ``key``, ``value``, ``version``, ``create_revision``, ``mod_revision``,
+    ``lease``, and ``prev_value`` etc. when the watch asked for ``prev_kv``."""
+
     __slots__ = ("_event", "key")
 
     def __init__(self, event: kv_pb2.Event) -> None:
@@ -23,6 +26,7 @@ class Event:
 
     @property
     def revision(self) -> int:
+        """The revision of the change (the key's ``mod_revision``)."""
         return int(self._event.kv.mod_revision)
 
     def __repr__(self) -> str:
@@ -31,10 +35,14 @@ class Event:
 
 
 class PutEvent(Event):
+    """A key was created or updated."""
+
     __slots__ = ()
 
 
 class DeleteEvent(Event):
+    """A key was deleted (or expired with its lease)."""
+
     __slots__ = ()
 
 

@@ -62,6 +62,7 @@ class Lease:
 
     @property
     def is_lost(self) -> bool:
+        """True once the lease is known to be gone (expired, revoked, abandoned)."""
         return self._lost is not None
 
     def check(self) -> None:
@@ -76,6 +77,7 @@ class Lease:
         return self.etcd_client
 
     def revoke(self) -> bool:
+        """Revoke the lease now (its keys go with it); the keeper stops."""
         self._stop.set()
         self._client().revoke_lease(self.id)
         self._mark_lost("revoked", notify=False)
@@ -94,14 +96,17 @@ class Lease:
 
     @property
     def remaining_ttl(self) -> int:
+        """Seconds the server still gives the lease (asked each time)."""
         return int(self._client().get_lease_info(self.id).TTL)
 
     @property
     def granted_ttl(self) -> int:
+        """The TTL the server granted (asked each time)."""
         return int(self._client().get_lease_info(self.id).grantedTTL)
 
     @property
     def keys(self) -> list[bytes]:
+        """The keys attached to the lease (asked each time)."""
         return list(self._client().get_lease_info(self.id).keys)
 
     # ---- the keeper ----
@@ -121,6 +126,7 @@ class Lease:
         return self
 
     def stop_keep_alive(self) -> None:
+        """Stop the keeper (the lease then expires at its TTL unless refreshed or revoked)."""
         self._stop.set()
         if self._keeper is not None and self._keeper is not threading.current_thread():
             self._keeper.join(timeout=5)

@@ -111,6 +111,7 @@ class Lock:
         return bool(ok)
 
     def refresh(self) -> list[Any]:
+        """Refresh the lock's lease once (what keeps a ``keep_alive=False`` lock held)."""
         if self.lease is None:
             raise ValueError("no lease: the lock is not held")
         return self.lease.refresh()

@@ -77,13 +77,16 @@ class Member:
         return self._etcd_client
 
     def remove(self) -> None:
+        """Remove this member from the cluster."""
         self._client().remove_member(self.id)
 
     def update(self, peer_urls: list[str]) -> None:
+        """Change this member's peer URLs."""
         self._client().update_member(self.id, peer_urls)
 
     @property
     def active_alarms(self) -> Iterator[Alarm]:
+        """The alarms raised on this member."""
         return iter(self._client().list_alarms(member_id=self.id))
 
     @classmethod

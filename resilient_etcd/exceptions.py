@@ -35,23 +35,23 @@ class Etcd3Exception(Exception):
 
 
 class WatchTimedOut(Etcd3Exception):
-    pass
+    """``watch_once`` saw no event within its timeout."""
 
 
 class InternalServerError(Etcd3Exception):
-    pass
+    """gRPC INTERNAL or DATA_LOSS from the server."""
 
 
 class ConnectionFailedError(Etcd3Exception):
-    pass
+    """gRPC UNAVAILABLE: the member could not be reached (python-etcd3's name)."""
 
 
 class ConnectionTimeoutError(Etcd3Exception):
-    pass
+    """gRPC DEADLINE_EXCEEDED (python-etcd3's name; :class:`DeadlineExceeded` is ours)."""
 
 
 class PreconditionFailedError(Etcd3Exception):
-    pass
+    """gRPC FAILED_PRECONDITION from the server."""
 
 
 class RevisionCompactedError(Etcd3Exception):

@@ -72,6 +72,7 @@ class KeepalivePolicy:
             )
 
     def channel_options(self) -> list[tuple[str, int]]:
+        """The grpcio channel arguments this policy stands for."""
         return [
             ("grpc.keepalive_time_ms", int(self.time * 1000)),
             ("grpc.keepalive_timeout_ms", int(self.timeout * 1000)),

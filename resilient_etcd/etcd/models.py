@@ -91,6 +91,7 @@ class Member:
 
     @classmethod
     def from_proto(cls, m: rpc_pb2.Member, client: Etcd3Client | None) -> Member:
+        """A :class:`Member` from etcd's ``Member`` message, bound to ``client``."""
         return cls(m.ID, m.name, list(m.peerURLs), list(m.clientURLs), client)
 
 

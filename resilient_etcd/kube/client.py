@@ -103,9 +103,11 @@ class KubePolicy:
             raise ConfigurationError(f"KubePolicy.http2 must be a bool, got {self.http2!r}")
 
     def health_policy(self) -> HealthPolicy:
+        """The :class:`HealthPolicy` the apiserver probes use, derived from this policy."""
         return HealthPolicy(probe_interval=self.probe_interval or 1.0, dead_after=self.probe_dead_after)
 
     def socket_options(self) -> list[tuple[int, int, int]]:
+        """Socket options for every apiserver connection (TCP keepalive, TCP_USER_TIMEOUT)."""
         opts = list(urllib3.connection.HTTPConnection.default_socket_options)
         opts.append((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1))
         for name, value in (("TCP_KEEPIDLE", self.keepalive_idle), ("TCP_KEEPINTVL", self.keepalive_interval),
@@ -206,6 +208,7 @@ class ApiClient(k8s.ApiClient):
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` ran (or the client was collected): calls raise ``ClientClosedError``."""
         return self._stop.is_set()
 
     def _sleep(self, seconds: float) -> None:
@@ -214,6 +217,7 @@ class ApiClient(k8s.ApiClient):
 
     @classmethod
     def from_kubeconfig(cls, path: str | Path, context: str | None = None, **kwargs: Any) -> ApiClient:
+        """An ``ApiClient`` from a kubeconfig file (``context``: its context; kwargs: ``endpoints``, ``policy``)."""
         p = Path(path).expanduser()
         try:
             p.read_bytes()
@@ -228,6 +232,7 @@ class ApiClient(k8s.ApiClient):
 
     @property
     def active_endpoint(self) -> str:
+        """The apiserver URL calls go to now."""
         return self.endpoints[self._active]
 
     def auth_headers(self) -> dict[str, str]:
@@ -278,6 +283,7 @@ class ApiClient(k8s.ApiClient):
 
     def call_api(self, method: str, url: str, header_params: Any = None, body: Any = None,
                  post_params: Any = None, _request_timeout: Any = None) -> rest.RESTResponse:
+        """The generated code's entry point: deadline, apiserver pick, retries and failover around one request."""
         if self.closed:
             raise ClientClosedError(f"the ApiClient was closed; {method} was not sent")
         base = self.configuration.host.rstrip("/")

@@ -54,6 +54,7 @@ class Informer:
 
     # ---- lifecycle ----
     def start(self) -> Informer:
+        """Start listing and watching in a thread of its own; returns ``self``."""
         if self._thread is not None:
             raise RuntimeError("informer already started")
         self._thread = threading.Thread(target=self._run, name="informer", daemon=True)
@@ -66,6 +67,7 @@ class Informer:
         return self._synced.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop and wait up to ``timeout`` seconds for the thread (a quiet watch ends within 0.1 s)."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
@@ -82,14 +84,17 @@ class Informer:
 
     # ---- the store ----
     def get(self, key: str) -> Obj | None:
+        """The stored object under ``key`` (``namespace/name``), or None."""
         with self._lock:
             return self._store.get(key)
 
     def keys(self) -> list[str]:
+        """The keys of every stored object, sorted."""
         with self._lock:
             return sorted(self._store)
 
     def items(self) -> list[Obj]:
+        """Every stored object, sorted by key."""
         with self._lock:
             return [self._store[k] for k in sorted(self._store)]
 

@@ -17,6 +17,8 @@ from typing import IO, Any, ClassVar
 
 
 class ProcessRegistry:
+    """Every server process the test bed started, so none outlives the session."""
+
     _live: ClassVar[set[subprocess.Popen[bytes]]] = set()
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
@@ -24,6 +26,7 @@ class ProcessRegistry:
     def spawn(
         cls, argv: Sequence[str], *, stdout: IO[Any], stderr: IO[Any], env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
+        """Start a server process in its own session and track it."""
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
@@ -38,6 +41,7 @@ class ProcessRegistry:
 
     @classmethod
     def signal(cls, proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        """Send ``sig`` to a tracked process (ignored when it is gone)."""
         if proc.poll() is None:
             os.kill(proc.pid, sig)
 
@@ -56,6 +60,7 @@ class ProcessRegistry:
 
     @classmethod
     def kill(cls, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL a tracked process and reap it."""
         if proc.poll() is None:
             proc.kill()
         proc.wait()
@@ -68,11 +73,13 @@ class ProcessRegistry:
 
     @classmethod
     def running(cls) -> list[int]:
+        """The pids of tracked processes still running."""
         with cls._lock:
             return [p.pid for p in cls._live if p.poll() is None]
 
     @classmethod
     def kill_all(cls) -> None:
+        """Kill every tracked process (at exit, or when a test leaked one)."""
         with cls._lock:
             procs = list(cls._live)
         for p in procs:

@@ -58,10 +58,12 @@ class EtcdMember(ServerProcess):
 
     @property
     def scheme(self) -> str:
+        """``https`` for a TLS cluster, else ``http``."""
         return "https" if self.cluster.tls else "http"
 
     @property
     def direct_endpoint(self) -> str:
+        """``host:port`` of the member itself (no proxy)."""
         return f"{self.host}:{self.client_port}"
 
     @property
@@ -76,6 +78,7 @@ class EtcdMember(ServerProcess):
 
     @property
     def peer_url(self) -> str:
+        """The member's raft peer URL."""
         return f"http://{self.host}:{self.peer_port}"
 
     def require_proxy(self) -> Proxy:
@@ -125,6 +128,7 @@ class EtcdMember(ServerProcess):
             self.wait_ready()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the member answers its readiness check; raises with its log tail otherwise."""
         def ready() -> bool:
             if self._proc is None or self._proc.poll() is not None:
                 code = None if self._proc is None else self._proc.returncode
@@ -169,6 +173,7 @@ class EtcdMember(ServerProcess):
         return total
 
     def restart(self, wait: bool = True) -> None:
+        """kill -9, then start again on the same data directory and ports."""
         self.kill()
         self.start(wait=wait)
 
@@ -185,6 +190,7 @@ class EtcdMember(ServerProcess):
         self.netns.reject(self.client_port)
 
     def undrop(self) -> None:
+        """Remove every iptables rule of :meth:`drop` and :meth:`reject`."""
         if self.netns is None:
             raise HarnessError("undrop() needs a cluster started with netns=True")
         self.netns.undrop()
@@ -212,6 +218,7 @@ class EtcdMember(ServerProcess):
         return self.cluster.raw_channel(self.direct_endpoint)
 
     def status(self, timeout: float = 2.0) -> rpc_pb2.StatusResponse:
+        """``Maintenance.Status`` of this member, straight over a fresh channel."""
         with self.channel() as ch:
             resp: rpc_pb2.StatusResponse = rpc_pb2_grpc.MaintenanceStub(ch).Status(
                 rpc_pb2.StatusRequest(), timeout=timeout, metadata=self.cluster.auth_metadata(ch)
@@ -281,6 +288,7 @@ class EtcdCluster:
 
     # ---- lifecycle ----
     def start(self) -> EtcdCluster:
+        """Start every member (and its proxy); returns ``self``. Cleans up on failure."""
         try:
             self._start()
         except BaseException:
@@ -320,6 +328,7 @@ class EtcdCluster:
             self.enable_auth("root", ROOT_PASSWORD_DEFAULT)
 
     def close(self) -> None:
+        """Stop every member, proxy, namespace and virtual IP; remove the data."""
         for m in self.members:
             with contextlib.suppress(Exception):
                 m.kill()
@@ -348,6 +357,7 @@ class EtcdCluster:
     # ---- addresses ----
     @property
     def initial_cluster(self) -> str:
+        """etcd's ``--initial-cluster`` value for this cluster."""
         return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
 
     @property
@@ -357,9 +367,11 @@ class EtcdCluster:
 
     @property
     def direct_endpoints(self) -> list[str]:
+        """Every member's own address, bypassing toxiproxy."""
         return [m.direct_endpoint for m in self.members]
 
     def ssl_context(self) -> ssl.SSLContext | None:
+        """A client SSL context trusting the cluster's CA (None without TLS)."""
         if self.certs is None:
             return None
         ctx = ssl.create_default_context(cafile=str(self.certs.ca))
@@ -368,6 +380,7 @@ class EtcdCluster:
         return ctx
 
     def raw_channel(self, endpoint: str) -> grpc.Channel:
+        """A fresh raw gRPC channel to ``endpoint`` with the cluster's TLS settings."""
         if self.certs is None:
             return grpc.insecure_channel(endpoint)
         creds = grpc.ssl_channel_credentials(
@@ -388,6 +401,7 @@ class EtcdCluster:
 
     # ---- cluster verbs ----
     def running_members(self) -> list[EtcdMember]:
+        """The members whose process is running."""
         return [m for m in self.members if m.is_running]
 
     def leader(self, timeout: float = 10.0) -> EtcdMember:
@@ -404,6 +418,7 @@ class EtcdCluster:
         return wait_until(find, timeout=timeout, what="an etcd leader")
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Wait until every running member is ready and a leader is elected."""
         for m in self.members:
             if m.is_running:
                 m.wait_ready(timeout=timeout)
@@ -415,12 +430,14 @@ class EtcdCluster:
             yield ch, self.auth_metadata(ch)
 
     def compact(self, revision: int, physical: bool = True) -> None:
+        """Compact the history up to ``revision`` (physically by default)."""
         with self._client() as (ch, md):
             rpc_pb2_grpc.KVStub(ch).Compact(
                 rpc_pb2.CompactionRequest(revision=revision, physical=physical), timeout=10, metadata=md
             )
 
     def revision(self) -> int:
+        """The cluster's current revision."""
         with self._client() as (ch, md):
             resp = rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"\0", count_only=True),
                                                  timeout=5, metadata=md)
@@ -444,6 +461,7 @@ class EtcdCluster:
         return stopped
 
     def restore_quorum(self, timeout: float = 30.0) -> None:
+        """Start every stopped member and wait until the cluster is healthy again."""
         for m in self.members:
             m.start(wait=False)
         self.wait_healthy(timeout)

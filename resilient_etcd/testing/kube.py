@@ -59,6 +59,7 @@ class KubeApiServer(ServerProcess):
 
     @property
     def direct_url(self) -> str:
+        """The apiserver's own URL (no proxy)."""
         return f"https://127.0.0.1:{self.port}"
 
     @property
@@ -94,6 +95,7 @@ class KubeApiServer(ServerProcess):
         ]
 
     def start(self) -> KubeApiServer:
+        """Start the apiserver and wait until ``/readyz`` answers; returns ``self``."""
         if self.toxiproxy is not None and self.proxy is None:
             self.proxy = self.toxiproxy.create_proxy(f"kube-{self.port}", f"127.0.0.1:{self.port}")
         if self._argv is None:
@@ -105,6 +107,7 @@ class KubeApiServer(ServerProcess):
         return self
 
     def readyz(self, timeout: float = 1.0) -> bool:
+        """True when ``/readyz`` answers 200 within ``timeout``."""
         ctx = ssl.create_default_context(cafile=str(self.certs.ca))
         req = urllib.request.Request(self.direct_url + "/readyz", headers={"Authorization": f"Bearer {self.token}"})
         try:
@@ -114,6 +117,7 @@ class KubeApiServer(ServerProcess):
             return False
 
     def wait_ready(self) -> None:
+        """Wait until ``/readyz`` answers; raises with the log tail otherwise."""
         def ready() -> bool:
             if self._proc is None or self._proc.poll() is not None:
                 raise ApiServerStartError(f"kube-apiserver exited\n{log_tail(self.log_path)}")
@@ -146,15 +150,18 @@ class KubeApiServer(ServerProcess):
         return target
 
     def restart(self) -> None:
+        """kill -9, then start again."""
         self.kill()
         self.start()
 
     def require_proxy(self) -> Proxy:
+        """The apiserver's toxiproxy proxy."""
         if self.proxy is None:
             raise HarnessError("this kube-apiserver has no proxy: pass toxiproxy=")
         return self.proxy
 
     def close(self) -> None:
+        """Stop the apiserver and its proxy; remove its files."""
         self.kill()
         if self.proxy is not None and self.toxiproxy is not None:
             with contextlib.suppress(HarnessError):

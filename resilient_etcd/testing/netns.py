@@ -100,6 +100,7 @@ class NetnsHost:
         self._up = False
 
     def create(self) -> NetnsHost:
+        """Create the namespace and its veth pair; returns ``self``."""
         _run("ip", "netns", "add", self.name)
         try:
             _run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", f"{self.host_if}p")
@@ -120,6 +121,7 @@ class NetnsHost:
         return self
 
     def exec(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the namespace (raises on failure)."""
         return _run("ip", "netns", "exec", self.name, *argv, check=check)
 
     def command(self, argv: list[str]) -> list[str]:
@@ -141,10 +143,12 @@ class NetnsHost:
         self.exec("iptables", "-A", "OUTPUT", "-p", "tcp", "--sport", str(port), "-j", "DROP")
 
     def undrop(self) -> None:
+        """Flush the namespace's INPUT and OUTPUT rules (undoes drop and reject)."""
         self.exec("iptables", "-F", "INPUT")
         self.exec("iptables", "-F", "OUTPUT")
 
     def destroy(self) -> None:
+        """Delete the namespace and its veth pair."""
         _run("ip", "netns", "del", self.name, check=False)
         _run("ip", "link", "del", self.host_if, check=False)
         self._up = False
@@ -168,6 +172,7 @@ class VirtualIP:
 
     @property
     def endpoint(self) -> str:
+        """``address:port`` clients dial."""
         return f"{self.address}:{self.port}"
 
     def _dnat(self, action: str, backend: tuple[str, int]) -> None:
@@ -175,6 +180,7 @@ class VirtualIP:
              "--dport", str(self.port), "-j", "DNAT", "--to-destination", f"{backend[0]}:{backend[1]}")
 
     def install(self) -> VirtualIP:
+        """Install the DNAT rule to the current backend; returns ``self``."""
         # a route only so the kernel picks a source address; DNAT then re-routes to the backend
         _run("ip", "route", "replace", f"{self.address}/32", "dev", self.dev)
         _run("iptables", "-N", self.chain)
@@ -196,6 +202,7 @@ class VirtualIP:
         self.backend = backend
 
     def remove(self) -> None:
+        """Remove every rule this virtual IP installed."""
         if not self._installed:
             return
         self._dnat("-D", self.backend)

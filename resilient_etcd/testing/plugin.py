@@ -92,6 +92,7 @@ class _ClusterCache:
 
 @pytest.fixture(scope="session")
 def toxiproxy_server() -> Iterator[ToxiproxyServer]:
+    """One toxiproxy server for the whole session; every cluster's proxies live on it."""
     _needs_extra()
     from .toxiproxy import ToxiproxyServer
 
@@ -112,6 +113,11 @@ def _etcd_cluster_cache() -> Iterator[_ClusterCache]:
 def etcd_cluster(
     request: pytest.FixtureRequest, toxiproxy_server: ToxiproxyServer, _etcd_cluster_cache: _ClusterCache
 ) -> Iterator[EtcdCluster]:
+    """A running cluster, healed and emptied before the test. Configure it with
+    ``@pytest.mark.etcd_cluster(size=3, proxied=True, auth=False, tls=False, client_cert_auth=False,
+    netns=False, auth_token_ttl=300, jwt_ttl=None, etcd_binary=None, extra_args=())``: plain clusters
+    are shared between tests of one configuration; with auth, TLS, namespaces, JWT, another binary
+    or extra arguments a fresh one is made for the test (and skipped without root for ``netns``)."""
     marker = request.node.get_closest_marker("etcd_cluster")
     kwargs: dict[str, Any] = {"size": 3, **(marker.kwargs if marker else {})}
     if kwargs.get("netns") and (reason := netns_available()):
@@ -127,6 +133,7 @@ def etcd_cluster(
 
 @pytest.fixture
 def etcd_member(toxiproxy_server: ToxiproxyServer, _etcd_cluster_cache: _ClusterCache) -> EtcdMember:
+    """The only member of a shared single-member cluster."""
     return _etcd_cluster_cache.get(toxiproxy_server, {"size": 1}).members[0]
 
 

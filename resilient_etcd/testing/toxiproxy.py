@@ -51,9 +51,11 @@ class ToxiproxyServer:
 
     @property
     def url(self) -> str:
+        """The toxiproxy HTTP API's base URL."""
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> ToxiproxyServer:
+        """Start toxiproxy-server and wait for its API; returns ``self``."""
         binary = find_binary("toxiproxy-server")
         with open(self.log_path, "wb") as log:
             self._proc = ProcessRegistry.spawn(
@@ -73,12 +75,14 @@ class ToxiproxyServer:
         return True
 
     def stop(self) -> None:
+        """Stop toxiproxy-server."""
         if self._proc is not None:
             ProcessRegistry.terminate(self._proc)
             self._proc = None
         self.proxies.clear()
 
     def close(self) -> None:
+        """Remove every proxy and stop the server."""
         self.stop()
         self._tmp.cleanup()
 
@@ -89,6 +93,7 @@ class ToxiproxyServer:
         self.close()
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One API request (with a timeout); raises ToxiproxyError on any non-2xx answer."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
@@ -125,6 +130,7 @@ class Proxy:
 
     @property
     def address(self) -> str:
+        """``host:port`` clients dial to go through this proxy."""
         return f"{self.host}:{self.port}"
 
     def __repr__(self) -> str:
@@ -141,6 +147,7 @@ class Proxy:
             )
 
     def toxics(self) -> list[dict[str, Any]]:
+        """The toxics active on this proxy, as toxiproxy reports them."""
         result: list[dict[str, Any]] = self.server.request("GET", f"/proxies/{self.name}/toxics")
         return result
 

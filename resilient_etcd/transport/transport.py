@@ -226,7 +226,8 @@ class Transport:
             return result
         return self._recover(invoke, deadline, rclass, with_token, metadata, _Attempt(conn, gen, ready, md), first)
 
-    def _attempt_failed(self, a: _Attempt, error: BaseException, rclass: RetryClass) -> RetryableError:
+    def _attempt_failed(self, a: _Attempt, error: BaseException, rclass: RetryClass,
+                        deadline: float | None) -> RetryableError:
         """Classify one failed attempt, feed the health machine, and decide: retry or raise."""
         conn = a.conn
         if self.pool.closed:
@@ -239,8 +240,12 @@ class Transport:
                 failure = Failure.EJECTED  # we closed the channel under this call
             if code == grpc.StatusCode.UNAVAILABLE and conn.permanent_error is None and (
                     not a.ready or any(m in details.lower() for m in _DIAL_FAILED)):
-                # a dial failed: is it one that waiting cannot heal? (asked once until the next success)
-                conn.permanent_error = permanent_cause(conn.endpoint, self._creds is not None, details)
+                # a dial failed: is it one that waiting cannot heal? (asked once until the next success; a
+                # handshake of our own may be needed, bounded by what is left of the call's deadline)
+                left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+                if left > 0.01:
+                    conn.permanent_error = permanent_cause(conn.endpoint, self._creds is not None, details,
+                                                           probe_timeout=left)
             self.pool.report_failure(conn, a.gen, f"{code.name}: {short(details)}", hard=is_hard(failure))
         elif isinstance(error, ValueError) and _is_closed_channel(error):
             # proof of "never sent": grpcio refuses a call on a closed channel before creating it
@@ -269,7 +274,7 @@ class Transport:
         self, invoke: Callable[[Stubs, float | None, Metadata], T], deadline: float | None,
         rclass: RetryClass, with_token: bool, metadata: Metadata, first_attempt: _Attempt, first: BaseException,
     ) -> T:
-        last = self._attempt_failed(first_attempt, first, rclass)
+        last = self._attempt_failed(first_attempt, first, rclass, deadline)
         current = first_attempt.conn
         reauthed = False
 
@@ -301,7 +306,7 @@ class Transport:
             try:
                 result = invoke(c.stubs, remaining, md)
             except (grpc.RpcError, ValueError) as e:
-                last = self._attempt_failed(_Attempt(c, g, ready, md), e, rclass)
+                last = self._attempt_failed(_Attempt(c, g, ready, md), e, rclass, deadline)
                 raise last from e
             if c.health.state is not State.HEALTHY:
                 self.pool.report_success(c, g)

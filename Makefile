@@ -7,12 +7,13 @@ PROTOC_VENV := .venv-protoc
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench deps venv servers demo-servers proto proto-check lint unit clean help
+.PHONY: test demo bench robustness deps venv servers demo-servers proto proto-check lint unit clean help
 
 help:
 	@echo "make test   - all tests on real servers (bootstraps venv, deps, servers)"
 	@echo "make demo   - replay the incident: a plain client stalls, resilient_etcd recovers"
 	@echo "make bench  - the full benchmark run (~20 min): benchmarks/results + docs/benchmarks.md"
+	@echo "make robustness - randomized faults under traffic, histories checked by porcupine (30 min)"
 	@echo "make servers / proto / lint / unit / clean"
 
 # system tools for the network-namespace scenarios and the socket-option check, and Debian's etcd 3.4
@@ -63,6 +64,13 @@ test: deps venv $(PROTOC_VENV)/.installed servers lint
 
 demo: deps venv demo-servers
 	$(PY) -m benchmarks.demo
+
+# a long randomized-fault run: make robustness ROBUSTNESS_SEEDS=11,12 ROBUSTNESS_DURATION=900
+ROBUSTNESS_SEEDS ?= 101,102
+ROBUSTNESS_DURATION ?= 900
+robustness: deps venv servers
+	ROBUSTNESS_SEEDS=$(ROBUSTNESS_SEEDS) ROBUSTNESS_DURATION=$(ROBUSTNESS_DURATION) \
+	  $(PY) -m pytest -s -p no:cacheprovider --timeout=0 tests/robustness
 
 bench: deps venv servers
 	$(PY) -m benchmarks run --out benchmarks/results --docs docs/benchmarks.md

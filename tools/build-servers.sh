@@ -6,7 +6,8 @@
 #
 #   tools/build-servers.sh            # build what is missing, print the bin dir
 #   tools/build-servers.sh etcd toxiproxy   # only these (etcd, etcdctl, toxiproxy, clientv3-driver,
-#                                           # kube-apiserver): `make demo` needs no kube-apiserver
+#                                           # kube-apiserver, porcupine-checker): `make demo` needs
+#                                           # only etcd and toxiproxy
 #   tools/build-servers.sh --print    # print the bin dir, build nothing
 set -euo pipefail
 
@@ -22,6 +23,8 @@ toxi_v=$(pinned toxiproxy github.com/Shopify/toxiproxy/v2)
 kube_v=$(pinned kube-apiserver k8s.io/kubernetes)
 # the benchmark's Go baseline: keyed by client version and by its own source
 drv_v="$(pinned clientv3-driver go.etcd.io/etcd/client/v3)-$(cat "$here/clientv3-driver/main.go" "$here/clientv3-driver/go.sum" | sha256sum | cut -c1-8)"
+# the robustness checker: keyed by porcupine's version and by its own source
+pc_v="$(pinned porcupine-checker github.com/anishathalye/porcupine)-$(cat "$here/porcupine-checker/main.go" "$here/porcupine-checker/go.sum" | sha256sum | cut -c1-8)"
 bindir="$cache/bin"
 
 if [[ "${1:-}" == "--print" ]]; then echo "$bindir"; exit 0; fi
@@ -32,7 +35,7 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 
 wanted=("$@")
-known=" etcd etcdctl toxiproxy clientv3-driver kube-apiserver "
+known=" etcd etcdctl toxiproxy clientv3-driver kube-apiserver porcupine-checker "
 for w in "${wanted[@]}"; do
   [[ "$known" == *" $w "* ]] || { echo "build-servers: unknown server '$w' (one of:$known)" >&2; exit 2; }
 done
@@ -60,6 +63,9 @@ if want toxiproxy; then
 fi
 if want clientv3-driver; then
   build clientv3-driver "$drv_v" clientv3-driver . && ln -sf "clientv3-driver-$drv_v" "$bindir/clientv3-driver"
+fi
+if want porcupine-checker; then
+  build porcupine-checker "$pc_v" porcupine-checker . && ln -sf "porcupine-checker-$pc_v" "$bindir/porcupine-checker"
 fi
 if want kube-apiserver; then
   build kube-apiserver "$kube_v" kube-apiserver . && ln -sf "kube-apiserver-$kube_v" "$bindir/kube-apiserver"

@@ -1,0 +1,5 @@
+module resilient-etcd/tools/porcupine-checker
+
+go 1.24
+
+require github.com/anishathalye/porcupine v1.3.1

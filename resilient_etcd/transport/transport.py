@@ -73,6 +73,9 @@ def _check_user_options(options: Sequence[tuple[str, Any]], keepalive: Keepalive
     return checked
 
 
+# Known bugs the robustness tests plant, to show their checks catch them. Never set outside those tests.
+_PLANTED = {"retry_ambiguous_writes": False}
+
 # grpc's words for a call that failed while its channel was dialing (the pick or the resolver failed);
 # used only to decide whether to diagnose the endpoint, never to decide a retry
 _DIAL_FAILED = ("failed to connect to all addresses", "errors resolving", "dns resolution failed")
@@ -252,6 +255,8 @@ class Transport:
             failure, details = Failure.NOT_SENT, str(error)
         else:
             raise error
+        if _PLANTED["retry_ambiguous_writes"] and failure in (Failure.BROKEN, Failure.EJECTED):
+            rclass = RetryClass.IDEMPOTENT  # the planted bug: a write whose outcome is unknown sent again
         if failure is Failure.AUTH_TOKEN and not self.has_credentials:
             raise AuthenticationError(f"{details} (no user/password configured) [{conn.name}]")
         if not may_retry(failure, rclass) or self.retry_policy.max_attempts == 1 or not retries_enabled():

@@ -58,3 +58,20 @@ def test_random_faults_keep_kv_linearizable(seed: int, etcd_cluster: EtcdCluster
                                      f"faults:\n" + "\n".join(faults) + f"\nsee {OUT}/history-{seed}.html")
     print(f"seed {seed}: {len(ops)} operations ({len(ops) - len(done)} unknown), {len(faults)} faults: "
           f"{verdict.stdout.strip()}")
+
+
+def test_a_planted_double_write_is_caught(etcd_cluster: EtcdCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the planted bug on — a write whose outcome is unknown is sent again elsewhere — the checker
+    must find a history that is not linearizable within a few short seeds (etcd applied the first
+    send after all: a put in flight to a member that is then killed, frozen or cut off)."""
+    from resilient_etcd.transport import transport
+
+    monkeypatch.setitem(transport._PLANTED, "retry_ambiguous_writes", True)
+    verdicts = []
+    for seed in (901, 902, 903, 904):
+        run(etcd_cluster, seed, 30.0, OUT)
+        verdict = check_linearizable(OUT / f"history-{seed}.json", OUT / f"history-{seed}.html")
+        verdicts.append(verdict.stdout.strip())
+        if verdict.returncode == 1:
+            return
+    pytest.fail(f"the planted double write went unnoticed in {len(verdicts)} runs: {verdicts}")

@@ -24,24 +24,8 @@ import sys, threading, time
 import resilient_etcd as etcd3
 CLOSED = getattr(etcd3, "ClientClosedError", ())  # (the library before the fix had none)
 c = etcd3.client(endpoints=sys.argv[1].split(","), timeout=5)
-started = threading.Event()
-def work():
-{work}
-threading.Thread(target=work, daemon=True).start()
-started.wait(10)
-def write():  # a worker in a daemon thread too: it writes until its client is closed
-    i = 0
-    while True:
-        i += 1
-        try:
-            c.put("/exit/k", str(i))
-        except CLOSED:
-            return
-        except Exception:
-            pass
-threading.Thread(target=write, daemon=True).start()
-time.sleep(1.0)
-print("main returns", flush=True)
+def write_once(i):
+    c.put("/exit/k", str(i))
 """
 
 _KUBE = """
@@ -51,15 +35,24 @@ import resilient_etcd
 from resilient_etcd.kube import ApiClient, Informer, watch
 CLOSED = getattr(resilient_etcd, "ClientClosedError", ())  # (the library before the fix had none)
 v1 = k8s.CoreV1Api(ApiClient.from_kubeconfig(sys.argv[1]))
+def write_once(i):
+    v1.create_namespaced_config_map("default", {"metadata": {"name": f"exit-{time.time_ns()}"}})
+"""
+
+# the work in a daemon thread, a worker writing (in a daemon thread too) until its client is closed,
+# and main returning while both run
+_MAIN = """
 started = threading.Event()
 def work():
 {work}
 threading.Thread(target=work, daemon=True).start()
 started.wait(10)
-def write():  # a worker in a daemon thread too: it writes until its client is closed
+def write():
+    i = 0
     while True:
+        i += 1
         try:
-            v1.create_namespaced_config_map("default", {{"metadata": {{"name": f"exit-{{time.time_ns()}}"}}}})
+            write_once(i)
         except CLOSED:
             return
         except Exception:
@@ -112,11 +105,11 @@ def _run(script: str, arg: str, runs: int = 3) -> None:
 
 @pytest.mark.parametrize("work", sorted(ETCD_WORK))
 def test_etcd_work_in_daemon_threads_exits_cleanly(work: str, etcd_cluster: EtcdCluster) -> None:
-    script = _ETCD.format(work=textwrap.indent(textwrap.dedent(ETCD_WORK[work]), "    "))
+    script = _ETCD + _MAIN.format(work=textwrap.indent(textwrap.dedent(ETCD_WORK[work]), "    "))
     _run(script, ",".join(etcd_cluster.endpoints))
 
 
 @pytest.mark.parametrize("work", sorted(KUBE_WORK))
 def test_kube_work_in_daemon_threads_exits_cleanly(work: str, kube_apiserver: KubeApiServer) -> None:
-    script = _KUBE.format(work=textwrap.indent(textwrap.dedent(KUBE_WORK[work]), "    "))
+    script = _KUBE + _MAIN.format(work=textwrap.indent(textwrap.dedent(KUBE_WORK[work]), "    "))
     _run(script, str(kube_apiserver.kubeconfig()))

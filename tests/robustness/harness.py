@@ -110,15 +110,79 @@ def faults(cluster: EtcdCluster, rng: random.Random, stop: threading.Event, log:
     cluster.wait_healthy()
 
 
+Event = tuple[int, str, str, str]  # (revision, key, PUT/DELETE, value)
+
+
+@dataclass
+class WatchRecord:
+    """What one prefix watch delivered, and the errors it was given."""
+
+    events: list[Event] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+
+    def __call__(self, item: Any) -> None:
+        if isinstance(item, BaseException):
+            self.errors.append(item)
+            return
+        for e in item.events:
+            self.events.append((e.mod_revision, e.key.decode(), type(e).__name__.replace("Event", "").upper(),
+                                e.value.decode()))
+
+
+def check_watch(delivered: list[Event], truth: list[Event]) -> list[str]:
+    """etcd's watch properties for one watch from the start of ``truth`` (etcd's own history of the
+    prefix): ordered, unique, reliable (no gap), and every event as etcd recorded it."""
+    problems = []
+    revisions = [e[0] for e in delivered]
+    if revisions != sorted(revisions):
+        problems.append("ordered: revisions went backwards")
+    if len(set(delivered)) != len(delivered):
+        problems.append(f"unique: {len(delivered) - len(set(delivered))} events delivered twice")
+    missing = sorted(set(truth) - set(delivered))
+    if missing:
+        problems.append(f"reliable: {len(missing)} events never delivered, first {missing[:3]}")
+    extra = sorted(set(delivered) - set(truth))
+    if extra:
+        problems.append(f"exact: {len(extra)} events etcd does not have, first {extra[:3]}")
+    return problems
+
+
+def etcd_history(cluster: EtcdCluster, prefix: str, start: int, end: int) -> list[Event]:
+    """Every event etcd recorded under ``prefix`` in [start, end], replayed by a raw watch."""
+    from resilient_etcd._proto import rpc_pb2, rpc_pb2_grpc
+    from resilient_etcd.etcd.models import prefix_range_end
+
+    key = prefix.encode()
+    req = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
+        key=key, range_end=prefix_range_end(key), start_revision=start))
+    out: list[Event] = []
+    with cluster.raw_channel(cluster.direct_endpoints[0]) as ch:
+        stream = rpc_pb2_grpc.WatchStub(ch).Watch(iter([req]), timeout=60)
+        for resp in stream:
+            out += [(e.kv.mod_revision, e.kv.key.decode(), "DELETE" if e.type == 1 else "PUT", e.kv.value.decode())
+                    for e in resp.events]
+            if out and out[-1][0] >= end:
+                break
+        stream.cancel()
+    return [e for e in out if e[0] <= end]
+
+
 def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, workers: int = 4,
-        keys: int = 6) -> tuple[History, list[str]]:
-    """Traffic from ``workers`` threads and a fault schedule for ``duration`` seconds, seeded by ``seed``."""
+        keys: int = 6) -> tuple[History, list[str], list[str]]:
+    """Traffic from ``workers`` threads and a fault schedule for ``duration`` seconds, seeded by ``seed``,
+    while a prefix watch (on a client of its own) follows every key; returns the KV history, the fault
+    log and the watch's property violations (none expected)."""
     rng = random.Random(seed)
     history = History()
     log: list[str] = []
     stop = threading.Event()
-    names = [f"/rob/{seed}/k{i}" for i in range(keys)]
-    with etcd3.client(endpoints=cluster.endpoints, timeout=2) as client:
+    prefix = f"/rob/{seed}/"
+    names = [f"{prefix}k{i}" for i in range(keys)]
+    watched = WatchRecord()
+    with etcd3.client(endpoints=cluster.endpoints, timeout=2) as client, \
+            etcd3.client(endpoints=cluster.endpoints, timeout=2) as watcher:
+        start = client.put(f"/rob-start/{seed}", "x", timeout=10).header.revision + 1
+        watcher.add_watch_prefix_callback(prefix, watched, start_revision=start)
         threads = [threading.Thread(target=traffic, args=(client, history, w, names, stop,
                                                           random.Random(rng.random())))
                    for w in range(workers)]
@@ -129,10 +193,22 @@ def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, workers: in
         stop.set()
         for t in (*threads, faulter):
             t.join(60)
+        end = client.put(f"{prefix}~end", "x", timeout=10).header.revision  # closes the watched history
+        deadline = time.monotonic() + 60
+        while not (watched.events and watched.events[-1][0] >= end) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling for the watch to catch up, with a deadline
+        delivered = list(watched.events)
+        errors = list(watched.errors)
+    truth = etcd_history(cluster, prefix, start, end)
+    problems = check_watch([e for e in delivered if e[0] <= end], truth)
+    # NoLeaderError is a transient notice (a member saw no leader for a moment; the watch goes on), and
+    # ClientClosedError comes with our own close(): neither ends the watch early
+    problems += [f"watch error: {e!r}" for e in errors
+                 if not (isinstance(e, etcd3.ClientClosedError) or getattr(e, "transient", False))]
     out.mkdir(parents=True, exist_ok=True)
     history.write(out / f"history-{seed}.json")
     (out / f"faults-{seed}.log").write_text("\n".join(log) + "\n")
-    return history, log
+    return history, log, problems
 
 
 def check_linearizable(history_path: Path, html_path: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:

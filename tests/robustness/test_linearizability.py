@@ -47,12 +47,13 @@ def test_the_checker_can_fail(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_random_faults_keep_kv_linearizable(seed: int, etcd_cluster: EtcdCluster) -> None:
-    history, faults = run(etcd_cluster, seed, DURATION, OUT)
+def test_random_faults_keep_kv_linearizable_and_watches_exact(seed: int, etcd_cluster: EtcdCluster) -> None:
+    history, faults, watch_problems = run(etcd_cluster, seed, DURATION, OUT)
     ops = history.ops
     done = [o for o in ops if o.get("return") is not None]
     assert len(done) > 200, f"too little traffic got through to check anything ({len(done)} of {len(ops)})"
     assert len(faults) >= 5, faults
+    assert not watch_problems, f"seed {seed}: the prefix watch broke etcd's watch properties: {watch_problems}"
     verdict = check_linearizable(OUT / f"history-{seed}.json", OUT / f"history-{seed}.html")
     assert verdict.returncode == 0, (f"seed {seed}: {verdict.stdout.strip()} {verdict.stderr.strip()}\n"
                                      f"faults:\n" + "\n".join(faults) + f"\nsee {OUT}/history-{seed}.html")
@@ -69,9 +70,22 @@ def test_a_planted_double_write_is_caught(etcd_cluster: EtcdCluster, monkeypatch
     monkeypatch.setitem(transport._PLANTED, "retry_ambiguous_writes", True)
     verdicts = []
     for seed in (901, 902, 903, 904):
-        run(etcd_cluster, seed, 30.0, OUT)
+        run(etcd_cluster, seed, 30.0, OUT)  # (the watch's own checks are not this test's business)
         verdict = check_linearizable(OUT / f"history-{seed}.json", OUT / f"history-{seed}.html")
         verdicts.append(verdict.stdout.strip())
         if verdict.returncode == 1:
             return
     pytest.fail(f"the planted double write went unnoticed in {len(verdicts)} runs: {verdicts}")
+
+
+def test_a_planted_late_watch_resume_is_caught(etcd_cluster: EtcdCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the planted bug on — a resumed watch starts one revision after the first it has not
+    delivered — the watch checks report the lost event."""
+    from resilient_etcd.etcd import watch
+
+    monkeypatch.setitem(watch._PLANTED, "resume_one_late", True)
+    for seed in (911, 912, 913):
+        _, _, problems = run(etcd_cluster, seed, 20.0, OUT)
+        if any(p.startswith("reliable:") for p in problems):
+            return
+    pytest.fail("the planted late resume went unnoticed in 3 runs")

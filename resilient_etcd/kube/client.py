@@ -284,6 +284,11 @@ class ApiClient(k8s.ApiClient):
     def call_api(self, method: str, url: str, header_params: Any = None, body: Any = None,
                  post_params: Any = None, _request_timeout: Any = None) -> rest.RESTResponse:
         """The generated code's entry point: deadline, apiserver pick, retries and failover around one request."""
+        with _lifecycle.busy():  # at process exit, a call in flight is waited for (briefly) once clients close
+            return self._call_api(method, url, header_params, body, post_params, _request_timeout)
+
+    def _call_api(self, method: str, url: str, header_params: Any, body: Any, post_params: Any,
+                  _request_timeout: Any) -> rest.RESTResponse:
         if self.closed:
             raise ClientClosedError(f"the ApiClient was closed; {method} was not sent")
         base = self.configuration.host.rstrip("/")

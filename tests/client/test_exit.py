@@ -54,7 +54,7 @@ def write():
         try:
             write_once(i)
         except CLOSED:
-            return
+            threading.Event().wait()  # done: park (a daemon thread that runs on at exit is CPython's to abort)
         except Exception:
             pass
 threading.Thread(target=write, daemon=True).start()

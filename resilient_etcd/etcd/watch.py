@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from tenacity import RetryCallState, wait_random_exponential
+from tenacity import wait_random_exponential
 
 from .._proto import rpc_pb2
 from ..exceptions import ClientClosedError, Etcd3Exception, NoLeaderError, RevisionCompactedError, WatchTimedOut
 from ..metrics import METRICS
-from ..transport.retry import Failure, classify, is_hard
+from ..transport.retry import Failure, classify, delay_after, is_hard
 from .events import WatchResponse, new_event
 
 if TYPE_CHECKING:
@@ -207,9 +207,7 @@ class WatchManager:
             healthy = self._pump()
             failures = 0 if healthy else failures + 1
             if failures and not self._closed.is_set():
-                state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-                state.attempt_number = failures
-                self._closed.wait(wait(state))
+                self._closed.wait(delay_after(wait, failures))
 
     def _pump(self) -> bool:
         """Run one stream until it ends; True if it delivered anything (the next may start at once)."""

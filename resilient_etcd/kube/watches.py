@@ -30,9 +30,10 @@ from typing import Any
 
 import urllib3
 from kubernetes.client.exceptions import ApiException
-from tenacity import RetryCallState, wait_random_exponential
+from tenacity import wait_random_exponential
 
 from .. import _lifecycle
+from ..transport.retry import delay_after
 
 log = logging.getLogger("resilient_etcd.kube.watch")
 
@@ -82,9 +83,7 @@ def _watch(list_func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
         if is_permanent(error):
             raise error
         failures += 1
-        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-        state.attempt_number = failures
-        delay = backoff(state)
+        delay = delay_after(backoff, failures)
         log.log(logging.WARNING if failures in (3, 10) else logging.DEBUG,
                 "watch failed %d time(s) in a row (%s); retrying in %.2f s", failures, error, delay,
                 extra={"event": "kube_watch_retry", "failures": failures})

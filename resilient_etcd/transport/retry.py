@@ -27,6 +27,7 @@ from tenacity import (
     wait_random_exponential,
 )
 from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
 from .. import exceptions as exc
 from ..policies import RetryPolicy
@@ -120,6 +121,14 @@ def may_retry(failure: Failure, rclass: RetryClass) -> bool:
     if failure in (Failure.BROKEN, Failure.EJECTED, Failure.SERVER_UNAVAILABLE):
         return rclass is RetryClass.IDEMPOTENT
     return False
+
+
+def delay_after(wait: wait_base, failures: int) -> float:
+    """What a tenacity ``wait`` strategy says to wait after ``failures`` failures in a row, for loops
+    that retry by themselves (a watch stream) rather than through ``Retrying``."""
+    state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+    state.attempt_number = failures
+    return float(wait(state))
 
 
 class stop_when(stop_base):

@@ -48,7 +48,9 @@ class KeepalivePolicy:
     ``time``: seconds between PINGs while calls are active; ``timeout``: seconds to wait for the
     PING ack before the connection is closed. grpcio also sets ``TCP_USER_TIMEOUT`` on the socket
     to ``timeout`` when keepalive is on (gRFC A18; our tests check it under strace), so
-    unacknowledged data is bounded too.
+    unacknowledged data is bounded too. A PING goes out only after ``time`` without anything read
+    from the connection, so a connection delivering a large response slowly is never pinged: data
+    arriving is proof of life, and only a connection that went quiet is questioned.
 
     etcd enforces ``--grpc-keepalive-min-time`` (5 s by default) and forbids PINGs without active
     calls: a client that pings faster, or pings an idle connection, gets ``GOAWAY
@@ -76,6 +78,10 @@ class KeepalivePolicy:
         return [
             ("grpc.keepalive_time_ms", int(self.time * 1000)),
             ("grpc.keepalive_timeout_ms", int(self.timeout * 1000)),
+            # grpc-core (≥ 1.5x, still in 1.85) never fires the keepalive timeout by itself: an unanswered
+            # PING closes the connection only after the general ping timeout (60 s by default). So that
+            # "timeout" means what it says, both are set (grpc/grpc#39239).
+            ("grpc.http2.ping_timeout_ms", int(self.timeout * 1000)),
             ("grpc.keepalive_permit_without_calls", int(self.permit_without_calls)),
             ("grpc.http2.max_pings_without_data", 0),
         ]

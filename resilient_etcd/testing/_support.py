@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,11 +59,43 @@ def find_binary(name: str) -> str:
     )
 
 
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port that was free a moment ago, below the kernel's ephemeral range.
+
+    A port the kernel picks for ``bind(0)`` is an ephemeral one: any outgoing connection (the
+    apiserver's own connections to etcd, for one) may take it before our server binds it, and the
+    server dies with "address already in use". Ports below the range are never given to outgoing
+    connections; a port handed out here is not handed out again soon in this process.
+    """
+    high = _ephemeral_low()
+    low = max(1024, high - 12000)
+    with _ports_lock:
+        if len(_handed_out) > (high - low) // 2:
+            _handed_out.clear()  # the oldest servers are long gone; a bind check still guards reuse
+    for _ in range(200):
+        port = random.randrange(low, high)
+        with _ports_lock:
+            if port in _handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    raise PortInUseError(f"no free port in {low}..{high - 1} on {host}")
 
 
 def ensure_port_free(host: str, port: int, what: str) -> None:

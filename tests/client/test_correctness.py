@@ -336,11 +336,11 @@ def test_refused_on_an_established_connection_is_not_proof_of_never_sent(etcd_cl
     sent": the put was retried on another member, and applied again when the member woke up."""
     m0 = etcd_cluster.members[0]
     # probes would notice the freeze first (ejection: not retried either way); let the connection's
-    # own timer (TCP_USER_TIMEOUT = keepalive timeout) speak
+    # own timer (TCP_USER_TIMEOUT = keepalive timeout) speak before the PING's own timeout does
     health = etcd3.HealthPolicy(probe_interval=30, dead_after=60)
     keepalive = etcd3.KeepalivePolicy(time=5, timeout=1)
     with etcd3.client(endpoints=[m.direct_endpoint for m in etcd_cluster.members], timeout=15,
-                      health=health, keepalive=keepalive) as c:
+                      health=health, keepalive=keepalive, grpc_options=[("grpc.http2.ping_timeout_ms", 4000)]) as c:
         start = c.put("/icmp/warm", "0").header.revision
         assert next(h for h in c.endpoint_health() if h.active).endpoint == m0.direct_endpoint
         m0.pause()

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from .._proto import rpc_pb2
-from ..deadlines import deadline
+from ..deadlines import deadline, remaining
 from ..exceptions import Etcd3Exception, LeaseLostError
 from ..metrics import METRICS
 
@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from ..client import Etcd3Client
 
 log = logging.getLogger("resilient_etcd.lease")
+
+# Known bugs the robustness tests plant, to show their checks catch them. Never set outside those tests.
+_PLANTED = {"skip_lost_signal": False}
 
 
 @contextlib.contextmanager
@@ -89,7 +92,9 @@ class Lease:
         responses = list(self._client().refresh_lease(self.id))
         for r in responses:
             if r.TTL <= 0:
-                self._mark_lost("expired or revoked on the server (keep-alive answered TTL 0)")
+                # (a keep-alive answered after the owner stopped the keeper, or revoked: not a loss to report)
+                self._mark_lost("expired or revoked on the server (keep-alive answered TTL 0)",
+                                notify=not self._stop.is_set())
                 self.check()
             self.expires_at = sent + r.TTL
         return responses
@@ -125,17 +130,24 @@ class Lease:
                 self._keeper.start()
         return self
 
-    def stop_keep_alive(self) -> None:
-        """Stop the keeper (the lease then expires at its TTL unless refreshed or revoked)."""
+    def stop_keep_alive(self, *, wait: bool = True) -> None:
+        """Stop the keeper (the lease then expires at its TTL unless refreshed or revoked).
+
+        ``wait``: also wait for a keep-alive in flight to end (up to 5 s, or what is left of a
+        :func:`deadline` scope). Either way, an answer that comes after this call is not reported
+        as a loss (``on_lost`` is for losses the owner did not ask for).
+        """
         self._stop.set()
-        if self._keeper is not None and self._keeper is not threading.current_thread():
-            self._keeper.join(timeout=5)
+        keeper = self._keeper
+        if wait and keeper is not None and keeper is not threading.current_thread():
+            left = remaining()
+            keeper.join(timeout=5 if left is None else max(0.0, min(5, left)))
 
     def abandon(self) -> None:
         """Give the lease up on a failure path: stop the keeper now, and revoke it in the background
         (bounded by its TTL, after which it is gone anyway) so the caller does not wait for a cluster
         that may be unreachable. Whatever it carried goes with it."""
-        self.stop_keep_alive()
+        self.stop_keep_alive(wait=False)
         if self._lost is not None or self.etcd_client is None:
             return
         self._mark_lost("abandoned", notify=False)
@@ -152,7 +164,7 @@ class Lease:
 
     def give_up(self) -> None:
         """Stop the keeper and revoke now; if the revoke does not get through, :meth:`abandon`."""
-        self.stop_keep_alive()
+        self.stop_keep_alive(wait=False)
         if self._lost is not None:
             return
         try:
@@ -162,7 +174,10 @@ class Lease:
 
     def _keep(self) -> None:
         interval = max(self.ttl / 3.0, 0.2)
-        while not self._stop.wait(interval if self._lost is None else 0):
+        while not self._stop.wait(0 if self._lost is not None
+                                  else max(0.0, min(interval, self.expires_at - time.monotonic()))):
+            # (never sleeps past the expiry: the loss is signalled when the TTL runs out, before the
+            # server, which counts from when it received the last keep-alive, drops the lease's keys)
             if self._lost is not None:
                 return
             left = self.expires_at - time.monotonic()
@@ -191,6 +206,8 @@ class Lease:
             self._lost = reason
             callbacks = list(self._on_lost) if notify else []
         self._stop.set()
+        if notify and _PLANTED["skip_lost_signal"]:
+            callbacks = []  # the planted bug: the loss is recorded but nobody is told
         if notify:
             METRICS.inc("lease_losses")
             log.error("lease %#x lost: %s", self.id, reason, extra={"lease": self.id, "event": "lease_lost"})

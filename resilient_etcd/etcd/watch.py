@@ -24,6 +24,7 @@ is renewed and the stream re-opened.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import queue
@@ -127,6 +128,9 @@ class WatchManager:
         self._watches: dict[int, _Watch] = {}
         self._closed = threading.Event()
         self._stream: tuple[Any, queue.SimpleQueue[rpc_pb2.WatchRequest | None]] | None = None
+        # the creates sent on the current stream and not answered yet, in the order sent: etcd answers a
+        # create it refuses before making a watch (expired token, permission) with watch id -1, in order
+        self._unanswered: collections.deque[int] = collections.deque()
         self._last_activity = 0.0
         self._progress_ordered = False  # may progress answers raise the floor? (per stream, by server version)
         self._progress_sent: float | None = None
@@ -151,6 +155,7 @@ class WatchManager:
             self._watches[w.id] = w
             if self._stream is not None:
                 w.on_stream = True
+                self._unanswered.append(w.id)
                 self._stream[1].put(w.create_request())
             self._wake.notify_all()
         if not w.created.wait(timeout):
@@ -228,6 +233,7 @@ class WatchManager:
             self._stalled = False
             self._progress_sent = None
             self._last_activity = self._last_progress = time.monotonic()
+            self._unanswered = collections.deque(self._watches)
             for w in self._watches.values():
                 w.on_stream = True
                 q.put(w.create_request())
@@ -311,6 +317,9 @@ class WatchManager:
 
     def _handle(self, resp: rpc_pb2.WatchResponse) -> None:
         wid = resp.watch_id
+        if wid == _ALL_WATCHERS and (resp.created or resp.canceled):
+            self._refused(resp)
+            return
         if wid == _ALL_WATCHERS:
             if not self._progress_ordered:
                 return  # proof of life only (the watchdog saw it); events may still be pending
@@ -324,6 +333,10 @@ class WatchManager:
         if found is None:
             return
         w = found
+        if resp.created:
+            with self._lock:
+                if wid in self._unanswered:
+                    self._unanswered.remove(wid)
         if resp.created and not resp.canceled and not resp.compact_revision:
             if w.next_revision is None:
                 w.next_revision = (w.start_revision or resp.header.revision + 1)
@@ -342,6 +355,22 @@ class WatchManager:
         if fresh:
             w.next_revision = fresh[-1].kv.mod_revision + 1
             self._deliver(w, WatchResponse(resp.header, [new_event(e) for e in fresh]))
+
+    def _refused(self, resp: rpc_pb2.WatchResponse) -> None:
+        """A create refused before a watch was made: the answer (id -1) names no watch, so it is the
+        oldest create not answered yet. Read as a progress notice, it left that watch uncreated and
+        silent for good (an expired token after a resume: every watch)."""
+        with self._lock:
+            wid = self._unanswered.popleft() if self._unanswered else None
+            w = self._watches.get(wid) if wid is not None else None
+        if w is not None:
+            self._canceled(w, resp)
+        elif classify(grpc.StatusCode.UNAUTHENTICATED, resp.cancel_reason) is Failure.AUTH_TOKEN \
+                and self._t.has_credentials:
+            self._reauth()
+            raise _StreamEnded
+        else:
+            log.warning("watch create refused: %s", resp.cancel_reason, extra={"event": "watch_refused"})
 
     def _canceled(self, w: _Watch, resp: rpc_pb2.WatchResponse) -> None:
         reason = resp.cancel_reason or "watch canceled by the server"

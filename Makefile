@@ -65,12 +65,15 @@ test: deps venv $(PROTOC_VENV)/.installed servers lint
 demo: deps venv demo-servers
 	$(PY) -m benchmarks.demo
 
-# a long randomized-fault run: make robustness ROBUSTNESS_SEEDS=11,12 ROBUSTNESS_DURATION=900
-ROBUSTNESS_SEEDS ?= 101,102
-ROBUSTNESS_DURATION ?= 900
+# a long randomized-fault run (30 min by default: 3 seeds x 600 s, one per cluster kind), then its
+# table and plot: make robustness ROBUSTNESS_SEEDS=11,12 ROBUSTNESS_DURATION=900
+ROBUSTNESS_SEEDS ?= 101,102,103
+ROBUSTNESS_DURATION ?= 600
 robustness: deps venv servers
+	rm -rf robustness-results
 	ROBUSTNESS_SEEDS=$(ROBUSTNESS_SEEDS) ROBUSTNESS_DURATION=$(ROBUSTNESS_DURATION) \
-	  $(PY) -m pytest -s -p no:cacheprovider --timeout=0 tests/robustness
+	  $(PY) -m pytest -s -p no:cacheprovider --timeout=0 tests/robustness -k "random_faults or kube"
+	$(PY) -m tests.robustness.report robustness-results robustness-results/run.png
 
 bench: deps venv servers
 	$(PY) -m benchmarks run --out benchmarks/results --docs docs/benchmarks.md

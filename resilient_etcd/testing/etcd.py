@@ -417,6 +417,16 @@ class EtcdCluster:
 
         return wait_until(find, timeout=timeout, what="an etcd leader")
 
+    def move_leader(self, target: EtcdMember, timeout: float = 10.0) -> None:
+        """Hand leadership to ``target`` (``Maintenance.MoveLeader`` on the current leader)."""
+        leader = self.leader(timeout=timeout)
+        if leader is target:
+            return
+        target_id = target.status(timeout=timeout).header.member_id
+        with leader.channel() as ch:
+            rpc_pb2_grpc.MaintenanceStub(ch).MoveLeader(rpc_pb2.MoveLeaderRequest(targetID=target_id),
+                                                        timeout=timeout, metadata=self.auth_metadata(ch))
+
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Wait until every running member is ready and a leader is elected."""
         for m in self.members:

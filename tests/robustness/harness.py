@@ -1,19 +1,27 @@
 """Randomized fault schedules under client traffic, every history checked (issue: robustness).
 
-This is the first slice: KV traffic (put, get, compare-and-swap, delete; every written value unique)
-from several threads through resilient_etcd, a seeded schedule of real faults on a 3-member cluster,
-and the history checked for linearizability by porcupine (``tools/porcupine-checker``). A write
-whose outcome the client could not know is recorded as *unknown* (no return time: it may have
-taken effect at any point after its call, or never); a failed read is dropped.
+One run: a 3-member test-bed cluster; KV, lease, lock and election traffic from several threads
+and a second process through resilient_etcd (:mod:`.traffic`); library watches of every kind
+(plain, ``prev_kv``, filtered, started in the past, re-created by their user); a seeded schedule of
+overlapping real faults (:mod:`.faults`); etcd's own history recorded by a raw watch
+(:mod:`.recorder`). Afterwards porcupine checks the KV history for linearizability and
+:mod:`.checks` the rest.
+
+The second process is this module run as a script: ``python -m tests.robustness.harness``.
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import json
+import os
 import random
 import subprocess
+import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,197 +29,301 @@ from typing import Any
 import resilient_etcd as etcd3
 from resilient_etcd.testing import EtcdCluster, find_binary
 
-FAULTS = ("kill", "pause", "blackhole")
+from . import checks
+from .checks import Delivery, Segment
+from .faults import Fault, Scheduler
+from .recorder import Event, Recorder
+from .traffic import History, election_worker, kv_traffic, lease_worker, lock_worker
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD_ENV = "ROBUSTNESS_ETCD_PASSWORD"  # the second process's credentials: never on its command line
 
 
-@dataclass
-class History:
-    """Operations as porcupine-checker reads them; one monotonic clock (ns) for every thread."""
-
-    ops: list[dict[str, Any]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, op: dict[str, Any]) -> None:
-        with self.lock:
-            self.ops.append(op)
-
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.ops))
+def _event(e: Any) -> Event:
+    prev = (int(e.prev_mod_revision), e.prev_value.decode()) if e.prev_mod_revision else None
+    return Event(int(e.mod_revision), e.key.decode(), type(e).__name__.replace("Event", "").upper(),
+                 e.value.decode(), prev)
 
 
-def traffic(client: etcd3.Etcd3Client, history: History, worker: int, keys: list[str], stop: threading.Event,
-            rng: random.Random, timeout: float = 2.0) -> None:
-    """One client thread's loop: a random operation on a random key until ``stop``."""
-    seq = 0
-    while not stop.is_set():
-        seq += 1
-        key = rng.choice(keys)
-        kind = rng.choices(("put", "get", "cas", "delete"), weights=(4, 4, 2, 1))[0]
-        value = f"w{worker}-{seq}"
-        op: dict[str, Any] = {"client": worker, "key": key, "op": kind, "value": "", "expect": None}
-        if kind in ("put", "cas"):
-            op["value"] = value
-        if kind == "cas":
-            current = _last_written(history, key, rng)
-            op["expect"] = current
-        op["call"] = time.monotonic_ns()
-        try:
-            if kind == "put":
-                client.put(key, value, timeout=timeout)
-            elif kind == "get":
-                got, _ = client.get(key, timeout=timeout)
-                op["found"], op["got"] = got is not None, (got or b"").decode()
-            elif kind == "cas":
-                if op["expect"] is None:
-                    op["ok"] = client.put_if_not_exists(key, value, timeout=timeout)
-                else:
-                    op["ok"] = client.replace(key, op["expect"], value, timeout=timeout)
-            else:
-                op["ok"] = bool(client.delete(key, timeout=timeout))
-            op["return"] = time.monotonic_ns()
-        except etcd3.Etcd3Exception:
-            if kind == "get":
-                continue  # a failed read observed nothing
-            op["return"] = None  # a write whose outcome is unknown
-        history.add(op)
+class Follower:
+    """A library watch kept the way a controller keeps one: a ``RevisionCompactedError`` ends the
+    segment, and a new watch starts from the compacted revision. ``resume_every``: the user
+    cancels and re-creates the watch after the last revision it delivered, over and over."""
 
+    def __init__(self, client: etcd3.Etcd3Client, prefix: str, name: str, start: int, *, prev_kv: bool = False,
+                 filters: tuple[int, ...] = (), resume_every: float | None = None,
+                 stop: threading.Event | None = None) -> None:
+        self.client, self.prefix, self.name = client, prefix, name
+        self.prev_kv, self.filters = prev_kv, filters
+        self.segments: list[Segment] = []
+        self.late: int = 0  # events delivered to a watch after its cancel_watch returned
+        self._responses = itertools.count()
+        self._lock = threading.Lock()
+        self._watch_id: int | None = None
+        self._open(start)
+        if resume_every is not None and stop is not None:
+            threading.Thread(target=self._resume_loop, args=(resume_every, stop), daemon=True,
+                             name=f"robustness-resume-{name}").start()
 
-def _last_written(history: History, key: str, rng: random.Random) -> str | None:
-    """An expected value for a compare-and-swap: usually the last value written to ``key`` (so some
-    succeed), sometimes absent."""
-    with history.lock:
-        for op in reversed(history.ops):
-            if op["key"] == key and op["op"] in ("put", "cas") and op.get("return") is not None:
-                return str(op["value"]) if rng.random() < 0.8 else None
-    return None
-
-
-def faults(cluster: EtcdCluster, rng: random.Random, stop: threading.Event, log: list[str]) -> None:
-    """One fault at a time on a random member, held 0.5-2 s, with 0.2-1.5 s of calm between."""
-    start = time.monotonic()
-    while not stop.wait(rng.uniform(0.2, 1.5)):
-        m = rng.choice(cluster.members)
-        kind = rng.choice(FAULTS)
-        hold = rng.uniform(0.5, 2.0)
-        log.append(f"{time.monotonic() - start:6.2f}s {kind} {m.name} for {hold:.2f}s")
-        if kind == "kill":
-            m.kill()
-            stop.wait(hold)
-            m.start()
-        elif kind == "pause":
-            m.pause()
-            stop.wait(hold)
-            m.resume()
-        else:
-            m.require_proxy().blackhole()
-            stop.wait(hold)
-            m.require_proxy().heal()
-    cluster.heal_all()
-    cluster.wait_healthy()
-
-
-Event = tuple[int, str, str, str]  # (revision, key, PUT/DELETE, value)
-
-
-@dataclass
-class WatchRecord:
-    """What one prefix watch delivered, and the errors it was given."""
-
-    events: list[Event] = field(default_factory=list)
-    errors: list[BaseException] = field(default_factory=list)
-
-    def __call__(self, item: Any) -> None:
-        if isinstance(item, BaseException):
-            self.errors.append(item)
-            return
-        for e in item.events:
-            self.events.append((e.mod_revision, e.key.decode(), type(e).__name__.replace("Event", "").upper(),
-                                e.value.decode()))
-
-
-def check_watch(delivered: list[Event], truth: list[Event]) -> list[str]:
-    """etcd's watch properties for one watch from the start of ``truth`` (etcd's own history of the
-    prefix): ordered, unique, reliable (no gap), and every event as etcd recorded it."""
-    problems = []
-    revisions = [e[0] for e in delivered]
-    if revisions != sorted(revisions):
-        problems.append("ordered: revisions went backwards")
-    if len(set(delivered)) != len(delivered):
-        problems.append(f"unique: {len(delivered) - len(set(delivered))} events delivered twice")
-    missing = sorted(set(truth) - set(delivered))
-    if missing:
-        problems.append(f"reliable: {len(missing)} events never delivered, first {missing[:3]}")
-    extra = sorted(set(delivered) - set(truth))
-    if extra:
-        problems.append(f"exact: {len(extra)} events etcd does not have, first {extra[:3]}")
-    return problems
-
-
-def etcd_history(cluster: EtcdCluster, prefix: str, start: int, end: int) -> list[Event]:
-    """Every event etcd recorded under ``prefix`` in [start, end], replayed by a raw watch."""
-    from resilient_etcd._proto import rpc_pb2, rpc_pb2_grpc
-    from resilient_etcd.etcd.models import prefix_range_end
-
-    key = prefix.encode()
-    req = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
-        key=key, range_end=prefix_range_end(key), start_revision=start))
-    out: list[Event] = []
-    with cluster.raw_channel(cluster.direct_endpoints[0]) as ch:
-        stream = rpc_pb2_grpc.WatchStub(ch).Watch(iter([req]), timeout=60)
-        for resp in stream:
-            out += [(e.kv.mod_revision, e.kv.key.decode(), "DELETE" if e.type == 1 else "PUT", e.kv.value.decode())
-                    for e in resp.events]
-            if out and out[-1][0] >= end:
+    def _open(self, start: int, give_up_after: float = 60) -> None:
+        """A new watch (segment) from ``start``; a create that times out (a fault) is tried again, as a
+        controller would."""
+        seg = Segment(self.name, start, self.prev_kv, self.filters)
+        deadline = time.monotonic() + give_up_after
+        while True:
+            try:
+                self._add(seg, start)
                 break
-        stream.cancel()
-    return [e for e in out if e[0] <= end]
+            except etcd3.ClientClosedError:
+                return  # the run is over
+            except etcd3.Etcd3Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # the pace of a controller's retry, not a synchronisation
+        with self._lock:
+            self.segments.append(seg)
+
+    def _add(self, seg: Segment, start: int) -> None:
+
+        def callback(item: Any) -> None:
+            if isinstance(item, etcd3.RevisionCompactedError):
+                seg.compacted = item.compacted_revision
+                seg.end = item.compacted_revision - 1
+                threading.Thread(target=self._open, args=(item.compacted_revision,), daemon=True,
+                                 name=f"robustness-reopen-{self.name}").start()
+                return
+            if isinstance(item, BaseException):
+                # NoLeaderError is a transient notice (the watch goes on); ClientClosedError comes with our close()
+                if not (isinstance(item, etcd3.ClientClosedError) or getattr(item, "transient", False)):
+                    seg.errors.append(repr(item))
+                return
+            if getattr(seg, "cancelled", False):
+                self.late += len(item.events)
+                return
+            n, at = next(self._responses), time.monotonic_ns()
+            seg.deliveries += [Delivery(_event(e), n, at) for e in item.events]
+
+        self._watch_id = self.client.add_watch_prefix_callback(
+            self.prefix, callback, start_revision=start, prev_kv=self.prev_kv, filters=list(self.filters) or None)
+
+    def _resume_loop(self, every: float, stop: threading.Event) -> None:
+        while not stop.wait(every):
+            seg = self.segments[-1]
+            if self._watch_id is not None:
+                try:
+                    self.client.cancel_watch(self._watch_id)
+                except etcd3.Etcd3Exception:
+                    continue  # try again next time
+            seg.cancelled = True  # type: ignore[attr-defined]
+            last = max((d.event.revision for d in seg.deliveries), default=seg.start - 1)
+            seg.end = last
+            self._open(last + 1)
 
 
-def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, workers: int = 4,
-        keys: int = 6) -> tuple[History, list[str], list[str]]:
-    """Traffic from ``workers`` threads and a fault schedule for ``duration`` seconds, seeded by ``seed``,
-    while a prefix watch (on a client of its own) follows every key; returns the KV history, the fault
-    log and the watch's property violations (none expected)."""
+@dataclass
+class Result:
+    """One run: its histories, faults, and what the checks said."""
+
+    seed: int
+    history: History
+    faults: list[Fault]
+    violations: list[str] = field(default_factory=list)
+    windows: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    timeline: list[tuple[float, str]] = field(default_factory=list)  # (seconds from start, op kind)
+
+
+def credentials(cluster: EtcdCluster) -> dict[str, Any]:
+    return {"user": "root", "password": cluster.root_password} if cluster.root_password else {}
+
+
+def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, *, workers: int = 4, keys: int = 6,
+        second_process: bool = True) -> Result:
+    """Traffic, watches and faults for ``duration`` seconds, seeded by ``seed``; then every check
+    but porcupine's (see :func:`check_linearizable`). Histories and the fault log go to ``out``."""
     rng = random.Random(seed)
     history = History()
-    log: list[str] = []
     stop = threading.Event()
-    prefix = f"/rob/{seed}/"
+    prefix = f"/rob/{seed}-{time.time_ns()}/"
     names = [f"{prefix}k{i}" for i in range(keys)]
-    watched = WatchRecord()
-    with etcd3.client(endpoints=cluster.endpoints, timeout=2) as client, \
-            etcd3.client(endpoints=cluster.endpoints, timeout=2) as watcher:
-        start = client.put(f"/rob-start/{seed}", "x", timeout=10).header.revision + 1
-        watcher.add_watch_prefix_callback(prefix, watched, start_revision=start)
-        threads = [threading.Thread(target=traffic, args=(client, history, w, names, stop,
-                                                          random.Random(rng.random())))
+    creds = credentials(cluster)
+    out.mkdir(parents=True, exist_ok=True)
+    with etcd3.client(endpoints=cluster.endpoints, timeout=2, **creds) as client, \
+            etcd3.client(endpoints=cluster.endpoints, timeout=2, **creds) as other, \
+            etcd3.client(endpoints=cluster.endpoints, timeout=2, **creds) as watcher:
+        start = client.put(f"{prefix}~start", "x", timeout=10).header.revision
+        recorder = Recorder(cluster, prefix, start, seed)
+        t0 = time.monotonic()
+        watches = [Follower(watcher, prefix, "plain", start),
+                   Follower(watcher, prefix, "prev_kv", start, prev_kv=True),
+                   Follower(other, prefix, "no-delete", start, filters=(checks.NODELETE,)),
+                   Follower(other, prefix, "no-put", start, filters=(checks.NOPUT,), prev_kv=True),
+                   Follower(watcher, prefix, "resumed", start, resume_every=3.0, stop=stop)]
+        child = _second_process(cluster, seed, duration, out, prefix, names) if second_process else None
+        wrng = random.Random(rng.random())
+        threads = [threading.Thread(target=kv_traffic, args=(client if w % 2 else other, history, w, names, stop,
+                                                             random.Random(wrng.random())))
                    for w in range(workers)]
-        faulter = threading.Thread(target=faults, args=(cluster, random.Random(rng.random()), stop, log))
-        for t in (*threads, faulter):
+        threads += [threading.Thread(target=lease_worker, args=(c, history, prefix, w, stop,
+                                                                random.Random(wrng.random())))
+                    for w, c in ((50, client), (51, other))]
+        threads += [threading.Thread(target=lock_worker, args=(c, history, f"rob-{seed}", who, stop,
+                                                               random.Random(wrng.random())))
+                    for who, c in (("lock-a", client), ("lock-b", other))]
+        threads += [threading.Thread(target=election_worker, args=(c, history, f"rob-{seed}", who, stop,
+                                                                   random.Random(wrng.random())))
+                    for who, c in (("leader-a", client), ("leader-b", other))]
+        scheduler = Scheduler(cluster, client, recorder, random.Random(rng.random()), stop, t0)
+        # a watch started in the past, a third of the way in
+        late = threading.Timer(duration / 3, lambda: watches.append(Follower(watcher, prefix, "from-the-past", start)))
+        for t in threads:
             t.start()
+        scheduler.start()
+        late.start()
         stop.wait(duration)
         stop.set()
-        for t in (*threads, faulter):
+        late.cancel()
+        for t in threads:
             t.join(60)
-        end = client.put(f"{prefix}~end", "x", timeout=10).header.revision  # closes the watched history
-        deadline = time.monotonic() + 60
-        while not (watched.events and watched.events[-1][0] >= end) and time.monotonic() < deadline:
-            time.sleep(0.05)  # polling for the watch to catch up, with a deadline
-        delivered = list(watched.events)
-        errors = list(watched.errors)
-    truth = etcd_history(cluster, prefix, start, end)
-    problems = check_watch([e for e in delivered if e[0] <= end], truth)
-    # NoLeaderError is a transient notice (a member saw no leader for a moment; the watch goes on), and
-    # ClientClosedError comes with our own close(): neither ends the watch early
-    problems += [f"watch error: {e!r}" for e in errors
-                 if not (isinstance(e, etcd3.ClientClosedError) or getattr(e, "transient", False))]
-    out.mkdir(parents=True, exist_ok=True)
-    history.write(out / f"history-{seed}.json")
-    (out / f"faults-{seed}.log").write_text("\n".join(log) + "\n")
-    return history, log, problems
+        scheduler.join()
+        if child is not None:
+            _join_child(child, history, out, seed, duration)
+        end = client.put(f"{prefix}~end", "x", timeout=30).header.revision  # closes the watched history
+        recorder.wait_for(end)
+        for w in watches:
+            _wait_delivered(w, end, out)
+        truth = recorder.history(end)
+        recorder.close()
+    result = Result(seed, history, scheduler.log)
+    result.violations += [f"recorder: {e}" for e in recorder.errors]
+    for w in watches:
+        if w.name == "resumed":
+            result.violations += checks.check_resumable(w.segments, truth, start, end)
+            continue
+        for seg in w.segments:
+            seg.end = seg.end if seg.end is not None else end
+            result.violations += checks.check_watch(seg, truth)
+    result.violations += checks.check_unique_writes(truth, set(names))
+    result.violations += checks.check_serializable(history)
+    result.violations += checks.check_deadlines(history)
+    result.violations += checks.check_leases(history, watches[0].segments[0].deliveries
+                                             + [d for s in watches[0].segments[1:] for d in s.deliveries],
+                                             int(t0 * 1e9))
+    for name, holds in history.holds.items():
+        bad, windows = checks.check_exclusion(name, holds)
+        result.violations += bad
+        result.windows += windows
+    result.counts = _counts(history, scheduler.log, truth, watches, recorder)
+    result.timeline = sorted(((o["call"] / 1e9 - t0), o["op"]) for o in history.ops)
+    history.write_porcupine(out / f"history-{seed}.json")
+    (out / f"faults-{seed}.log").write_text("".join(f"{f}\n" for f in scheduler.log))
+    return result
+
+
+def _wait_delivered(w: Follower, end: int, out: Path, timeout: float = 30) -> None:
+    """Until the follower's last segment has delivered ``end`` (or what its filter lets through); if
+    it never does, every thread's stack goes to ``out/stacks-<watch>.txt`` (the checks then report
+    what is missing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seg = w.segments[-1]
+        if any(d.event.revision >= end for d in seg.deliveries) or (checks.NOPUT in w.filters and _quiet(seg)):
+            return
+        time.sleep(0.05)  # polling with a deadline
+    names = {t.ident: t.name for t in threading.enumerate()}
+    stacks = [f"--- {names.get(ident, ident)}\n{''.join(traceback.format_stack(frame))}"
+              for ident, frame in sys._current_frames().items()]
+    now = time.monotonic()
+    state = [f"watch manager of {w.name}'s client, {now:.2f}: "
+             + ", ".join(f"{k}={v!r}" for k, v in vars(m).items() if not k.startswith("_t"))
+             + "; watches: " + ", ".join(f"{x.id}: created={x.created.is_set()} next={x.next_revision} "
+                                         f"on_stream={x.on_stream}" for x in m._watches.values())
+             for m in w.client._watch_holder]
+    (out / f"stacks-{w.name}.txt").write_text("\n".join(state + stacks))
+
+
+def _quiet(seg: Segment) -> bool:
+    """A watch that does not see the final put (it filters puts) is done once it has been quiet a moment."""
+    last = max((d.at for d in seg.deliveries), default=0)
+    return time.monotonic_ns() - last > 1e9
+
+
+def _counts(history: History, log: list[Fault], truth: list[Event], watches: list[Follower],
+            recorder: Recorder) -> dict[str, int]:
+    ops = history.ops
+    counts = {"operations": len(ops), "unknown": sum(1 for o in ops if o.get("return") is None),
+              "serializable reads": len(history.serial), "leases": len(history.leases),
+              "leases lost": sum(1 for r in history.leases if r.lost is not None),
+              "etcd events": len(truth), "recorder streams": recorder.streams,
+              "watch deliveries": sum(len(s.deliveries) for w in watches for s in w.segments),
+              "watch segments": sum(len(w.segments) for w in watches),
+              "late deliveries after cancel": sum(w.late for w in watches)}
+    for name, holds in history.holds.items():
+        counts[f"holds of {name}"] = len(holds)
+    for f in log:
+        key = f"fault {f.kind}" if "not injected" not in f.note else f"fault {f.kind} not injected"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+# ---- the second process ----
+
+def _second_process(cluster: EtcdCluster, seed: int, duration: float, out: Path, prefix: str,
+                    names: list[str]) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if cluster.root_password:
+        env[PASSWORD_ENV] = cluster.root_password
+    argv = [sys.executable, "-m", "tests.robustness.harness", "--endpoints", ",".join(cluster.endpoints),
+            "--seed", str(seed), "--duration", str(duration), "--prefix", prefix, "--keys", ",".join(names),
+            "--out", str(out / f"second-{seed}.json")]
+    log = open(out / f"second-{seed}.log", "wb")  # noqa: SIM115 (closed when the child is joined)
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _join_child(child: subprocess.Popen[bytes], history: History, out: Path, seed: int, duration: float) -> None:
+    code = child.wait(timeout=duration + 120)
+    if code != 0:
+        tail = (out / f"second-{seed}.log").read_text(errors="replace")[-2000:]
+        raise AssertionError(f"the second traffic process exited with {code}:\n{tail}")
+    history.merge(json.loads((out / f"second-{seed}.json").read_text()))
+
+
+def _child_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(description="robustness traffic from a second process")
+    p.add_argument("--endpoints", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--duration", type=float, required=True)
+    p.add_argument("--prefix", required=True)
+    p.add_argument("--keys", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    password = os.environ.get(PASSWORD_ENV)
+    creds: dict[str, Any] = {"user": "root", "password": password} if password else {}
+    rng = random.Random(args.seed * 7919)
+    history = History()
+    stop = threading.Event()
+    with etcd3.client(endpoints=args.endpoints.split(","), timeout=2, **creds) as client:
+        threads = [threading.Thread(target=kv_traffic, args=(client, history, 100 + w, args.keys.split(","), stop,
+                                                             random.Random(rng.random())))
+                   for w in range(2)]
+        threads.append(threading.Thread(target=lease_worker, args=(client, history, args.prefix, 150, stop,
+                                                                   random.Random(rng.random()))))
+        threads.append(threading.Thread(target=lock_worker, args=(client, history, f"rob-{args.seed}", "lock-p2",
+                                                                  stop, random.Random(rng.random()))))
+        for t in threads:
+            t.start()
+        stop.wait(args.duration)
+        stop.set()
+        for t in threads:
+            t.join(60)
+    args.out.write_text(json.dumps(history.to_json()))
 
 
 def check_linearizable(history_path: Path, html_path: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run porcupine-checker; exit 0 linearizable, 1 not (``html_path`` shows where), 2 undecided."""
     return subprocess.run([find_binary("porcupine-checker"), "-history", str(history_path), "-html", str(html_path),
                            "-timeout", f"{timeout:g}s"], capture_output=True, text=True, timeout=timeout + 30)
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])

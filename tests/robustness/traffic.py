@@ -1,0 +1,282 @@
+"""What the robustness clients do, and what they write down.
+
+KV traffic (put, get linearizable and serializable, compare-and-swap, delete, get_prefix, a two-key
+transaction; every written value unique) is recorded for porcupine. Lease, lock and election
+workers record what they believed and when, for the checks in :mod:`.checks`. Every call has a
+deadline, as a controller's would, and a call that returns later than its deadline + 100 ms is
+written down too.
+
+A write whose outcome the client could not know is recorded as *unknown* (no return time: it may
+have taken effect at any point after its call, or never); a failed read observed nothing and is
+dropped. Multi-key operations are recorded as one operation per key with the same call and return
+times: porcupine checks each key on its own, which is sound (never a false alarm) if weaker than
+checking the operation whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import resilient_etcd as etcd3
+
+T = TypeVar("T")
+SLACK_NS = 100_000_000  # a call may return this much after its deadline (the issue's bound)
+CALL_TIMEOUT = 2.0
+
+
+@dataclass
+class History:
+    """Everything one process's workers wrote down; one monotonic clock (ns) for every thread and
+    every process on the machine (CLOCK_MONOTONIC)."""
+
+    ops: list[dict[str, Any]] = field(default_factory=list)
+    serial: list[tuple[str, str | None]] = field(default_factory=list)  # serializable reads: key, value
+    overruns: list[str] = field(default_factory=list)
+    leases: list[LeaseRecord] = field(default_factory=list)
+    holds: dict[str, list[Hold]] = field(default_factory=dict)  # lock / election name -> who held it when
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, *ops: dict[str, Any]) -> None:
+        with self.lock:
+            self.ops.extend(ops)
+
+    def timed(self, what: str, limit: float, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` (a call with ``timeout``), noted if it returned (or raised) past its deadline."""
+        called = time.monotonic_ns()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            took = time.monotonic_ns() - called
+            if took > limit * 1e9 + SLACK_NS:
+                with self.lock:
+                    self.overruns.append(f"{what} took {took / 1e9:.3f} s with a {limit:g} s deadline")
+
+    def to_json(self) -> dict[str, Any]:
+        with self.lock:
+            return {"ops": self.ops, "serial": self.serial, "overruns": self.overruns,
+                    "leases": [asdict(r) for r in self.leases],
+                    "holds": {k: [asdict(h) for h in v] for k, v in self.holds.items()}}
+
+    def merge(self, other: dict[str, Any]) -> None:
+        """Add a second process's history (as written by :meth:`to_json`)."""
+        with self.lock:
+            self.ops += other["ops"]
+            self.serial += [(k, v) for k, v in other["serial"]]
+            self.overruns += other["overruns"]
+            self.leases += [LeaseRecord(**r) for r in other["leases"]]
+            for name, holds in other["holds"].items():
+                self.holds.setdefault(name, []).extend(Hold(**h) for h in holds)
+
+    def write_porcupine(self, path: Path) -> None:
+        with self.lock:
+            path.write_text(json.dumps(self.ops))
+
+
+def _op(worker: int, key: str, kind: str, value: str = "", expect: str | None = None) -> dict[str, Any]:
+    return {"client": worker, "key": key, "op": kind, "value": value, "expect": expect}
+
+
+def kv_traffic(client: etcd3.Etcd3Client, history: History, worker: int, keys: list[str], stop: threading.Event,
+               rng: random.Random, timeout: float = CALL_TIMEOUT) -> None:
+    """One client thread's loop: a random operation on random keys until ``stop``."""
+    prefix = keys[0][:-1]  # the keys are <prefix>0 .. <prefix>N-1
+    seq = 0
+    while not stop.is_set():
+        seq += 1
+        key = rng.choice(keys)
+        kind = rng.choices(("put", "get", "serial", "cas", "delete", "prefix", "txn2"),
+                           weights=(4, 4, 1, 2, 1, 1, 1))[0]
+        value = f"w{worker}-{seq}"
+        ops: list[dict[str, Any]]
+        if kind == "txn2":
+            other = rng.choice([k for k in keys if k != key])
+            ops = [_op(worker, key, "put", value + "a"), _op(worker, other, "put", value + "b")]
+        elif kind == "prefix":
+            ops = [_op(worker, k, "get") for k in keys]
+        elif kind == "cas":
+            ops = [_op(worker, key, "cas", value, _expected(history, key, rng))]
+        else:
+            ops = [_op(worker, key, kind, value if kind == "put" else "")]
+        call = time.monotonic_ns()
+        for o in ops:
+            o["call"] = call
+        try:
+            history.timed(kind, timeout, _do, client, kind, ops, prefix, timeout)
+        except etcd3.Etcd3Exception:
+            if kind in ("get", "serial", "prefix"):
+                continue  # a failed read observed nothing
+            for o in ops:
+                o["return"] = None  # a write whose outcome is unknown
+        else:
+            if kind == "serial":
+                with history.lock:
+                    history.serial.append((key, ops[0]["got"] if ops[0]["found"] else None))
+                continue  # not linearizable by contract: checked only for values that were written
+            returned = time.monotonic_ns()
+            for o in ops:
+                o["return"] = returned
+        history.add(*ops)
+
+
+def _do(client: etcd3.Etcd3Client, kind: str, ops: list[dict[str, Any]], prefix: str, timeout: float) -> None:
+    op = ops[0]
+    key = op["key"]
+    if kind == "put":
+        client.put(key, op["value"], timeout=timeout)
+    elif kind in ("get", "serial"):
+        got, _ = client.get(key, serializable=kind == "serial", timeout=timeout)
+        op["found"], op["got"] = got is not None, (got or b"").decode()
+    elif kind == "prefix":
+        seen = {m.key.decode(): v.decode() for v, m in client.get_prefix(prefix, timeout=timeout)}
+        for o in ops:
+            o["found"], o["got"] = o["key"] in seen, seen.get(o["key"], "")
+    elif kind == "cas":
+        if op["expect"] is None:
+            op["ok"] = client.put_if_not_exists(key, op["value"], timeout=timeout)
+        else:
+            op["ok"] = client.replace(key, op["expect"], op["value"], timeout=timeout)
+    elif kind == "delete":
+        op["ok"] = bool(client.delete(key, timeout=timeout))
+    else:  # txn2: both keys in one revision (what the watch's atomicity check needs)
+        t = client.transactions
+        client.transaction([], [t.put(o["key"], o["value"]) for o in ops], [], timeout=timeout)
+
+
+def _expected(history: History, key: str, rng: random.Random) -> str | None:
+    """An expected value for a compare-and-swap: usually the last value written to ``key`` (so some
+    succeed), sometimes absent."""
+    with history.lock:
+        for op in reversed(history.ops):
+            if op["key"] == key and op["op"] in ("put", "cas") and op.get("return") is not None:
+                return str(op["value"]) if rng.random() < 0.8 else None
+    return None
+
+
+# ---- leases ----
+
+@dataclass
+class LeaseRecord:
+    """One lease with a key attached: when it was granted, when we revoked it (if we did), when the
+    client said it was lost (if it did). Times in monotonic ns."""
+
+    key: str
+    lease: int
+    ttl: int
+    granted: int
+    revoke_called: int | None = None
+    lost: int | None = None
+
+
+def lease_worker(client: etcd3.Etcd3Client, history: History, prefix: str, worker: int, stop: threading.Event,
+                 rng: random.Random, timeout: float = CALL_TIMEOUT) -> None:
+    """Grant a short lease, attach a key, keep it alive for a while, revoke it; again until ``stop``.
+    A fault may take the lease: the keeper must say so (``on_lost``) before its key vanishes."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        ttl = rng.choice((2, 3, 4))
+        try:
+            lease = history.timed("lease grant", timeout, client.lease, ttl, timeout=timeout)
+        except etcd3.Etcd3Exception:
+            stop.wait(0.2)
+            continue
+        rec = LeaseRecord(f"{prefix}lease/{worker}-{n}", lease.id, ttl, time.monotonic_ns())
+        with history.lock:
+            history.leases.append(rec)
+
+        def lost(_: object, rec: LeaseRecord = rec) -> None:
+            rec.lost = time.monotonic_ns()
+
+        lease.keep_alive(on_lost=lost)
+        with contextlib.suppress(etcd3.Etcd3Exception):  # the key may or may not exist: the checks read etcd's
+            history.timed("put with lease", timeout, client.put, rec.key, "x", lease=lease, timeout=timeout)
+        stop.wait(rng.uniform(1.0, 6.0))
+        if rec.lost is None:
+            rec.revoke_called = time.monotonic_ns()
+            lease.give_up()  # revoke now, or in the background if the cluster is out of reach
+
+
+# ---- locks and elections ----
+
+@dataclass
+class Hold:
+    """One holder's belief: it held ``name`` from ``start`` to ``end`` (monotonic ns) with fencing
+    revision ``revision``; ``how`` it ended (released, lost, resigned, run over)."""
+
+    who: str
+    start: int
+    end: int
+    revision: int
+    how: str
+
+
+def lock_worker(client: etcd3.Etcd3Client, history: History, name: str, who: str, stop: threading.Event,
+                rng: random.Random, timeout: float = CALL_TIMEOUT) -> None:
+    """Take the lock, hold it a moment, release it; again until ``stop``."""
+    while not stop.is_set():
+        lost = threading.Event()
+        lock = client.lock(name, ttl=3, on_lost=functools.partial(_set, lost))
+        try:
+            got = history.timed("lock acquire", timeout, lock.acquire, timeout=timeout)
+        except etcd3.Etcd3Exception:
+            stop.wait(0.1)
+            continue
+        if not got:
+            continue
+        start, revision = time.monotonic_ns(), lock.revision or 0
+        how = "released" if not lost.wait(rng.uniform(0.1, 1.0)) else "lost"
+        end = time.monotonic_ns()
+        if how == "released":
+            try:
+                history.timed("lock release", timeout, _within, timeout, lock.release)
+            except etcd3.Etcd3Exception:
+                how = "release failed"
+        _held(history, f"lock {name}", Hold(who, start, end, revision, how))
+
+
+def election_worker(client: etcd3.Etcd3Client, history: History, name: str, who: str, stop: threading.Event,
+                    rng: random.Random, timeout: float = CALL_TIMEOUT) -> None:
+    """Campaign, lead a moment, resign; again until ``stop``."""
+    while not stop.is_set():
+        lost = threading.Event()
+        election = client.election(name, ttl=3, on_lost=functools.partial(_set, lost))
+        try:
+            won = history.timed("campaign", timeout, election.campaign, who, timeout=timeout)
+        except etcd3.Etcd3Exception:
+            stop.wait(0.1)
+            continue
+        if not won:
+            continue
+        start, revision = time.monotonic_ns(), election.revision or 0
+        how = "resigned" if not lost.wait(rng.uniform(0.1, 1.0)) else "lost"
+        end = time.monotonic_ns()
+        if how == "resigned":
+            try:
+                history.timed("resign", timeout, _within, timeout, election.resign)
+            except etcd3.Etcd3Exception:
+                how = "resign failed"
+        _held(history, f"election {name}", Hold(who, start, end, revision, how))
+
+
+def _set(event: threading.Event, _: object) -> None:
+    event.set()
+
+
+def _within(timeout: float, fn: Callable[[], T]) -> T:
+    """``fn`` (several calls) under one deadline."""
+    with etcd3.deadline(timeout):
+        return fn()
+
+
+def _held(history: History, name: str, hold: Hold) -> None:
+    with history.lock:
+        history.holds.setdefault(name, []).append(hold)

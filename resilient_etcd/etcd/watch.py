@@ -70,6 +70,7 @@ class _Watch:
     created: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     on_stream: bool = False
+    acked_after: int = -1  # the last progress request sent before etcd acknowledged this watch's create
 
     def create_request(self) -> rpc_pb2.WatchRequest:
         start = self.next_revision if self.next_revision is not None else (self.start_revision or 0)
@@ -133,7 +134,8 @@ class WatchManager:
         self._unanswered: collections.deque[int] = collections.deque()
         self._last_activity = 0.0
         self._progress_ordered = False  # may progress answers raise the floor? (per stream, by server version)
-        self._progress_sent: float | None = None
+        self._progress_sent: float | None = None  # when the progress request out now was sent (one at a time)
+        self._progress_requests = 0  # progress requests sent by this manager
         self._last_progress = 0.0
         self._in_callback = False
         self._stalled = False
@@ -240,7 +242,6 @@ class WatchManager:
         try:
             for resp in call:
                 self._last_activity = time.monotonic()
-                self._progress_sent = None
                 self._handle(resp)
                 delivered = True
                 self._leaderless = False
@@ -321,11 +322,16 @@ class WatchManager:
             self._refused(resp)
             return
         if wid == _ALL_WATCHERS:
+            self._progress_sent = None  # answered: the watchdog may ask again
             if not self._progress_ordered:
                 return  # proof of life only (the watchdog saw it); events may still be pending
+            answered = self._progress_requests  # one request out at a time: this answers the last one
             with self._lock:
                 for w in self._watches.values():
-                    if w.on_stream and w.next_revision is not None:
+                    # only watches etcd had made before that request: a request sent before a create may be
+                    # answered after the create's ack (etcd sends both from one select), and its revision
+                    # says nothing of a watch still replaying history from a start in the past
+                    if w.on_stream and w.next_revision is not None and w.acked_after < answered:
                         w.next_revision = max(w.next_revision, resp.header.revision + 1)
             return
         with self._lock:
@@ -340,6 +346,7 @@ class WatchManager:
         if resp.created and not resp.canceled and not resp.compact_revision:
             if w.next_revision is None:
                 w.next_revision = (w.start_revision or resp.header.revision + 1)
+            w.acked_after = self._progress_requests
             w.created.set()
             return
         if resp.canceled or resp.compact_revision:
@@ -408,9 +415,12 @@ class WatchManager:
             if sent is None:
                 if now - self._last_progress >= self.progress_interval:
                     self._last_progress = self._progress_sent = now
+                    self._progress_requests += 1
                     stream[1].put(_PROGRESS)
-            elif self._last_activity < sent and now - sent > self.stall_timeout:
-                log.warning("watch stream silent for %.2f s after a progress request; re-opening", now - sent,
+            elif now - max(sent, self._last_activity) > self.stall_timeout:
+                # a progress request unanswered, and nothing else either for stall_timeout
+                silent = now - max(sent, self._last_activity)
+                log.warning("watch stream silent for %.2f s with a progress request out; re-opening", silent,
                             extra={"event": "watch_stall"})
                 self._stalled = True
                 stream[0].cancel()

@@ -144,13 +144,17 @@ class Transport:
         token without asking again. The password never leaves this object.
         """
         budget = deadlines.call_timeout(timeout, self.default_timeout)
+        end = None if budget is None else time.monotonic() + budget
         if not self._token_lock.acquire(timeout=-1 if budget is None else budget):
             raise DeadlineExceeded(f"deadline exceeded waiting {budget:.3g} s for another thread's re-authentication")
         try:
             if stale is not None and self._token_md != stale:
                 return  # renewed by another thread while we waited
+            left = None if end is None else end - time.monotonic()  # the wait for the lock used some of it
+            if left is not None and left <= 0:
+                raise DeadlineExceeded("deadline exceeded waiting for another thread's re-authentication")
             req = rpc_pb2.AuthenticateRequest(name=self._user or "", password=self.__password or "")
-            resp = self.unary("auth", "Authenticate", req, timeout=budget, with_token=False)
+            resp = self.unary("auth", "Authenticate", req, timeout=left, with_token=False)
             self._token_md = (("token", resp.token),)
             METRICS.inc("token_renewals")
         finally:

@@ -39,6 +39,15 @@ class Segment:
     errors: list[str] = field(default_factory=list)
     compacted: int | None = None
     end: int | None = None
+    excused: list[tuple[int, int]] = field(default_factory=list)  # revision ranges a compaction took
+
+    def compaction_gap(self) -> tuple[int, int] | None:
+        """The revisions this watch could not deliver because a compaction took them: after the last
+        it delivered, before the compacted revision it was told of."""
+        if self.compacted is None:
+            return None
+        last = max((d.event.revision for d in self.deliveries), default=self.start - 1)
+        return (last + 1, self.compacted - 1)
 
 
 def check_watch(seg: Segment, truth: list[Event]) -> list[str]:
@@ -64,11 +73,11 @@ def check_watch(seg: Segment, truth: list[Event]) -> list[str]:
     expected = [e for e in truth if seg.start <= e.revision <= end and _passes(e, seg.filters)]
     if not seg.prev_kv:
         expected = [e.without_prev() for e in expected]
-    want, have = set(expected), set(got)
+    want, have = set(expected), {e for e in got if e.revision <= end}  # (leases expiring after the run's end)
     missing = sorted(want - have, key=lambda e: e.revision)
-    if seg.compacted is not None and missing:
-        # the watch said the history it needed was gone: the events it could not have had are excused
-        missing = [e for e in missing if e.revision >= seg.compacted]
+    # the watch said the history it needed was gone: the events it could not have had are excused
+    gaps = seg.excused + [g for g in [seg.compaction_gap()] if g is not None]
+    missing = [e for e in missing if not any(lo <= e.revision <= hi for lo, hi in gaps)]
     if missing:
         problems.append(f"{name}: reliable: {len(missing)} events never delivered, first {missing[:2]}")
     wrong = sorted(have - want, key=lambda e: e.revision)
@@ -95,6 +104,9 @@ def check_resumable(segments: list[Segment], truth: list[Event], start: int, end
             joined.deliveries.append(Delivery(d.event, response + d.response, d.at))
         response += 1_000_000
         joined.errors += seg.errors
+        gap = seg.compaction_gap()
+        if gap is not None:
+            joined.excused.append(gap)
     return check_watch(joined, truth)
 
 
@@ -113,7 +125,18 @@ def check_serializable(history: History) -> list[str]:
 
 
 def check_deadlines(history: History) -> list[str]:
-    return [f"deadline: {o}" for o in history.overruns]
+    """No call may return later than its deadline + 100 ms, beyond the time the interpreter itself was
+    stalled in that window (the canary's late wake-ups: a saturated 2-core machine running three
+    etcd members, toxiproxy and two busy Python processes)."""
+    problems = []
+    for what, called, returned, limit, pid in history.overruns:
+        deadline = called + int(limit * 1e9)
+        stalled = sum(late for at, late, p in history.stalls if p == pid and deadline - late <= at <= returned)
+        over = returned - deadline
+        if over > 100_000_000 + stalled:
+            problems.append(f"deadline: {what} returned {over / 1e6:.0f} ms after its {limit:g} s deadline "
+                            f"(the interpreter stalled {stalled / 1e6:.0f} ms of it)")
+    return problems
 
 
 def check_leases(history: History, deliveries: list[Delivery], t0: int) -> list[str]:

@@ -33,7 +33,7 @@ from . import checks
 from .checks import Delivery, Segment
 from .faults import Fault, Scheduler
 from .recorder import Event, Recorder
-from .traffic import History, election_worker, kv_traffic, lease_worker, lock_worker
+from .traffic import ELECTION, LOCK, History, canary, exclusion_worker, kv_traffic, lease_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD_ENV = "ROBUSTNESS_ETCD_PASSWORD"  # the second process's credentials: never on its command line
@@ -167,12 +167,11 @@ def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, *, workers:
         threads += [threading.Thread(target=lease_worker, args=(c, history, prefix, w, stop,
                                                                 random.Random(wrng.random())))
                     for w, c in ((50, client), (51, other))]
-        threads += [threading.Thread(target=lock_worker, args=(c, history, f"rob-{seed}", who, stop,
-                                                               random.Random(wrng.random())))
-                    for who, c in (("lock-a", client), ("lock-b", other))]
-        threads += [threading.Thread(target=election_worker, args=(c, history, f"rob-{seed}", who, stop,
-                                                                   random.Random(wrng.random())))
-                    for who, c in (("leader-a", client), ("leader-b", other))]
+        threads += [threading.Thread(target=exclusion_worker, args=(how, c, history, f"rob-{seed}", who, stop,
+                                                                    random.Random(wrng.random())))
+                    for how, who, c in ((LOCK, "lock-a", client), (LOCK, "lock-b", other),
+                                        (ELECTION, "leader-a", client), (ELECTION, "leader-b", other))]
+        threads.append(threading.Thread(target=canary, args=(history, stop), name="robustness-canary"))
         scheduler = Scheduler(cluster, client, recorder, random.Random(rng.random()), stop, t0)
         # a watch started in the past, a third of the way in
         late = threading.Timer(duration / 3, lambda: watches.append(Follower(watcher, prefix, "from-the-past", start)))
@@ -257,7 +256,9 @@ def _counts(history: History, log: list[Fault], truth: list[Event], watches: lis
               "etcd events": len(truth), "recorder streams": recorder.streams,
               "watch deliveries": sum(len(s.deliveries) for w in watches for s in w.segments),
               "watch segments": sum(len(w.segments) for w in watches),
-              "late deliveries after cancel": sum(w.late for w in watches)}
+              "late deliveries after cancel": sum(w.late for w in watches),
+              "calls past deadline + 100 ms": len(history.overruns),
+              "longest interpreter stall (ms)": max((late // 1_000_000 for _, late, _ in history.stalls), default=0)}
     for name, holds in history.holds.items():
         counts[f"holds of {name}"] = len(holds)
     for f in log:
@@ -308,8 +309,9 @@ def _child_main(argv: list[str]) -> None:
                    for w in range(2)]
         threads.append(threading.Thread(target=lease_worker, args=(client, history, args.prefix, 150, stop,
                                                                    random.Random(rng.random()))))
-        threads.append(threading.Thread(target=lock_worker, args=(client, history, f"rob-{args.seed}", "lock-p2",
-                                                                  stop, random.Random(rng.random()))))
+        threads.append(threading.Thread(target=exclusion_worker, args=(LOCK, client, history, f"rob-{args.seed}",
+                                                                       "lock-p2", stop, random.Random(rng.random()))))
+        threads.append(threading.Thread(target=canary, args=(history, stop)))
         for t in threads:
             t.start()
         stop.wait(args.duration)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import random
 import threading
 import time
@@ -40,7 +41,8 @@ class History:
 
     ops: list[dict[str, Any]] = field(default_factory=list)
     serial: list[tuple[str, str | None]] = field(default_factory=list)  # serializable reads: key, value
-    overruns: list[str] = field(default_factory=list)
+    overruns: list[tuple[str, int, int, float, int]] = field(default_factory=list)  # what, called, returned, limit, pid
+    stalls: list[tuple[int, int, int]] = field(default_factory=list)  # the interpreter's own: when, how long (ns), pid
     leases: list[LeaseRecord] = field(default_factory=list)
     holds: dict[str, list[Hold]] = field(default_factory=dict)  # lock / election name -> who held it when
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -55,14 +57,14 @@ class History:
         try:
             return fn(*args, **kwargs)
         finally:
-            took = time.monotonic_ns() - called
-            if took > limit * 1e9 + SLACK_NS:
+            returned = time.monotonic_ns()
+            if returned - called > limit * 1e9 + SLACK_NS:
                 with self.lock:
-                    self.overruns.append(f"{what} took {took / 1e9:.3f} s with a {limit:g} s deadline")
+                    self.overruns.append((what, called, returned, limit, os.getpid()))
 
     def to_json(self) -> dict[str, Any]:
         with self.lock:
-            return {"ops": self.ops, "serial": self.serial, "overruns": self.overruns,
+            return {"ops": self.ops, "serial": self.serial, "overruns": self.overruns, "stalls": self.stalls,
                     "leases": [asdict(r) for r in self.leases],
                     "holds": {k: [asdict(h) for h in v] for k, v in self.holds.items()}}
 
@@ -71,7 +73,8 @@ class History:
         with self.lock:
             self.ops += other["ops"]
             self.serial += [(k, v) for k, v in other["serial"]]
-            self.overruns += other["overruns"]
+            self.overruns += [(w, c, r, lim, pid) for w, c, r, lim, pid in other["overruns"]]
+            self.stalls += [(a, b, pid) for a, b, pid in other["stalls"]]
             self.leases += [LeaseRecord(**r) for r in other["leases"]]
             for name, holds in other["holds"].items():
                 self.holds.setdefault(name, []).extend(Hold(**h) for h in holds)
@@ -79,6 +82,19 @@ class History:
     def write_porcupine(self, path: Path) -> None:
         with self.lock:
             path.write_text(json.dumps(self.ops))
+
+
+def canary(history: History, stop: threading.Event, period: float = 0.01) -> None:
+    """Sleep ``period`` over and over and note how late each wake-up is: on a saturated machine the
+    interpreter itself cannot run a thread for a while, and no library can answer faster than that.
+    The deadline check subtracts these stalls (see :func:`.checks.check_deadlines`)."""
+    while not stop.is_set():
+        before = time.monotonic_ns()
+        time.sleep(period)  # the measurement itself: how late does a sleeping thread wake?
+        late = time.monotonic_ns() - before - int(period * 1e9)
+        if late > 5_000_000:
+            with history.lock:
+                history.stalls.append((before, late, os.getpid()))
 
 
 def _op(worker: int, key: str, kind: str, value: str = "", expect: str | None = None) -> dict[str, Any]:
@@ -219,64 +235,57 @@ class Hold:
     how: str
 
 
-def lock_worker(client: etcd3.Etcd3Client, history: History, name: str, who: str, stop: threading.Event,
-                rng: random.Random, timeout: float = CALL_TIMEOUT) -> None:
-    """Take the lock, hold it a moment, release it; again until ``stop``."""
+@dataclass(frozen=True)
+class _Exclusive:
+    """How a worker takes and gives up one kind of exclusive thing."""
+
+    kind: str  # "lock" / "election"
+    make: Callable[[etcd3.Etcd3Client, str, Callable[[object], None]], Any]
+    take: Callable[[Any, str, float], bool]
+    give: Callable[[Any], object]
+    taken: str
+    given: str
+
+
+LOCK = _Exclusive("lock", lambda c, name, lost: c.lock(name, ttl=3, on_lost=lost),
+                  lambda lock, who, timeout: lock.acquire(timeout=timeout), lambda lock: lock.release(),
+                  "lock acquire", "released")
+ELECTION = _Exclusive("election", lambda c, name, lost: c.election(name, ttl=3, on_lost=lost),
+                      lambda e, who, timeout: e.campaign(who, timeout=timeout), lambda e: e.resign(),
+                      "campaign", "resigned")
+
+
+def exclusion_worker(how: _Exclusive, client: etcd3.Etcd3Client, history: History, name: str, who: str,
+                     stop: threading.Event, rng: random.Random, timeout: float = CALL_TIMEOUT) -> None:
+    """Take the lock / win the election, hold it a moment, give it up; again until ``stop``. Each hold
+    is written down as its holder believed it: from taking it until giving it up or hearing it was lost."""
     while not stop.is_set():
         lost = threading.Event()
-        lock = client.lock(name, ttl=3, on_lost=functools.partial(_set, lost))
+        thing = how.make(client, name, functools.partial(_set, lost))
         try:
-            got = history.timed("lock acquire", timeout, lock.acquire, timeout=timeout)
+            got = history.timed(how.taken, timeout, how.take, thing, who, timeout)
         except etcd3.Etcd3Exception:
             stop.wait(0.1)
             continue
         if not got:
             continue
-        start, revision = time.monotonic_ns(), lock.revision or 0
-        how = "released" if not lost.wait(rng.uniform(0.1, 1.0)) else "lost"
+        start, revision = time.monotonic_ns(), thing.revision or 0
+        ended = how.given if not lost.wait(rng.uniform(0.1, 1.0)) else "lost"
         end = time.monotonic_ns()
-        if how == "released":
+        if ended != "lost":
             try:
-                history.timed("lock release", timeout, _within, timeout, lock.release)
+                history.timed(f"{how.kind} give up", timeout, _within, timeout, functools.partial(how.give, thing))
             except etcd3.Etcd3Exception:
-                how = "release failed"
-        _held(history, f"lock {name}", Hold(who, start, end, revision, how))
-
-
-def election_worker(client: etcd3.Etcd3Client, history: History, name: str, who: str, stop: threading.Event,
-                    rng: random.Random, timeout: float = CALL_TIMEOUT) -> None:
-    """Campaign, lead a moment, resign; again until ``stop``."""
-    while not stop.is_set():
-        lost = threading.Event()
-        election = client.election(name, ttl=3, on_lost=functools.partial(_set, lost))
-        try:
-            won = history.timed("campaign", timeout, election.campaign, who, timeout=timeout)
-        except etcd3.Etcd3Exception:
-            stop.wait(0.1)
-            continue
-        if not won:
-            continue
-        start, revision = time.monotonic_ns(), election.revision or 0
-        how = "resigned" if not lost.wait(rng.uniform(0.1, 1.0)) else "lost"
-        end = time.monotonic_ns()
-        if how == "resigned":
-            try:
-                history.timed("resign", timeout, _within, timeout, election.resign)
-            except etcd3.Etcd3Exception:
-                how = "resign failed"
-        _held(history, f"election {name}", Hold(who, start, end, revision, how))
+                ended = "giving up failed"
+        with history.lock:
+            history.holds.setdefault(f"{how.kind} {name}", []).append(Hold(who, start, end, revision, ended))
 
 
 def _set(event: threading.Event, _: object) -> None:
     event.set()
 
 
-def _within(timeout: float, fn: Callable[[], T]) -> T:
+def _within(timeout: float, fn: Callable[[], object]) -> object:
     """``fn`` (several calls) under one deadline."""
     with etcd3.deadline(timeout):
         return fn()
-
-
-def _held(history: History, name: str, hold: Hold) -> None:
-    with history.lock:
-        history.holds.setdefault(name, []).append(hold)

@@ -22,6 +22,7 @@ from .scenarios import (
     FAULTS,
     Session,
     Trial,
+    idle_cost_trial,
     kube_list_trial,
     kube_watch_trial,
     recovery_trial,
@@ -33,7 +34,7 @@ from .scenarios import (
     watch_stall_trial,
 )
 
-ALL = ["S1", "S2", "S3", "S4", "S8", "S6", "S7", "S1-restart", "steady", "watch-stall", "watch-1000", "S12"]
+ALL = ["S1", "S2", "S3", "S4", "S8", "S6", "S7", "S1-restart", "steady", "watch-stall", "watch-1000", "S12", "idle"]
 QUICK = ["S3", "S1-restart", "steady"]
 
 
@@ -102,6 +103,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     trials.append(t)
                     log(f"watch-1000 #{i + 1}: {t.recover} lost={t.extra['lost']} "
                         f"bytes/watch={t.extra['bytes_per_watch']:.0f}")
+            if "idle" in scenarios:
+                for kind, procs in (("resilient", 1), ("raw", 1), ("resilient", 10)):
+                    t = idle_cost_trial(cluster, 100, procs, seconds=10.0 if args.quick else 30.0, kind=kind)
+                    trials.append(t)
+                    log(f"idle 100x{procs} {kind}: {t.extra}")
             if "steady" in scenarios:
                 steady = steady_throughput(cluster, calls=500 if args.quick else 3000, rounds=3 if args.quick else 7)
                 log(f"steady: ratio {steady['ratio']:.3f}")

@@ -26,6 +26,8 @@ DESCRIPTIONS = {
     "S12-watch-pause": "Kubernetes: as S12-watch-blackhole, the apiserver SIGSTOPped",
     "watch-stall": "a quiet watch whose member is blackholed; time until it delivers a write made right "
                    "after the fault (through another member)",
+    "idle": "100 idle clients (each made one call) in one process, 100 raw gRPC channels for comparison, and "
+            "100 idle clients in 10 processes: what they cost etcd and themselves",
     "watch-1000": "1,000 watches on one key, one client; the member in use is killed; time until every "
                   "watch has delivered a write made right after the kill; Python heap per watch",
 }
@@ -113,7 +115,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        if r["scenario"] in ("S6", "S7") or r["scenario"].startswith("watch"):
+        if r["scenario"] in ("S6", "S7") or r["scenario"].startswith(("watch", "idle")):
             continue
         capped = r["capped"] > 0
         out.append(
@@ -142,6 +144,17 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(f"| {r['scenario']} | {r['trials']} | {_fmt(r.get('p50'), False, r['cap'])} "
                        f"| {_fmt(r.get('p99'), capped, r['cap'])} | {_fmt(r.get('max'), capped, r['cap'])} "
                        f"| {lost} | {dups} | {f'{statistics.median(per) / 1024:.1f} KiB' if per else '-'} |")
+    idle = [t for t in results["trials"] if t["scenario"].startswith("idle")]
+    if idle:
+        out += ["", "## Idle cost (clients that connected, then do nothing)", "",
+                "| clients x processes | client | etcd CPU added (cores) | client CPU (cores) | RPC/s per client |",
+                "|---|---|---|---|---|"]
+        for t in idle:
+            e = t["extra"]
+            out.append(f"| {e['clients']} x {e['processes']} | {t['client']} | {e['etcd_cpu_added_cores']:.3f} "
+                       f"| {e['client_cpu_cores']:.3f} | {e['rpc_per_s_per_client']:.2f} |")
+        out += ["", "etcd CPU is the members' utime + stime from `/proc` over the window, minus the idle "
+                "cluster's own over an equal window before; RPCs from etcd's `grpc_server_handled_total`."]
     st = results.get("steady")
     if st:
         out += ["", "## Steady state, same process (sequential Range on one member)", "",
@@ -163,7 +176,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in summarize(results["trials"]) if r["scenario"] not in ("S6", "S7", "watch-1000")]
+    rows = [r for r in summarize(results["trials"])
+            if r["scenario"] not in ("S6", "S7", "watch-1000") and not r["scenario"].startswith("idle")]
     scenarios = sorted({r["scenario"] for r in rows})
     clients = [c for c in CLIENTS if any(r["client"] == c for r in rows)]
     fig, ax = plt.subplots(figsize=(10, 4.5))

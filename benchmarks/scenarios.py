@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -418,3 +420,87 @@ def kube_watch_trial(apis: list[Any], client_name: str, fault: str, cap: float) 
         api.close()
     writer_api.close()
     return Trial(f"S12-watch-{fault}", client_name, cap, took if ok else None, 0, 0, 0, {"fault": fault})
+
+
+# ---- idle cost (issue: one balancer) ----
+
+_IDLE_CHILD = """
+import sys, time
+import resilient_etcd as etcd3
+endpoints, n, seconds = sys.argv[1].split(","), int(sys.argv[2]), float(sys.argv[3])
+clients = [etcd3.client(endpoints=endpoints, timeout=5) for _ in range(n)]
+for c in clients:
+    c.get("/idle")
+print("ready", flush=True)
+time.sleep(seconds)  # idle on purpose: the scenario is the passage of time
+"""
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (and its finished children) in seconds, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cost_trial(cluster: EtcdCluster, clients: int, processes: int, seconds: float = 30.0,
+                    kind: str = "resilient") -> Trial:
+    """``clients`` idle clients spread over ``processes`` processes (this one when 1): etcd CPU added
+    (cores, over an idle cluster's own), the clients' CPU (cores), and RPCs per second per client
+    (etcd's ``grpc_server_handled_total``)."""
+    import subprocess
+    import sys
+
+    pids = [m.pid for m in cluster.members if m.pid]
+
+    def etcd_cpu() -> float:
+        return sum(_cpu_seconds(p) for p in pids)
+
+    def handled() -> float:
+        return sum(m.metric("grpc_server_handled_total") for m in cluster.members)
+
+    time.sleep(2)  # let the previous scenario's traffic end (the measurement is of idleness)
+    c0 = etcd_cpu()
+    time.sleep(seconds)
+    baseline = (etcd_cpu() - c0) / seconds
+    children: list[subprocess.Popen[str]] = []
+    made: list[Any] = []
+    if processes == 1:
+        for _ in range(clients):
+            if kind == "raw":
+                ch = grpc.insecure_channel(cluster.endpoints[0], options=[("grpc.use_local_subchannel_pool", 1)])
+                rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"/idle"), timeout=5)
+                made.append(ch)
+            else:
+                c = etcd3.client(endpoints=cluster.endpoints, timeout=5)
+                c.get("/idle")
+                made.append(c)
+        mine = [0]
+    else:
+        per = clients // processes
+        for _ in range(processes):
+            p = subprocess.Popen([sys.executable, "-c", _IDLE_CHILD, ",".join(cluster.endpoints), str(per),
+                                  str(seconds + 30)], stdout=subprocess.PIPE, text=True)
+            children.append(p)
+        for p in children:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        mine = [p.pid for p in children]
+    try:
+        time.sleep(2)  # connections settle
+        me = os.getpid()
+        cpu0 = [_cpu_seconds(p or me) for p in mine]
+        e0, r0 = etcd_cpu(), handled()
+        time.sleep(seconds)
+        etcd_added = (etcd_cpu() - e0) / seconds - baseline
+        client_cpu = sum(_cpu_seconds(p or me) - c for p, c in zip(mine, cpu0, strict=True)) / seconds
+        rpcs = (handled() - r0) / seconds / clients
+    finally:
+        for x in made:
+            x.close()
+        for p in children:
+            p.kill()
+            p.wait()
+    name = f"idle-{clients}x{processes}"
+    return Trial(name, kind, cap=seconds, recover=None,
+                 extra={"etcd_cpu_added_cores": round(etcd_added, 4), "client_cpu_cores": round(client_cpu, 4),
+                        "rpc_per_s_per_client": round(rpcs, 3), "etcd_idle_baseline_cores": round(baseline, 4),
+                        "clients": clients, "processes": processes, "seconds": seconds})

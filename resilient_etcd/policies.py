@@ -104,12 +104,19 @@ class HealthPolicy:
     ejected the client keeps trying them all and lets deadlines speak (no endpoint is
     ever excluded for good).
 
-    Defaults: a hung connection is detected within about ``probe_interval + dead_after`` ≈ 0.9 s;
-    a path whose answers take up to ~0.6 s is slow, not dead. Probing costs 10 small RPCs per
-    second per endpoint.
+    Probes are sent only when they buy something. Any answer to a real call proves the connection
+    alive, so a connection is probed every ``probe_interval`` only while calls are waiting on it and
+    it has been quiet that long; an idle one gets a heartbeat every ``idle_probe_interval``. A busy
+    client under steady traffic sends no probes at all; an idle one sends one per endpoint every
+    ``idle_probe_interval`` (by default 10 s, or ``probe_interval`` if longer: 0.3 small RPCs per
+    second for three endpoints).
+
+    Defaults: a connection that hangs under a waiting call is detected within about
+    ``probe_interval + dead_after`` ≈ 0.9 s; a path whose answers take up to ~0.6 s is slow, not dead.
     """
 
     probe_interval: float = 0.1
+    idle_probe_interval: float = None  # type: ignore[assignment]  # None: max(10 s, probe_interval)
     dead_after: float = 0.8
     latency_factor: float = 3.0
     readmit_backoff: float = 0.2
@@ -117,12 +124,19 @@ class HealthPolicy:
     latency_window: int = 10
 
     def __post_init__(self) -> None:
+        if self.idle_probe_interval is None:
+            object.__setattr__(self, "idle_probe_interval", max(10.0, self.probe_interval))
         _floats(self)
         _count(self, "latency_window")
         if self.probe_interval >= self.dead_after:
             raise ConfigurationError(
                 f"HealthPolicy.probe_interval ({self.probe_interval} s) must be shorter than "
                 f"dead_after ({self.dead_after} s)"
+            )
+        if self.idle_probe_interval < self.probe_interval:
+            raise ConfigurationError(
+                f"HealthPolicy.idle_probe_interval ({self.idle_probe_interval} s) must be ≥ probe_interval "
+                f"({self.probe_interval} s)"
             )
         if self.latency_factor < 1:
             raise ConfigurationError(f"HealthPolicy.latency_factor must be ≥ 1, got {self.latency_factor}")

@@ -51,6 +51,7 @@ class EndpointHealth:
         self.latencies: deque[float] = deque(maxlen=policy.latency_window)
         self.probe_sent_at: float | None = None
         self.last_probe_at = float("-inf")
+        self.last_heard = float("-inf")  # when a real call on this endpoint was last answered
         self.consecutive_failures = 0
         self.last_error: str | None = None
         self.ejections = 0
@@ -79,12 +80,23 @@ class EndpointHealth:
         return self.state in (State.HEALTHY, State.SUSPECT) and not self.maintenance
 
     # ---- probes ----
-    def probe_due(self, now: float) -> bool:
+    def probe_due(self, now: float, busy: bool = True) -> bool:
+        """Is a probe worth sending? An ejected endpoint: at its re-admission time. A suspect or
+        probing one: every ``probe_interval``. A healthy one: when it has been quiet (no probe
+        answer, no call answered) for ``probe_interval`` while calls wait on it (``busy``), or for
+        ``idle_probe_interval`` when none do."""
+        return now >= self.next_probe_at(busy)
+
+    def next_probe_at(self, busy: bool = True) -> float:
+        """When :meth:`probe_due` turns true (inf: not while a probe is out or during maintenance)."""
         if self.probe_sent_at is not None or self.maintenance:
-            return False
+            return float("inf")
         if self.state is State.EJECTED:
-            return now >= self.readmit_at
-        return now - self.last_probe_at >= self.policy.probe_interval
+            return self.readmit_at
+        if self.state is not State.HEALTHY:
+            return self.last_probe_at + self.policy.probe_interval
+        interval = self.policy.probe_interval if busy else self.policy.idle_probe_interval
+        return max(self.last_probe_at, self.last_heard) + interval
 
     def probe_sent(self, now: float) -> Transition | None:
         self.probe_sent_at = now

@@ -6,14 +6,18 @@ could silently reuse the hung connection. Ejection closes the channel — calls 
 return at once with CANCELLED — and opens a fresh one, which dials a new TCP connection.
 
 The prober thread sends ``Maintenance.Status`` on each endpoint's channel (the one traffic
-uses) every ``HealthPolicy.probe_interval`` and feeds the answers to the health state machine.
-gRPC completion callbacks only enqueue; all decisions and channel work happen on the prober
-thread or on the calling thread, never inside gRPC's callback threads.
+uses) when a probe buys something — the connection has calls waiting and has been quiet for
+``HealthPolicy.probe_interval``, or is idle and due its heartbeat (``idle_probe_interval``) — and
+feeds the answers to the health state machine. It sleeps until the next probe is due (at most
+1 s) unless a call starts on an idle connection, which wakes it. gRPC completion callbacks only
+enqueue; all decisions and channel work happen on the prober thread or on the calling thread,
+never inside gRPC's callback threads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -71,10 +75,15 @@ class EndpointStatus:
 
 
 class Connection:
-    """One endpoint: its channel, stubs and health. ``generation`` counts redials."""
+    """One endpoint: its channel, stubs and health. ``generation`` counts redials; ``outstanding``
+    counts the calls waiting on it (:meth:`begin` / :meth:`end`)."""
 
-    def __init__(self, endpoint: Endpoint, dial: Callable[[Endpoint], grpc.Channel], policy: HealthPolicy) -> None:
+    def __init__(self, endpoint: Endpoint, dial: Callable[[Endpoint], grpc.Channel], policy: HealthPolicy,
+                 wake: Callable[[], None] = lambda: None) -> None:
         self.endpoint = endpoint
+        self.outstanding = 0
+        self._count = threading.Lock()
+        self._wake = wake
         self.name = endpoint.target
         self._dial = dial
         self.channel = dial(endpoint)
@@ -83,6 +92,21 @@ class Connection:
         self.health = EndpointHealth(policy, time.monotonic())
         self.server_version: tuple[int, str] | None = None  # (generation, etcd version) once asked
         self.permanent_error: str | None = None  # why this endpoint can never work as configured (diagnose)
+
+    def begin(self) -> None:
+        """A call starts on this connection (the first one on an idle connection wakes the prober)."""
+        with self._count:
+            self.outstanding += 1
+            first = self.outstanding == 1
+        if first:
+            self._wake()
+
+    def end(self, answered: bool) -> None:
+        """The call ended; ``answered``: the server answered it (proof of life, no probe needed)."""
+        with self._count:
+            self.outstanding -= 1
+        if answered:
+            self.health.last_heard = time.monotonic()
 
     def transport_ready(self) -> bool:
         """Does the channel have a READY connection right now? (True when grpcio does not say: a
@@ -112,19 +136,20 @@ class EndpointPool:
         probe_metadata: Callable[[], Any],
     ) -> None:
         self.policy = policy
-        self.conns = [Connection(e, dial, policy) for e in endpoints]
+        self._events: queue.SimpleQueue[tuple[Connection, int, grpc.Future] | None] = queue.SimpleQueue()
+        wake = functools.partial(self._events.put, None)
+        self.conns = [Connection(e, dial, policy, wake) for e in endpoints]
         for c in self.conns:
             METRICS.set_state(c.name, c.health.state.value)
         self.active = self.conns[0]
         self._lock = threading.RLock()
-        self._events: queue.SimpleQueue[tuple[Connection, int, grpc.Future]] = queue.SimpleQueue()
         self._probe_metadata = probe_metadata
         self._closed = threading.Event()
         # the prober holds the pool weakly: a pool nobody uses any more is collected, and its
         # finalizer stops the thread and closes the channels
         self._prober = threading.Thread(target=_probe_loop, args=(weakref.ref(self), self._closed),
                                         name="resilient-etcd-prober", daemon=True)
-        self._finalizer = weakref.finalize(self, _shut, self._closed, self._prober, self.conns)
+        self._finalizer = weakref.finalize(self, _shut, self._closed, self._events, self._prober, self.conns)
         self._prober.start()
 
     @property
@@ -241,13 +266,28 @@ class EndpointPool:
 
     # ---- the prober ----
     def _probe_step(self) -> None:
-        tick = min(self.policy.probe_interval / 2, 0.05)
         try:
-            conn, gen, fut = self._events.get(timeout=tick)
+            item = self._events.get(timeout=self._sleep())
         except queue.Empty:
             self._probe_round()
         else:
-            self._on_probe_done(conn, gen, fut)
+            if item is None:  # a call started on an idle connection
+                self._probe_round()
+            else:
+                self._on_probe_done(*item)
+
+    def _sleep(self) -> float:
+        """Until the next probe is due; ticks of ``probe_interval / 2`` (≤ 50 ms) while anything is
+        waiting, out or unwell (suspect marking needs the ticks), at most 1 s otherwise."""
+        tick = min(self.policy.probe_interval / 2, 0.05)
+        now = time.monotonic()
+        due = float("inf")
+        for c in self.conns:
+            h = c.health
+            if c.outstanding or h.probe_sent_at is not None or h.state is not State.HEALTHY:
+                return tick
+            due = min(due, h.next_probe_at(busy=False))
+        return min(1.0, max(tick, due - now))
 
     def _probe_round(self) -> None:
         now = time.monotonic()
@@ -256,7 +296,7 @@ class EndpointPool:
             for c in self.conns:
                 h = c.health
                 to_close.append(self._apply(c, h.tick(now)))
-                if h.probe_due(now):
+                if h.probe_due(now, busy=c.outstanding > 0):
                     to_close.append(self._apply(c, h.probe_sent(now)))
                     self._send_probe(c, h.dead_time())
         for ch in to_close:
@@ -310,8 +350,10 @@ def _probe_loop(ref: weakref.ReferenceType[EndpointPool], closed: threading.Even
         del pool
 
 
-def _shut(closed: threading.Event, prober: threading.Thread, conns: list[Connection]) -> None:
+def _shut(closed: threading.Event, events: queue.SimpleQueue[Any], prober: threading.Thread,
+          conns: list[Connection]) -> None:
     closed.set()
+    events.put(None)  # wake the prober from its sleep
     if prober is not threading.current_thread():
         prober.join(timeout=2)
     for c in conns:

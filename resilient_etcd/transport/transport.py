@@ -187,11 +187,14 @@ class Transport:
         # a mutation's proof of "never sent" needs the transport's state before the call (classify)
         ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
         md = (self._token_md + metadata) if with_token else metadata
+        conn.begin()
         try:
             result = getattr(getattr(conn.stubs, service), method)(request, timeout=budget, metadata=md)
         except (grpc.RpcError, ValueError) as e:
+            conn.end(_answered(e))
             first: BaseException = e
         else:
+            conn.end(True)
             if conn.health.state is not State.HEALTHY:
                 self.pool.report_success(conn, gen)
             return result
@@ -229,11 +232,14 @@ class Transport:
         gen = conn.generation
         ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
         md = (self._token_md + metadata) if with_token else metadata
+        conn.begin()
         try:
             result = invoke(conn.stubs, budget, md)
         except (grpc.RpcError, ValueError) as e:
+            conn.end(_answered(e))
             first: BaseException = e
         else:
+            conn.end(True)
             if conn.health.state is not State.HEALTHY:
                 self.pool.report_success(conn, gen)
             return result
@@ -318,11 +324,14 @@ class Transport:
             current = c
             ready = True if rclass is RetryClass.IDEMPOTENT else c.transport_ready()
             md = (self._token_md + metadata) if with_token else metadata
+            c.begin()
             try:
                 result = invoke(c.stubs, remaining, md)
             except (grpc.RpcError, ValueError) as e:
+                c.end(_answered(e))
                 last = self._attempt_failed(_Attempt(c, g, ready, md), e, rclass, deadline)
                 raise last from e
+            c.end(True)
             if c.health.state is not State.HEALTHY:
                 self.pool.report_success(c, g)
             return result
@@ -385,6 +394,15 @@ def _rclass(name: str, idempotent: bool | None, pin: Connection | None) -> Retry
     if idempotent is not None:
         return RetryClass.IDEMPOTENT if idempotent else RetryClass.MUTATION
     return retry_class(name)
+
+
+_NOT_ANSWERS = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+
+
+def _answered(error: BaseException) -> bool:
+    """Did the server answer (an error status of its own: proof the connection carries data)?"""
+    code = getattr(error, "code", None)
+    return isinstance(error, grpc.RpcError) and code is not None and code() not in _NOT_ANSWERS
 
 
 def _is_closed_channel(error: ValueError) -> bool:

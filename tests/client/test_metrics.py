@@ -23,9 +23,11 @@ def test_scrape_during_a_blackhole(etcd_cluster: EtcdCluster) -> None:
             member = next(m for m in etcd_cluster.members if m.endpoint == active)
             member.require_proxy().blackhole()
             try:
+                # a call waiting on the blackholed member gets it probed (an idle client only has the 10 s
+                # heartbeat); the call is retried on another member once it is ejected
+                c.get("/m")
                 wait_until(lambda: metrics.snapshot()["states"].get(active) == "ejected", timeout=5,
                            what="the ejection to show in the metrics")
-                c.get("/m")
                 scrape = prometheus_client.generate_latest(registry).decode()
             finally:
                 member.require_proxy().heal()

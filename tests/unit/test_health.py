@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from resilient_etcd.exceptions import ConfigurationError
 from resilient_etcd.policies import HealthPolicy
 from resilient_etcd.transport.health import EndpointHealth, State
 
@@ -98,3 +100,35 @@ def test_probe_deadline_doubles_after_timeouts_so_a_slow_path_can_answer() -> No
     assert h.state is State.HEALTHY and h.dead_time() == 3.0 * 1.5
     h.probe_failed(20.0, "refused")  # a refused connection is not a timeout: no doubling
     assert h.dead_time() == 3.0 * 1.5
+
+
+def test_probes_only_when_they_buy_something() -> None:
+    """Busy (calls waiting): probed after probe_interval of quiet. An answered call is quiet's end,
+    like a probe answer. Idle: a heartbeat every idle_probe_interval."""
+    p = HealthPolicy(probe_interval=0.2, idle_probe_interval=5.0, dead_after=1.0)
+    h = EndpointHealth(p, 0.0)
+    probe(h, 0.0, 0.001)
+    assert not h.probe_due(0.3, busy=False)
+    assert h.probe_due(5.0, busy=False)
+    assert h.probe_due(0.3, busy=True)
+    h.last_heard = 0.25  # a call was answered: the connection is alive without asking
+    assert not h.probe_due(0.3, busy=True) and h.next_probe_at(busy=True) == 0.45
+    assert h.next_probe_at(busy=False) == 5.25
+    h.probe_sent(0.5)
+    assert h.next_probe_at(busy=True) == float("inf"), "one probe out at a time"
+
+
+def test_unwell_endpoints_keep_their_schedule_whatever_the_traffic() -> None:
+    p = HealthPolicy(probe_interval=0.2, idle_probe_interval=5.0, dead_after=1.0, readmit_backoff=0.4)
+    h = EndpointHealth(p, 0.0)
+    h.probe_sent(0.0)
+    h.tick(0.6)
+    assert h.state is State.SUSPECT
+    h.probe_answered(0.7)
+    h.fail(1.0, "UNAVAILABLE", hard=True)
+    assert h.state is State.EJECTED and h.next_probe_at(busy=False) == 1.4  # re-admission, not the heartbeat
+
+
+def test_idle_interval_below_probe_interval_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="idle_probe_interval"):
+        HealthPolicy(probe_interval=1.0, idle_probe_interval=0.5, dead_after=2.0)

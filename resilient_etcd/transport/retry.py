@@ -154,19 +154,26 @@ class RetryableError(Exception):
         super().__init__(f"{endpoint}: {failure.value}: {text}")
 
 
-def make_retrying(policy: RetryPolicy, out_of_time: Callable[[], bool]) -> Retrying:
+def make_retrying(policy: RetryPolicy, out_of_time: Callable[[], bool],
+                  left: Callable[[], float | None] = lambda: None) -> Retrying:
     """A tenacity ``Retrying`` for the attempts *after* the first (which runs outside it).
 
-    Stops when the call's deadline is gone or after ``max_attempts`` tries in all.
+    Stops when the call's deadline is gone or after ``max_attempts`` tries in all; never waits past
+    the deadline (``left``: the seconds left of it, None without one).
     """
 
     stop: stop_base = stop_when(out_of_time)
     if policy.max_attempts is not None:
         stop = stop_after_attempt(policy.max_attempts - 1) | stop
+    backoff = wait_random_exponential(multiplier=policy.backoff_initial, max=policy.backoff_max)
+
+    def wait(state: RetryCallState) -> float:
+        seconds, remaining = backoff(state), left()
+        return seconds if remaining is None else max(0.0, min(seconds, remaining))
 
     return Retrying(
         stop=stop,
-        wait=wait_random_exponential(multiplier=policy.backoff_initial, max=policy.backoff_max),
+        wait=wait,
         retry=retry_if_exception(lambda e: isinstance(e, RetryableError)),
         reraise=True,
     )

@@ -337,7 +337,8 @@ class Transport:
             return result
 
         try:
-            result: T = make_retrying(self.retry_policy, out_of_time)(attempt)
+            result: T = make_retrying(self.retry_policy, out_of_time,
+                                      lambda: None if deadline is None else deadline - time.monotonic())(attempt)
         except RetryableError as e:
             if out_of_time():
                 raise self._out_of_time(e) from e.error

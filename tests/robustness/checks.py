@@ -129,23 +129,20 @@ def check_deadlines(history: History) -> list[str]:
     stalled in that window (the canary's late wake-ups: a saturated 2-core machine running three
     etcd members, toxiproxy and two busy Python processes)."""
     problems = []
-    for what, called, returned, limit, pid in history.overruns:
+    for what, called, returned, limit, pid, stack in history.overruns:
         deadline = called + int(limit * 1e9)
         stalled = sum(late for at, late, p in history.stalls if p == pid and deadline - late <= at <= returned)
         over = returned - deadline
         if over > 100_000_000 + stalled:
             problems.append(f"deadline: {what} returned {over / 1e6:.0f} ms after its {limit:g} s deadline "
-                            f"(the interpreter stalled {stalled / 1e6:.0f} ms of it)")
+                            f"(the interpreter stalled {stalled / 1e6:.0f} ms of it); 50 ms late it was at:\n{stack}")
     return problems
 
 
-def check_leases(history: History, deliveries: list[Delivery], t0: int) -> list[str]:
-    """A lease's key vanishing without our revoke means the lease expired: the client must have said
-    so (``on_lost``) by the time a watcher saw the key go."""
-    gone: dict[str, int] = {}
-    for d in deliveries:
-        if d.event.kind == "DELETE" and d.event.key not in gone:
-            gone[d.event.key] = d.at
+def check_leases(history: History, gone: dict[str, int], t0: int) -> list[str]:
+    """A lease's key vanishing before we revoked it means the lease expired: the client must have
+    said so (``on_lost``) by the time the recorder (on its own, unpartitioned connections) saw the
+    key go. ``gone``: key -> when the recorder saw it deleted (monotonic ns)."""
     problems = []
     for rec in history.leases:
         seen = gone.get(rec.key)

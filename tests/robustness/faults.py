@@ -26,6 +26,7 @@ from .recorder import Recorder
 KINDS = {
     "kill": 3, "pause": 3, "pause_leader": 2, "blackhole": 2, "latency": 1, "bandwidth": 1,
     "reset_peer": 1, "slow_close": 1, "quorum_loss": 1, "compact": 1, "defragment": 1, "move_leader": 1,
+    "partition": 1,  # the clients cut off from every member (their proxies), the cluster itself healthy
 }
 
 
@@ -48,9 +49,11 @@ class Scheduler:
     """Runs ``schedulers`` fault loops until ``stop``; ``log`` is every fault injected."""
 
     def __init__(self, cluster: EtcdCluster, client: etcd3.Etcd3Client, recorder: Recorder, rng: random.Random,
-                 stop: threading.Event, t0: float, schedulers: int = 2) -> None:
+                 stop: threading.Event, t0: float, schedulers: int = 2, kinds: dict[str, int] | None = None,
+                 hold: tuple[float, float] = (0.5, 2.0)) -> None:
         self.cluster, self.client, self.recorder = cluster, client, recorder
         self.stop, self.t0 = stop, t0
+        self.kinds, self.hold = kinds or KINDS, hold
         self.log: list[Fault] = []
         self._busy: set[str] = set()
         self._lock = threading.Lock()
@@ -89,14 +92,17 @@ class Scheduler:
     # ---- the loop ----
     def _loop(self, rng: random.Random) -> None:
         while not self.stop.wait(rng.uniform(0.2, 1.5)):
-            kind = rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
+            kind = rng.choices(list(self.kinds), weights=list(self.kinds.values()))[0]
             try:
                 self._one(kind, rng)
             except Exception as e:  # a fault that could not be injected is logged, not fatal
                 self.log.append(Fault(time.monotonic() - self.t0, kind, (), 0.0, f"not injected: {e!r}"[:160]))
 
     def _one(self, kind: str, rng: random.Random) -> None:
-        hold = rng.uniform(0.5, 2.0)
+        hold = rng.uniform(*self.hold)
+        if kind == "partition":
+            self._partition(hold)
+            return
         if kind == "compact":
             target = self.recorder.last - 5
             if target > self._compacted:
@@ -126,6 +132,25 @@ class Scheduler:
             undo()
         finally:
             self._give(members)
+
+    def _partition(self, hold: float) -> None:
+        """Every client path blackholed at once (no other fault meanwhile): leases whose TTL is
+        shorter than ``hold`` expire on a healthy cluster, and their owners must say so."""
+        names = {m.name for m in self.cluster.members}
+        with self._lock:
+            if self._busy:
+                return
+            self._busy = set(names)
+        try:
+            for m in self.cluster.members:
+                m.require_proxy().blackhole()
+            self.stop.wait(hold)
+            self._record("partition", self.cluster.members, hold)
+            for m in self.cluster.members:
+                m.require_proxy().heal()
+        finally:
+            with self._lock:
+                self._busy.clear()
 
     def _inject(self, kind: str, members: list[EtcdMember], rng: random.Random) -> Callable[[], None]:
         m = members[0]

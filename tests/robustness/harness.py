@@ -138,9 +138,11 @@ def credentials(cluster: EtcdCluster) -> dict[str, Any]:
 
 
 def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, *, workers: int = 4, keys: int = 6,
-        second_process: bool = True) -> Result:
+        second_process: bool = True, faults: dict[str, int] | None = None,
+        hold: tuple[float, float] = (0.5, 2.0)) -> Result:
     """Traffic, watches and faults for ``duration`` seconds, seeded by ``seed``; then every check
-    but porcupine's (see :func:`check_linearizable`). Histories and the fault log go to ``out``."""
+    but porcupine's (see :func:`check_linearizable`). Histories and the fault log go to ``out``.
+    ``faults``/``hold``: the fault kinds (with weights) and hold times, when not the default mix."""
     rng = random.Random(seed)
     history = History()
     stop = threading.Event()
@@ -172,7 +174,8 @@ def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, *, workers:
                     for how, who, c in ((LOCK, "lock-a", client), (LOCK, "lock-b", other),
                                         (ELECTION, "leader-a", client), (ELECTION, "leader-b", other))]
         threads.append(threading.Thread(target=canary, args=(history, stop), name="robustness-canary"))
-        scheduler = Scheduler(cluster, client, recorder, random.Random(rng.random()), stop, t0)
+        scheduler = Scheduler(cluster, client, recorder, random.Random(rng.random()), stop, t0, kinds=faults,
+                              hold=hold)
         # a watch started in the past, a third of the way in
         late = threading.Timer(duration / 3, lambda: watches.append(Follower(watcher, prefix, "from-the-past", start)))
         for t in threads:
@@ -205,9 +208,7 @@ def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, *, workers:
     result.violations += checks.check_unique_writes(truth, set(names))
     result.violations += checks.check_serializable(history)
     result.violations += checks.check_deadlines(history)
-    result.violations += checks.check_leases(history, watches[0].segments[0].deliveries
-                                             + [d for s in watches[0].segments[1:] for d in s.deliveries],
-                                             int(t0 * 1e9))
+    result.violations += checks.check_leases(history, dict(recorder.deleted), int(t0 * 1e9))
     for name, holds in history.holds.items():
         bad, windows = checks.check_exclusion(name, holds)
         result.violations += bad

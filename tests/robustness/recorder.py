@@ -53,6 +53,7 @@ class Recorder:
         key = prefix.encode()
         self._create = rpc_pb2.WatchCreateRequest(key=key, range_end=prefix_range_end(key), prev_kv=True)
         self.events: list[Event] = []
+        self.deleted: dict[str, int] = {}  # key -> when the recorder first saw it deleted (monotonic ns)
         self.last = start - 1  # every revision up to this one is recorded whole
         self.errors: list[str] = []
         self.streams = 0
@@ -104,8 +105,13 @@ class Recorder:
                 if resp.canceled:
                     return
                 if resp.events:
+                    now = time.monotonic_ns()
                     with self._lock:
-                        self.events += [from_proto(e) for e in resp.events]
+                        fresh = [from_proto(e) for e in resp.events]
+                        self.events += fresh
+                        for e in fresh:
+                            if e.kind == "DELETE":
+                                self.deleted.setdefault(e.key, now)
                         self.last = resp.events[-1].kv.mod_revision
 
     def wait_for(self, revision: int, timeout: float = 60) -> None:

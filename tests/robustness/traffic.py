@@ -20,8 +20,10 @@ import functools
 import json
 import os
 import random
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,11 +43,13 @@ class History:
 
     ops: list[dict[str, Any]] = field(default_factory=list)
     serial: list[tuple[str, str | None]] = field(default_factory=list)  # serializable reads: key, value
-    overruns: list[tuple[str, int, int, float, int]] = field(default_factory=list)  # what, called, returned, limit, pid
+    # what, called, returned, limit, pid, and where the call was 50 ms past its deadline
+    overruns: list[tuple[str, int, int, float, int, str]] = field(default_factory=list)
     stalls: list[tuple[int, int, int]] = field(default_factory=list)  # the interpreter's own: when, how long (ns), pid
     leases: list[LeaseRecord] = field(default_factory=list)
     holds: dict[str, list[Hold]] = field(default_factory=dict)  # lock / election name -> who held it when
     lock: threading.Lock = field(default_factory=threading.Lock)
+    calls: dict[int, tuple[int, list[str]]] = field(default_factory=dict)  # thread -> (deadline ns, stack seen late)
 
     def add(self, *ops: dict[str, Any]) -> None:
         with self.lock:
@@ -54,13 +58,17 @@ class History:
     def timed(self, what: str, limit: float, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` (a call with ``timeout``), noted if it returned (or raised) past its deadline."""
         called = time.monotonic_ns()
+        me = threading.get_ident()
+        seen: list[str] = []
+        self.calls[me] = (called + int(limit * 1e9), seen)
         try:
             return fn(*args, **kwargs)
         finally:
             returned = time.monotonic_ns()
+            self.calls.pop(me, None)
             if returned - called > limit * 1e9 + SLACK_NS:
                 with self.lock:
-                    self.overruns.append((what, called, returned, limit, os.getpid()))
+                    self.overruns.append((what, called, returned, limit, os.getpid(), "".join(seen)))
 
     def to_json(self) -> dict[str, Any]:
         with self.lock:
@@ -73,7 +81,7 @@ class History:
         with self.lock:
             self.ops += other["ops"]
             self.serial += [(k, v) for k, v in other["serial"]]
-            self.overruns += [(w, c, r, lim, pid) for w, c, r, lim, pid in other["overruns"]]
+            self.overruns += [(w, c, r, lim, pid, st) for w, c, r, lim, pid, st in other["overruns"]]
             self.stalls += [(a, b, pid) for a, b, pid in other["stalls"]]
             self.leases += [LeaseRecord(**r) for r in other["leases"]]
             for name, holds in other["holds"].items():
@@ -87,14 +95,21 @@ class History:
 def canary(history: History, stop: threading.Event, period: float = 0.01) -> None:
     """Sleep ``period`` over and over and note how late each wake-up is: on a saturated machine the
     interpreter itself cannot run a thread for a while, and no library can answer faster than that.
-    The deadline check subtracts these stalls (see :func:`.checks.check_deadlines`)."""
+    The deadline check subtracts these stalls (see :func:`.checks.check_deadlines`). It also notes
+    where each timed call is when it is 50 ms past its deadline (the overrun's explanation)."""
     while not stop.is_set():
         before = time.monotonic_ns()
         time.sleep(period)  # the measurement itself: how late does a sleeping thread wake?
-        late = time.monotonic_ns() - before - int(period * 1e9)
+        now = time.monotonic_ns()
+        late = now - before - int(period * 1e9)
         if late > 5_000_000:
             with history.lock:
                 history.stalls.append((before, late, os.getpid()))
+        for ident, (deadline, seen) in list(history.calls.items()):
+            if now > deadline + 50_000_000 and not seen:
+                frame = sys._current_frames().get(ident)
+                if frame is not None:
+                    seen.append("".join(traceback.format_stack(frame)[-8:]))
 
 
 def _op(worker: int, key: str, kind: str, value: str = "", expect: str | None = None) -> dict[str, Any]:

@@ -137,7 +137,8 @@ class EndpointPool:
     ) -> None:
         self.policy = policy
         self._events: queue.SimpleQueue[tuple[Connection, int, grpc.Future] | None] = queue.SimpleQueue()
-        wake = functools.partial(self._events.put, None)
+        self._dozing = [False]  # the prober sleeps past its tick: a call starting must wake it
+        wake = functools.partial(_wake, self._dozing, self._events)
         self.conns = [Connection(e, dial, policy, wake) for e in endpoints]
         for c in self.conns:
             METRICS.set_state(c.name, c.health.state.value)
@@ -266,8 +267,12 @@ class EndpointPool:
 
     # ---- the prober ----
     def _probe_step(self) -> None:
+        self._dozing[0] = True  # first: a call starting while the sleep is worked out still wakes us
+        sleep = self._sleep()
+        if sleep <= self.policy.probe_interval / 2:
+            self._dozing[0] = False
         try:
-            item = self._events.get(timeout=self._sleep())
+            item = self._events.get(timeout=sleep)
         except queue.Empty:
             self._probe_round()
         else:
@@ -348,6 +353,14 @@ def _probe_loop(ref: weakref.ReferenceType[EndpointPool], closed: threading.Even
             return
         pool._probe_step()
         del pool
+
+
+def _wake(dozing: list[bool], events: queue.SimpleQueue[Any]) -> None:
+    """Wake the prober if it sleeps past its tick (while it ticks, it will see the call anyway: the
+    hot path of back-to-back calls then costs no wake-up)."""
+    if dozing[0]:
+        dozing[0] = False
+        events.put(None)
 
 
 def _shut(closed: threading.Event, events: queue.SimpleQueue[Any], prober: threading.Thread,

@@ -50,8 +50,11 @@ class Segment:
         return (last + 1, self.compacted - 1)
 
 
-def check_watch(seg: Segment, truth: list[Event]) -> list[str]:
-    """One watch segment against etcd's history."""
+def check_watch(seg: Segment, truth: list[Event], compacted_to: int = 0) -> list[str]:
+    """One watch segment against etcd's history. ``compacted_to``: the highest revision the run
+    compacted to. etcd reads an event's ``prev_kv`` at the revision before it and leaves it out when
+    that revision is compacted away (its watch server ignores the read's error), so an event with no
+    ``prev_kv`` whose previous revision lies below a compaction is as etcd sends it."""
     name = f"watch {seg.name} from {seg.start}"
     problems: list[str] = []
     got = [d.event for d in seg.deliveries]
@@ -73,6 +76,10 @@ def check_watch(seg: Segment, truth: list[Event]) -> list[str]:
     expected = [e for e in truth if seg.start <= e.revision <= end and _passes(e, seg.filters)]
     if not seg.prev_kv:
         expected = [e.without_prev() for e in expected]
+    else:
+        bare = {(e.revision, e.key) for e in got if e.prev is None}
+        expected = [e.without_prev() if (e.revision, e.key) in bare and e.revision - 1 < compacted_to else e
+                    for e in expected]
     want, have = set(expected), {e for e in got if e.revision <= end}  # (leases expiring after the run's end)
     missing = sorted(want - have, key=lambda e: e.revision)
     # the watch said the history it needed was gone: the events it could not have had are excused
@@ -94,7 +101,8 @@ def _passes(e: Event, filters: tuple[int, ...]) -> bool:
     return not ((e.kind == "PUT" and NOPUT in filters) or (e.kind == "DELETE" and NODELETE in filters))
 
 
-def check_resumable(segments: list[Segment], truth: list[Event], start: int, end: int) -> list[str]:
+def check_resumable(segments: list[Segment], truth: list[Event], start: int, end: int,
+                    compacted_to: int = 0) -> list[str]:
     """A watch re-created by its user after the last revision it delivered, over and over: together
     the pieces are exactly etcd's history (nothing lost or repeated at the seams)."""
     joined = Segment("resumed by its user", start, end=end)
@@ -107,7 +115,7 @@ def check_resumable(segments: list[Segment], truth: list[Event], start: int, end
         gap = seg.compaction_gap()
         if gap is not None:
             joined.excused.append(gap)
-    return check_watch(joined, truth)
+    return check_watch(joined, truth, compacted_to)
 
 
 def check_unique_writes(truth: list[Event], keys: set[str]) -> list[str]:

@@ -57,7 +57,7 @@ class Scheduler:
         self.log: list[Fault] = []
         self._busy: set[str] = set()
         self._lock = threading.Lock()
-        self._compacted = 0
+        self.compacted = 0  # the highest revision compacted to
         self._threads = [threading.Thread(target=self._loop, args=(random.Random(rng.random()),),
                                           name=f"robustness-faults-{i}", daemon=True) for i in range(schedulers)]
 
@@ -105,8 +105,8 @@ class Scheduler:
             return
         if kind == "compact":
             target = self.recorder.last - 5
-            if target > self._compacted:
-                self._compacted = target
+            if target > self.compacted:
+                self.compacted = target
                 self.client.compact(target, timeout=5)
                 self._record(kind, [], 0.0, f"to revision {target}")
             return

@@ -13,6 +13,7 @@ The second process is this module run as a script: ``python -m tests.robustness.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import itertools
 import json
 import os
@@ -200,11 +201,11 @@ def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, *, workers:
     result.violations += [f"recorder: {e}" for e in recorder.errors]
     for w in watches:
         if w.name == "resumed":
-            result.violations += checks.check_resumable(w.segments, truth, start, end)
+            result.violations += checks.check_resumable(w.segments, truth, start, end, scheduler.compacted)
             continue
         for seg in w.segments:
             seg.end = seg.end if seg.end is not None else end
-            result.violations += checks.check_watch(seg, truth)
+            result.violations += checks.check_watch(seg, truth, scheduler.compacted)
     result.violations += checks.check_unique_writes(truth, set(names))
     result.violations += checks.check_serializable(history)
     result.violations += checks.check_deadlines(history)
@@ -299,6 +300,8 @@ def _child_main(argv: list[str]) -> None:
     p.add_argument("--keys", required=True)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    # a child still running well after its time says where every thread is, into its log, each minute
+    faulthandler.dump_traceback_later(args.duration + 90, repeat=True)
     password = os.environ.get(PASSWORD_ENV)
     creds: dict[str, Any] = {"user": "root", "password": password} if password else {}
     rng = random.Random(args.seed * 7919)

@@ -38,6 +38,9 @@ from .health import EndpointHealth, State, Transition
 log = logging.getLogger("resilient_etcd.health")
 
 _STATUS_REQUEST = rpc_pb2.StatusRequest()
+# the codes grpc gives a call the server never answered; any other status, even an error, is an answer
+# from the server: proof that the connection carries data
+NOT_ANSWERS = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 _READY = 2  # grpc_connectivity_state GRPC_CHANNEL_READY, as cygrpc reports it
 
 
@@ -330,7 +333,7 @@ class EndpointPool:
                 c.health.probe_sent_at = None  # sent before our own defragment began: says nothing
                 return
             # any answer from the server — even an error status — proves the connection carries data
-            if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+            if code in NOT_ANSWERS:
                 t = c.health.probe_failed(now, f"probe: {code.name}: {fut.details()}",
                                           timed_out=code == grpc.StatusCode.DEADLINE_EXCEEDED)
             else:

@@ -33,7 +33,7 @@ from ..policies import HealthPolicy, KeepalivePolicy, RetryPolicy
 from .diagnose import permanent_cause, short
 from .endpoints import Endpoint, TlsConfig
 from .health import State
-from .pool import Connection, EndpointPool, Stubs
+from .pool import NOT_ANSWERS, Connection, EndpointPool, Stubs
 from .retry import (
     Failure,
     RetryableError,
@@ -397,13 +397,10 @@ def _rclass(name: str, idempotent: bool | None, pin: Connection | None) -> Retry
     return retry_class(name)
 
 
-_NOT_ANSWERS = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
-
-
 def _answered(error: BaseException) -> bool:
     """Did the server answer (an error status of its own: proof the connection carries data)?"""
     code = getattr(error, "code", None)
-    return isinstance(error, grpc.RpcError) and code is not None and code() not in _NOT_ANSWERS
+    return isinstance(error, grpc.RpcError) and code is not None and code() not in NOT_ANSWERS
 
 
 def _is_closed_channel(error: ValueError) -> bool:

@@ -154,15 +154,20 @@ class RetryableError(Exception):
         super().__init__(f"{endpoint}: {failure.value}: {text}")
 
 
-def make_retrying(policy: RetryPolicy, out_of_time: Callable[[], bool],
-                  left: Callable[[], float | None] = lambda: None) -> Retrying:
+def deadline_gone(left: Callable[[], float | None]) -> bool:
+    """Is the deadline ``left`` measures (seconds left of it, None without one) gone?"""
+    remaining = left()
+    return remaining is not None and remaining <= 0
+
+
+def make_retrying(policy: RetryPolicy, left: Callable[[], float | None]) -> Retrying:
     """A tenacity ``Retrying`` for the attempts *after* the first (which runs outside it).
 
     Stops when the call's deadline is gone or after ``max_attempts`` tries in all; never waits past
     the deadline (``left``: the seconds left of it, None without one).
     """
 
-    stop: stop_base = stop_when(out_of_time)
+    stop: stop_base = stop_when(lambda: deadline_gone(left))
     if policy.max_attempts is not None:
         stop = stop_after_attempt(policy.max_attempts - 1) | stop
     backoff = wait_random_exponential(multiplier=policy.backoff_initial, max=policy.backoff_max)

@@ -39,6 +39,7 @@ from .retry import (
     RetryableError,
     RetryClass,
     classify,
+    deadline_gone,
     is_hard,
     make_retrying,
     may_retry,
@@ -299,12 +300,12 @@ class Transport:
         current = first_attempt.conn
         reauthed = False
 
-        def out_of_time() -> bool:
-            return deadline is not None and time.monotonic() >= deadline
+        def left() -> float | None:
+            return None if deadline is None else deadline - time.monotonic()
 
         def attempt() -> T:
             nonlocal last, current, reauthed
-            remaining = None if deadline is None else deadline - time.monotonic()
+            remaining = left()
             if remaining is not None and remaining <= 0:
                 raise self._out_of_time(last)
             if last.failure is Failure.AUTH_TOKEN:
@@ -312,7 +313,7 @@ class Transport:
                     raise AuthenticationError(f"token rejected again after re-authentication [{last.endpoint}]")
                 reauthed = True
                 self.authenticate(remaining, stale=last.token)
-                remaining = None if deadline is None else deadline - time.monotonic()
+                remaining = left()
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExceeded(f"deadline exceeded during re-authentication; last error: {last}")
             if rclass is RetryClass.PINNED:
@@ -337,10 +338,9 @@ class Transport:
             return result
 
         try:
-            result: T = make_retrying(self.retry_policy, out_of_time,
-                                      lambda: None if deadline is None else deadline - time.monotonic())(attempt)
+            result: T = make_retrying(self.retry_policy, left)(attempt)
         except RetryableError as e:
-            if out_of_time():
+            if deadline_gone(left):
                 raise self._out_of_time(e) from e.error
             raise to_exception(e.error, e.endpoint) from e.error
         return result

@@ -372,18 +372,20 @@ class WatchManager:
             w = self._watches.get(wid) if wid is not None else None
         if w is not None:
             self._canceled(w, resp)
-        elif classify(grpc.StatusCode.UNAUTHENTICATED, resp.cancel_reason) is Failure.AUTH_TOKEN \
-                and self._t.has_credentials:
+            return
+        self._renew_if_token(resp.cancel_reason)
+        log.warning("watch create refused: %s", resp.cancel_reason, extra={"event": "watch_refused"})
+
+    def _renew_if_token(self, reason: str) -> None:
+        """A refusal for our token: re-authenticate and re-open the stream (raises _StreamEnded); the
+        watches resume on the new stream. Any other reason: nothing to do here."""
+        if classify(grpc.StatusCode.UNAUTHENTICATED, reason) is Failure.AUTH_TOKEN and self._t.has_credentials:
             self._reauth()
             raise _StreamEnded
-        else:
-            log.warning("watch create refused: %s", resp.cancel_reason, extra={"event": "watch_refused"})
 
     def _canceled(self, w: _Watch, resp: rpc_pb2.WatchResponse) -> None:
         reason = resp.cancel_reason or "watch canceled by the server"
-        if classify(grpc.StatusCode.UNAUTHENTICATED, reason) is Failure.AUTH_TOKEN and self._t.has_credentials:
-            self._reauth()
-            raise _StreamEnded  # re-open the stream with the new token; the watch resumes
+        self._renew_if_token(reason)
         err: Etcd3Exception = (RevisionCompactedError(resp.compact_revision) if resp.compact_revision
                                else Etcd3Exception(reason))
         with self._lock:

@@ -272,7 +272,7 @@ class EndpointPool:
     def _probe_step(self) -> None:
         self._dozing[0] = True  # first: a call starting while the sleep is worked out still wakes us
         sleep = self._sleep()
-        if sleep <= self.policy.probe_interval / 2:
+        if sleep <= self._tick:
             self._dozing[0] = False
         try:
             item = self._events.get(timeout=sleep)
@@ -284,10 +284,15 @@ class EndpointPool:
             else:
                 self._on_probe_done(*item)
 
+    @property
+    def _tick(self) -> float:
+        """The prober's step while anything is waiting, out or unwell (suspect marking needs it)."""
+        return min(self.policy.probe_interval / 2, 0.05)
+
     def _sleep(self) -> float:
-        """Until the next probe is due; ticks of ``probe_interval / 2`` (≤ 50 ms) while anything is
-        waiting, out or unwell (suspect marking needs the ticks), at most 1 s otherwise."""
-        tick = min(self.policy.probe_interval / 2, 0.05)
+        """Until the next probe is due; :attr:`_tick` while anything is waiting, out or unwell, at most
+        1 s otherwise."""
+        tick = self._tick
         now = time.monotonic()
         due = float("inf")
         for c in self.conns:

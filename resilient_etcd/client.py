@@ -8,6 +8,7 @@ keyword-only ``timeout`` (seconds) where a call is made. Each call's deadline is
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -19,6 +20,7 @@ from typing import IO, Any
 
 from . import _lifecycle, deadlines
 from ._proto import rpc_pb2
+from .etcd import paging
 from .etcd.election import Election
 from .etcd.events import Event, WatchResponse
 from .etcd.lease import Lease
@@ -122,12 +124,14 @@ class Etcd3Client:
         self._watch_holder: list[WatchManager] = []  # for the finalizer, which must not hold self
         self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()  # kept ones stop when the client closes
         self._iterators: weakref.WeakSet[_WatchIterator] = weakref.WeakSet()
+        health = health or HealthPolicy()
+        self._pages = paging.PageSizer(page_time=health.dead_after / 4)  # a probe waits behind one page at most
         self._transport = Transport(
             self._endpoints,
             tls=TlsConfig.from_files(ca_cert, cert_key, cert_cert),
             default_timeout=self.timeout,
             keepalive=keepalive or KeepalivePolicy(),
-            health=health or HealthPolicy(),
+            health=health,
             retry=retry or RetryPolicy(),
             grpc_options=list(grpc_options or ()),
             user=user,
@@ -190,8 +194,11 @@ class Etcd3Client:
 
     # ---- KV ----
     def _range(self, req: rpc_pb2.RangeRequest, timeout: float | None) -> rpc_pb2.RangeResponse:
-        resp: rpc_pb2.RangeResponse = self._transport.unary("kv", "Range", req, timeout=timeout)
-        return resp
+        if not paging.pageable(req):
+            resp: rpc_pb2.RangeResponse = self._transport.unary("kv", "Range", req, timeout=timeout)
+            return resp
+        with deadlines.deadline_of(timeout, self.timeout):  # one budget for every page
+            return paging.paged_range(req, functools.partial(self._transport.unary, "kv", "Range"), self._pages)
 
     def get_response(self, key: Key, *, timeout: float | None = None, **kwargs: Any) -> rpc_pb2.RangeResponse:
         """The raw ``RangeResponse`` for ``key`` (kwargs: revision, serializable, keys_only, …)."""
@@ -560,12 +567,14 @@ class Etcd3Client:
         error is raised).
         """
 
+        conn = self._member_conn(endpoint)
+
         def invoke(stubs: Stubs, budget: float | None, md: Metadata) -> None:
             for r in stubs.maintenance.Snapshot(rpc_pb2.SnapshotRequest(), timeout=budget, metadata=md):
+                conn.heard()  # every chunk proves the connection alive: a probe behind them is no verdict
                 file_obj.write(r.blob)
 
-        self._transport.call("Maintenance.Snapshot", invoke, timeout=timeout, pin=self._member_conn(endpoint),
-                             default_timeout=None)
+        self._transport.call("Maintenance.Snapshot", invoke, timeout=timeout, pin=conn, default_timeout=None)
 
 
 @contextlib.contextmanager

@@ -242,6 +242,7 @@ class WatchManager:
         try:
             for resp in call:
                 self._last_activity = time.monotonic()
+                conn.heard()
                 self._handle(resp)
                 delivered = True
                 self._leaderless = False

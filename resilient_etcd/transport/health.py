@@ -9,9 +9,12 @@ States::
                                                 └──── probe fails ───┘
 
 *dead* is ``max(policy.dead_after, policy.latency_factor * slowest recent probe answer)``:
-a connection that keeps answering, however slowly, stays in. A hard failure (connection
-refused or reset, reported by a real call) ejects at once. Each transition is returned to the
-driver, which logs it and acts on it (an ejection means: close the channel, dial a fresh one).
+a connection that keeps answering, however slowly, stays in. Silence is timed from the later of
+the probe's sending and the last answer of any kind on the connection: a probe queued behind a
+large answer that is still arriving (a page of a range read) says the connection is busy, not
+dead. A hard failure (connection refused or reset, reported by a real call) ejects at once.
+Each transition is returned to the driver, which logs it and acts on it (an ejection means:
+close the channel, dial a fresh one).
 """
 
 from __future__ import annotations
@@ -105,9 +108,16 @@ class EndpointHealth:
             return self._move(State.PROBING, "re-admission probe", now)
         return None
 
+    def silence(self, now: float) -> float:
+        """How long the connection has been quiet with a probe out (0 when none is out): since the
+        probe was sent or since the connection last answered anything, whichever is later."""
+        if self.probe_sent_at is None:
+            return 0.0
+        return max(0.0, now - max(self.probe_sent_at, self.last_heard))
+
     def probe_answered(self, now: float) -> Transition | None:
         if self.probe_sent_at is not None:
-            self.latencies.append(now - self.probe_sent_at)
+            self.latencies.append(self.silence(now))  # time behind a busy connection's answers is not latency
         self.probe_sent_at = None
         self.consecutive_failures = 0
         self.probe_timeouts = 0
@@ -117,7 +127,12 @@ class EndpointHealth:
         return None
 
     def probe_failed(self, now: float, error: str, *, timed_out: bool = False) -> Transition | None:
-        """The probe got no answer within the dead time (``timed_out``), or the connection failed."""
+        """The probe got no answer within the dead time (``timed_out``), or the connection failed.
+        A timeout while the connection answered other calls in the meantime (:meth:`silence` shorter
+        than the dead time) is no verdict: the probe waited behind them, and the next one asks again."""
+        if timed_out and self.silence(now) < self.dead_time():
+            self.probe_sent_at = None
+            return None
         self.probe_sent_at = None
         if timed_out:
             self.probe_timeouts = min(self.probe_timeouts + 1, 5)
@@ -125,10 +140,9 @@ class EndpointHealth:
 
     def tick(self, now: float) -> Transition | None:
         """Mark an endpoint suspect when its probe is late (ejection comes from the probe's deadline)."""
-        sent = self.probe_sent_at
-        late = sent is not None and now - sent > self.dead_time() / 2
-        if self.state is State.HEALTHY and not self.maintenance and sent is not None and late:
-            return self._move(State.SUSPECT, f"probe unanswered for {now - sent:.2f} s", now)
+        quiet = self.silence(now)
+        if self.state is State.HEALTHY and not self.maintenance and quiet > self.dead_time() / 2:
+            return self._move(State.SUSPECT, f"probe unanswered, connection quiet for {quiet:.2f} s", now)
         return None
 
     # ---- passive signals from real calls ----

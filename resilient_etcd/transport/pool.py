@@ -109,7 +109,12 @@ class Connection:
         with self._count:
             self.outstanding -= 1
         if answered:
-            self.health.last_heard = time.monotonic()
+            self.heard()
+
+    def heard(self) -> None:
+        """Something arrived from the server on this connection (an answer, a watch event, a chunk of
+        a stream): it is alive, and a probe queued behind it is no verdict."""
+        self.health.last_heard = time.monotonic()
 
     def transport_ready(self) -> bool:
         """Does the channel have a READY connection right now? (True when grpcio does not say: a

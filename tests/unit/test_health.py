@@ -92,8 +92,9 @@ def test_probe_deadline_doubles_after_timeouts_so_a_slow_path_can_answer() -> No
     h.probe_sent(1.2)
     h.probe_failed(3.2, "DEADLINE_EXCEEDED", timed_out=True)
     assert h.dead_time() == 4.0
-    for _ in range(10):
-        h.probe_failed(10.0, "DEADLINE_EXCEEDED", timed_out=True)
+    for i in range(10):
+        h.probe_sent(10.0 + 40 * i)
+        h.probe_failed(10.0 + 40 * i + h.dead_time(), "DEADLINE_EXCEEDED", timed_out=True)
     assert h.dead_time() == 32.0, "capped"
     h.probe_sent(11.0)
     h.probe_answered(12.5)  # a slow answer: back to latency-based, which now knows the path is slow
@@ -132,3 +133,34 @@ def test_unwell_endpoints_keep_their_schedule_whatever_the_traffic() -> None:
 def test_idle_interval_below_probe_interval_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="idle_probe_interval"):
         HealthPolicy(probe_interval=1.0, idle_probe_interval=0.5, dead_after=2.0)
+
+
+def test_a_probe_behind_answers_still_arriving_is_no_verdict() -> None:
+    """Silence is timed from the last answer on the connection: a probe queued behind a page of a
+    large range says "busy", not "dead"."""
+    h = EndpointHealth(P, 0.0)
+    h.probe_sent(0.0)
+    h.last_heard = 0.7  # a page arrived while the probe waited
+    assert h.tick(0.9) is None, "quiet for 0.2 s only: not suspect"
+    assert h.probe_failed(1.0, "DEADLINE_EXCEEDED", timed_out=True) is None
+    assert h.state is State.HEALTHY and h.probe_sent_at is None and h.probe_timeouts == 0
+    assert h.probe_due(0.9 + P.probe_interval), "asked again one interval after the last answer"
+
+
+def test_a_connection_that_goes_quiet_after_its_answers_is_ejected() -> None:
+    h = EndpointHealth(P, 0.0)
+    h.last_heard = 0.5
+    h.probe_sent(0.7)  # the path died at 0.5: nothing arrives any more
+    t = h.tick(1.3)
+    assert t is not None and t.new is State.SUSPECT
+    t = h.probe_failed(1.7, "DEADLINE_EXCEEDED", timed_out=True)
+    assert t is not None and t.ejected
+
+
+def test_latency_of_a_probe_that_waited_behind_a_page_is_its_own() -> None:
+    h = EndpointHealth(P, 0.0)
+    h.probe_sent(0.0)
+    h.last_heard = 0.6  # the page ahead of it
+    h.probe_answered(0.61)
+    assert h.latency == pytest.approx(0.01)
+    assert h.dead_time() == P.dead_after, "queueing behind answers does not stretch the dead time"

@@ -414,6 +414,9 @@ class ApiClient(k8s.ApiClient):
         except Exception as e:  # any failure of the probe is the endpoint's
             timed_out = isinstance(e, (urllib3.exceptions.TimeoutError,))
             with self._lock:
+                # a probe queued behind a large answer still arriving on the same HTTP/2 connection is no
+                # verdict: the silence that counts runs from the last frame the connection delivered
+                h.last_heard = max([h.last_heard, *self._frames_heard(endpoint)])
                 t = h.probe_failed(time.monotonic(), f"/readyz: {type(e).__name__}: {e}", timed_out=timed_out)
         else:
             done = time.monotonic()
@@ -422,6 +425,14 @@ class ApiClient(k8s.ApiClient):
                 t = (h.probe_answered(done) if resp.status == 200
                      else h.probe_failed(done, f"/readyz answered {resp.status}"))
         self._note(endpoint, t)
+
+
+    def _frames_heard(self, endpoint: str) -> list[float]:
+        """When each HTTP/2 connection to ``endpoint`` last received bytes (none on HTTP/1.1)."""
+        pool = self.rest_client.pool_manager
+        if not isinstance(pool, H2PoolManager):
+            return []
+        return [c.last_heard for c in pool.connections(_origin(endpoint))]
 
 
 def _probe_loop(ref: weakref.ref[ApiClient], endpoint: str, stop: threading.Event) -> None:

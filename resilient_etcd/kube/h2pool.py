@@ -119,6 +119,7 @@ class H2Connection:
         self.origin = f"{self.scheme}://{host}:{port}"
         self._authority = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()  # IPv6 in brackets
         self.read_idle_timeout, self.ping_timeout = read_idle_timeout, ping_timeout
+        self.last_heard = time.monotonic()  # when bytes last arrived: every DATA frame is proof of life
         self._on_close = on_close
         url = self.origin
         try:
@@ -252,7 +253,7 @@ class H2Connection:
 
     def _loop(self) -> None:
         out = b""
-        last_frame = time.monotonic()
+        self.last_heard = last_frame = time.monotonic()
         ping_sent: float | None = None
         try:
             while self.closed is None:
@@ -293,7 +294,8 @@ class H2Connection:
                 if not data:
                     cls = _GracefulGoaway if self.goaway else ConnectionDead
                     raise cls(f"{self.origin} closed the connection")
-                last_frame, ping_sent = time.monotonic(), None
+                self.last_heard = last_frame = time.monotonic()
+                ping_sent = None
                 with self._lock:
                     self._dispatch(self._h2.receive_data(data))
         except _GracefulGoaway as e:

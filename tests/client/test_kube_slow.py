@@ -8,7 +8,6 @@ import threading
 import time
 from typing import Any
 
-import pytest
 from kubernetes import client as k8s
 
 from resilient_etcd.kube import ApiClient
@@ -74,7 +73,7 @@ def test_a_path_that_dies_during_a_large_list_is_noticed(two_apiservers: list[Ku
         def run() -> None:
             try:
                 outcome.append(_list(v1, "mid"))
-            except Exception as e:  # noqa: BLE001 - recorded for the assertion
+            except Exception as e:
                 outcome.append(e)
 
         reader = threading.Thread(target=run)

@@ -16,7 +16,7 @@ from typing import Any
 
 from resilient_etcd.testing import EtcdCluster, ToxiproxyServer, netns_available
 
-from . import report
+from . import report, slow
 from .baselines import CLIENTS
 from .scenarios import (
     FAULTS,
@@ -34,7 +34,8 @@ from .scenarios import (
     watch_stall_trial,
 )
 
-ALL = ["S1", "S2", "S3", "S4", "S8", "S6", "S7", "S1-restart", "steady", "watch-stall", "watch-1000", "S12", "idle"]
+ALL = ["S1", "S2", "S3", "S4", "S8", "S6", "S7", "S1-restart", "steady", "watch-stall", "watch-1000", "S12", "idle",
+       "S7-all"]
 QUICK = ["S3", "S1-restart", "steady"]
 
 
@@ -92,6 +93,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 t = slow_stream_trial(cluster, hold=5.0 if args.quick else 15.0)
                 trials.append(t)
                 log(f"S7: keys read={t.extra['keys_read']} errors={t.failed_calls} ejections={t.failovers}")
+            if "S7-all" in scenarios:
+                for t in slow.etcd_trials(cluster, quick=args.quick):
+                    trials.append(t)
+                    log(f"S7-all {t.client}: {t.extra}")
             if "watch-stall" in scenarios:
                 for i in range(ours_trials):
                     t = watch_stall_trial(cluster)
@@ -132,6 +137,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             t = kube_watch_trial([api_a, api_b], cname, fault, cap)
                             trials.append(t)
                             log(f"S12-watch-{fault} {cname} #{i + 1}: {t.recover}")
+        if "S7-all" in scenarios:
+            from resilient_etcd.testing.kube import KubeApiServer
+
+            with EtcdCluster(size=1, toxiproxy=tp) as kube_etcd, KubeApiServer(kube_etcd, toxiproxy=tp) as api:
+                for t in slow.kube_trials(api, quick=args.quick):
+                    trials.append(t)
+                    log(f"S7-all {t.client}: {t.extra}")
         if "S1-restart" in scenarios:
             with EtcdCluster(size=1, toxiproxy=tp, proxied=False) as single:
                 each_client(single, "S1-restart", lambda s: restart_gap_trial(single, s, cap=max(cap, 15.0)))

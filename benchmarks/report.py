@@ -16,7 +16,9 @@ DESCRIPTIONS = {
     "S1-restart": "single member: kill -9, start again; gap from etcd serving its first request to the "
                   "client's first success",
     "S6": "toxiproxy latency 300 ms ± 100 ms each way (round trip ≈ 600 ms) on the member in use (slow but alive)",
-    "S7": "1 MiB get_prefix loop through a 256 KB/s bandwidth toxic (slow stream)",
+    "S7": "1 MiB get_prefix loop through a 256 KB/s bandwidth toxic on the member in use (slow stream)",
+    "S7-all": "every path slow: toxiproxy bandwidth on every etcd member / on the API server; large answers "
+              "must complete as for raw stubs / the official client, with no ejection",
     "S12-blackhole": "Kubernetes: LIST namespaces while the apiserver in use is blackholed (toxiproxy); a second "
                      "apiserver on the same etcd; `plain` = the official client from a kubeconfig",
     "S12-pause": "Kubernetes: LIST namespaces while the apiserver in use is SIGSTOPped (as S12-blackhole)",
@@ -115,7 +117,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        if r["scenario"] in ("S6", "S7") or r["scenario"].startswith(("watch", "idle")):
+        if r["scenario"] in ("S6", "S7") or r["scenario"].startswith(("watch", "idle", "S7-")):
             continue
         capped = r["capped"] > 0
         out.append(
@@ -144,6 +146,19 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(f"| {r['scenario']} | {r['trials']} | {_fmt(r.get('p50'), False, r['cap'])} "
                        f"| {_fmt(r.get('p99'), capped, r['cap'])} | {_fmt(r.get('max'), capped, r['cap'])} "
                        f"| {lost} | {dups} | {f'{statistics.median(per) / 1024:.1f} KiB' if per else '-'} |")
+    slow = [t for t in results["trials"] if t["scenario"] == "S7-all"]
+    if slow:
+        out += ["", "## Slow everywhere (S7-all: nothing to fail over to)", "",
+                "| what | client | seconds | ours / baseline | error | ejections |", "|---|---|---|---|---|---|"]
+        base: dict[str, float] = {}
+        for t in slow:
+            e = t["extra"]
+            sec = e.get("seconds")
+            if t["client"] != "resilient" and sec:
+                base[e["what"]] = sec
+            ratio = f"{sec / base[e['what']]:.2f}" if t["client"] == "resilient" and sec and e["what"] in base else "-"
+            out.append(f"| {e['what']} | {t['client']} | {'-' if sec is None else f'{sec:.2f}'} | {ratio} "
+                       f"| {e.get('error') or '-'} | {t['failovers']} |")
     idle = [t for t in results["trials"] if t["scenario"].startswith("idle")]
     if idle:
         out += ["", "## Idle cost (clients that connected, then do nothing)", "",
@@ -177,7 +192,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in summarize(results["trials"])
-            if r["scenario"] not in ("S6", "S7", "watch-1000") and not r["scenario"].startswith("idle")]
+            if r["scenario"] not in ("S6", "S7", "S7-all", "watch-1000") and not r["scenario"].startswith("idle")]
     scenarios = sorted({r["scenario"] for r in rows})
     clients = [c for c in CLIENTS if any(r["client"] == c for r in rows)]
     fig, ax = plt.subplots(figsize=(10, 4.5))

@@ -102,3 +102,35 @@ def test_a_path_that_dies_in_the_middle_of_a_large_range_is_noticed(etcd_cluster
     assert victim_health.ejections >= 1
     # 4 s of transfer, one detection (~1 s), the lost page again: far below the 60 s deadline
     assert took < 20, f"took {took:.1f} s"
+
+
+@pytest.mark.etcd_cluster(size=3)
+def test_a_watch_delivering_large_events_over_a_slow_link_keeps_its_connection(etcd_cluster: EtcdCluster) -> None:
+    """Events of 64 KiB at 256 KB/s: the watch stream is busy for seconds, and a probe queued behind it
+    must not eject the member (every event counts as the connection answering)."""
+    often = etcd3.HealthPolicy(idle_probe_interval=0.3)  # the heartbeat comes due while events arrive
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=60, health=often) as c, \
+            etcd3.client(endpoints=etcd_cluster.direct_endpoints, timeout=10) as writer:
+        events, cancel = c.watch_prefix("/wslow/")
+        c.get("/wslow/x")  # the stream is on the member in use
+        _slow_everywhere(etcd_cluster)
+        try:
+            for i in range(KEYS):
+                writer.put(f"/wslow/{i:02d}", VALUE)
+            got: list[bytes] = []
+
+            def consume() -> None:
+                for ev in events:
+                    got.append(ev.key)
+                    if len(got) == KEYS:
+                        return
+
+            consumer = threading.Thread(target=consume, daemon=True)
+            consumer.start()
+            consumer.join(60)  # ~4 s of transfer
+        finally:
+            cancel()
+            etcd_cluster.heal_all()
+        health = c.endpoint_health()
+    assert got == [f"/wslow/{i:02d}".encode() for i in range(KEYS)]
+    assert sum(h.ejections for h in health) == 0, health

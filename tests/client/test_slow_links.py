@@ -134,3 +134,29 @@ def test_a_watch_delivering_large_events_over_a_slow_link_keeps_its_connection(e
         health = c.endpoint_health()
     assert got == [f"/wslow/{i:02d}".encode() for i in range(KEYS)]
     assert sum(h.ejections for h in health) == 0, health
+
+
+@pytest.mark.etcd_cluster(size=3)
+def test_a_snapshot_over_a_slow_link_completes(etcd_cluster: EtcdCluster) -> None:
+    """snapshot() streams for seconds on a busy connection: every chunk counts as an answer."""
+    import io
+
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=60) as c:
+        i = 0
+        while c.status().db_size < 2_000_000:
+            c.put(f"/snapshot-fill/{i:04d}", VALUE)
+            i += 1
+        size = c.status().db_size
+        _slow_everywhere(etcd_cluster, kbps=512)
+        sink = io.BytesIO()
+        try:
+            started = time.monotonic()
+            c.snapshot(sink, timeout=120)
+            took = time.monotonic() - started
+        finally:
+            etcd_cluster.heal_all()
+        c.delete_prefix("/snapshot-fill/")
+        health = c.endpoint_health()
+    assert len(sink.getvalue()) >= size
+    assert sum(h.ejections for h in health) == 0, health
+    assert took > 2, f"the link was not slow ({took:.1f} s): the test proves nothing"

@@ -71,6 +71,7 @@ class _Watch:
     error: BaseException | None = None
     on_stream: bool = False
     acked_after: int = -1  # the last progress request sent before etcd acknowledged this watch's create
+    cancelled: bool = False  # by cancel(): nothing more is delivered to it
 
     def create_request(self) -> rpc_pb2.WatchRequest:
         start = self.next_revision if self.next_revision is not None else (self.start_revision or 0)
@@ -138,6 +139,7 @@ class WatchManager:
         self._progress_requests = 0  # progress requests sent by this manager
         self._last_progress = 0.0
         self._in_callback = False
+        self._delivering = threading.Lock()  # held while a callback runs: cancel() waits for it
         self._stalled = False
         self._idle = False  # the stream was closed on purpose (no watches left): not a resume
         self._leaderless = False  # NoLeaderError already delivered for the current outage
@@ -168,17 +170,27 @@ class WatchManager:
         return w.id
 
     def cancel(self, watch_id: int) -> None:
-        """Stop one watch; the last one to go closes the stream (the thread idles until the next add)."""
+        """Stop one watch; the last one to go closes the stream (the thread idles until the next add).
+        When it returns, no callback of that watch runs any more, nor will one: a callback in progress
+        has returned (unless ``cancel`` is called from a callback, which cannot wait for itself)."""
         with self._lock:
             w = self._watches.pop(watch_id, None)
+            if w is not None:
+                w.cancelled = True
             stream = self._stream
-            if w is None or stream is None or not w.on_stream:
-                return
-            if self._watches:
-                stream[1].put(rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=w.id)))
-                return
-            self._idle = True
-        stream[0].cancel()
+            if w is not None and stream is not None and w.on_stream:
+                if self._watches:
+                    stream[1].put(rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=w.id)))
+                    stream = None
+                else:
+                    self._idle = True
+            else:
+                stream = None
+        if stream is not None:
+            stream[0].cancel()
+        if w is not None and threading.current_thread() is not self._reader:
+            with self._delivering:
+                pass  # a callback that was running has returned
 
     def close(self) -> None:
         """End every watch: its callback gets :class:`ClientClosedError` (so a ``watch_once`` or a
@@ -398,12 +410,15 @@ class WatchManager:
         self._deliver(w, err)
 
     def _deliver(self, w: _Watch, item: Any) -> None:
-        self._in_callback = True
-        try:
-            _safe(w.callback, item)
-        finally:
-            self._in_callback = False
-            self._last_activity = time.monotonic()
+        with self._delivering:
+            if w.cancelled:
+                return  # cancelled after this response arrived: cancel() promised nothing more comes
+            self._in_callback = True
+            try:
+                _safe(w.callback, item)
+            finally:
+                self._in_callback = False
+                self._last_activity = time.monotonic()
 
     # ---- the watchdog ----
     def _watchdog(self) -> None:

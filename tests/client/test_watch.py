@@ -41,6 +41,41 @@ def test_watch_api(client: etcd3.Etcd3Client) -> None:
     assert list(events) == []
 
 
+def test_no_callback_runs_after_cancel_returns(client: etcd3.Etcd3Client) -> None:
+    """cancel_watch waits for a callback in progress, and nothing is delivered after it returns (the
+    robustness harness saw a callback that had passed its own "cancelled?" check deliver after the
+    user had cancelled and re-created the watch: its events came twice)."""
+    inside, release = threading.Event(), threading.Event()
+    log: list[tuple[str, float]] = []
+
+    def callback(resp: object) -> None:
+        if isinstance(resp, BaseException):
+            return
+        log.append(("callback start", time.monotonic()))
+        inside.set()
+        release.wait(10)
+        log.append(("callback end", time.monotonic()))
+
+    wid = client.add_watch_callback("/cancel-wait/k", callback)
+    client.put("/cancel-wait/k", "1")
+    assert inside.wait(10)
+    client.put("/cancel-wait/k", "2")  # queued behind the running callback
+
+    def cancel() -> None:
+        client.cancel_watch(wid)
+        log.append(("cancel returned", time.monotonic()))
+
+    canceller = threading.Thread(target=cancel)
+    canceller.start()
+    canceller.join(0.3)
+    assert canceller.is_alive(), "cancel returned while the callback was still running"
+    release.set()
+    canceller.join(10)
+    client.put("/cancel-wait/k", "3")
+    client.get("/cancel-wait/k")
+    assert [name for name, _ in log] == ["callback start", "callback end", "cancel returned"]
+
+
 def test_watch_prefix_once_and_timeouts(client: etcd3.Etcd3Client) -> None:
     with pytest.raises(etcd3.WatchTimedOut):
         client.watch_once("/w/none", timeout=0.3)

@@ -16,7 +16,7 @@ from typing import Any
 
 from resilient_etcd.testing import EtcdCluster, ToxiproxyServer, netns_available
 
-from . import report, slow
+from . import leader, report, slow
 from .baselines import CLIENTS
 from .scenarios import (
     FAULTS,
@@ -35,7 +35,7 @@ from .scenarios import (
 )
 
 ALL = ["S1", "S2", "S3", "S4", "S8", "S6", "S7", "S1-restart", "steady", "watch-stall", "watch-1000", "S12", "idle",
-       "S7-all"]
+       "S7-all", "S2-leader"]
 QUICK = ["S3", "S1-restart", "steady"]
 
 
@@ -93,6 +93,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 t = slow_stream_trial(cluster, hold=5.0 if args.quick else 15.0)
                 trials.append(t)
                 log(f"S7: keys read={t.extra['keys_read']} errors={t.failed_calls} ejections={t.failovers}")
+            if "S2-leader" in scenarios:
+                for prefer in (True, False):
+                    for i in range(ours_trials if prefer else base_trials):
+                        t = leader.leader_freeze_trial(cluster, prefer_leader=prefer, cap=cap)
+                        trials.append(t)
+                        log(f"S2-leader {t.client} #{i + 1}: {t.recover} failed={t.failed_calls}")
             if "S7-all" in scenarios:
                 for t in slow.etcd_trials(cluster, quick=args.quick):
                     trials.append(t)

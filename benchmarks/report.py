@@ -17,6 +17,9 @@ DESCRIPTIONS = {
                   "client's first success",
     "S6": "toxiproxy latency 300 ms ± 100 ms each way (round trip ≈ 600 ms) on the member in use (slow but alive)",
     "S7": "1 MiB get_prefix loop through a 256 KB/s bandwidth toxic on the member in use (slow stream)",
+    "S2-leader": "SIGSTOP the raft leader under a stream of writes (a put every 10 ms); time from the freeze to "
+                 "the first successful write started after it; `resilient-follower` = the same client with "
+                 "`prefer_leader=False` on a follower",
     "S7-all": "every path slow: toxiproxy bandwidth on every etcd member / on the API server; large answers "
               "must complete as for raw stubs / the official client, with no ejection",
     "S12-blackhole": "Kubernetes: LIST namespaces while the apiserver in use is blackholed (toxiproxy); a second "

@@ -61,6 +61,7 @@ class EndpointHealth:
         self.probe_timeouts = 0  # consecutive probes that got no answer in time
         self.readmit_at = 0.0
         self.maintenance = 0  # our own long action runs on this member (defragment): no probes, no traffic
+        self._confirm = False  # re-admitted: the next probe, sent at once, measures the path
         self._backoff = policy.readmit_backoff
 
     # ---- derived values ----
@@ -96,6 +97,8 @@ class EndpointHealth:
             return float("inf")
         if self.state is State.EJECTED:
             return self.readmit_at
+        if self._confirm:
+            return self.last_probe_at  # at once: was that re-admission answer a thaw or the path's latency?
         if self.state is not State.HEALTHY:
             return self.last_probe_at + self.policy.probe_interval
         interval = self.policy.probe_interval if busy else self.policy.idle_probe_interval
@@ -116,11 +119,19 @@ class EndpointHealth:
         return max(0.0, now - max(self.probe_sent_at, self.last_heard))
 
     def probe_answered(self, now: float) -> Transition | None:
-        if self.probe_sent_at is not None:
-            self.latencies.append(self.silence(now))  # time behind a busy connection's answers is not latency
+        if self.state is State.PROBING:
+            # A re-admission answer may come late because the path is slow, or because a frozen member
+            # woke up and answered everything queued: only a second probe, answered at once, can tell.
+            # Its time is not a latency sample (a thaw taken for latency stretched the dead time of the
+            # next freeze to 3x the thaw), and the doubled dead time holds until the second answer.
+            self._confirm = True
+        else:
+            if self.probe_sent_at is not None:
+                self.latencies.append(self.silence(now))  # time behind a busy connection's answers is not latency
+            self._confirm = False
+            self.probe_timeouts = 0
         self.probe_sent_at = None
         self.consecutive_failures = 0
-        self.probe_timeouts = 0
         if self.state is not State.HEALTHY:
             self._backoff = self.policy.readmit_backoff
             return self._move(State.HEALTHY, "probe answered", now)

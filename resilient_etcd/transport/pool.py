@@ -94,6 +94,7 @@ class Connection:
         self.generation = 0
         self.health = EndpointHealth(policy, time.monotonic())
         self.server_version: tuple[int, str] | None = None  # (generation, etcd version) once asked
+        self.member_id: int | None = None  # the etcd member behind this endpoint, from its Status answers
         self.permanent_error: str | None = None  # why this endpoint can never work as configured (diagnose)
 
     def begin(self) -> None:
@@ -152,6 +153,13 @@ class EndpointPool:
             METRICS.set_state(c.name, c.health.state.value)
         self.active = self.conns[0]
         self._lock = threading.RLock()
+        # the raft leader, from Status answers (probes): writes go there while its connection is usable
+        self.leader: Connection | None = None
+        self._leader_id = 0
+        self._term = 0
+        self._leader_news = threading.Condition(self._lock)
+        self._hunting = False  # the leader's connection is out: probe every endpoint until one names another
+        self._unreachable_leader: tuple[int, int] | None = None  # (term, id): raft follows it, we cannot reach it
         self._probe_metadata = probe_metadata
         self._closed = threading.Event()
         # the prober holds the pool weakly: a pool nobody uses any more is collected, and its
@@ -187,6 +195,80 @@ class EndpointPool:
             return a
         with self._lock:
             return self._choose(avoid)
+
+    def pick_writer(self, deadline: float | None, avoid: Connection | None = None) -> Connection:
+        """The connection for a write: the leader's while it is usable (see ``HealthPolicy.prefer_leader``).
+        When the leader's connection is out, wait (up to ``leader_wait`` and ``deadline``) for the other
+        members to name a new leader rather than hand the write to a follower that would hold it until
+        etcd's request timeout."""
+        lead = self.leader
+        if not self.policy.prefer_leader or lead is None:
+            return self.pick(avoid)
+        if lead is not avoid and lead.health.usable:
+            return lead
+        now = time.monotonic()
+        end = now + self.policy.leader_wait if deadline is None else min(deadline, now + self.policy.leader_wait)
+        with self._lock:
+            if self._unreachable_leader == (self._term, self._leader_id):
+                return self._pick_locked(avoid)  # raft follows a leader we cannot reach: go through the others
+            self._hunt()
+            while True:
+                lead = self.leader
+                if lead is not None and lead is not avoid and lead.health.usable:
+                    return lead
+                if not any(c.health.usable for c in self.conns if c is not lead) or (
+                        lead is None and all(x.member_id for x in self.conns)):
+                    return self._pick_locked(avoid)  # nobody left to ask, or a leader we have no endpoint for
+                left = end - time.monotonic()
+                if left <= 0:
+                    if deadline is None or time.monotonic() < deadline:
+                        # the members still follow it after an election's time: it is alive, our path is not
+                        self._unreachable_leader = (self._term, self._leader_id)
+                        self._hunting = False
+                    return self._pick_locked(avoid)
+                self._leader_news.wait(left)
+
+    def _pick_locked(self, avoid: Connection | None) -> Connection:
+        a = self.active
+        return a if a is not avoid and a.health.usable else self._choose(avoid)
+
+    def _hunt(self) -> None:
+        """Probe every endpoint each ``probe_interval`` until a usable leader is named (lock held)."""
+        if not self._hunting:
+            self._hunting = True
+            self._dozing[0] = False
+            self._events.put(None)
+
+    def saw_header(self, c: Connection, header: rpc_pb2.ResponseHeader) -> None:
+        """A call on ``c`` was answered with ``header``: who answered (a busy connection is never probed,
+        so this is how its member is known), and in which raft term (a newer one: a leader to learn)."""
+        if header.member_id != c.member_id or header.raft_term > self._term:
+            with self._lock:
+                if header.member_id != c.member_id:
+                    c.member_id = header.member_id
+                    if c.member_id == self._leader_id and self.leader is not c:
+                        self.leader = c
+                        self._leader_news.notify_all()
+                if header.raft_term > self._term and self.policy.prefer_leader:
+                    self._hunt()
+
+    def _learn_leader(self, c: Connection, resp: rpc_pb2.StatusResponse) -> None:
+        """Take the leader named in a Status answer, unless an answer of a newer term named another (lock held)."""
+        c.member_id = resp.header.member_id
+        term, leader = resp.raftTerm, resp.leader
+        if leader == 0 and self.policy.prefer_leader:
+            self._hunt()  # an election is under way: ask again each probe interval until it is over
+        if leader == 0 or term < self._term:
+            return
+        self._term, self._leader_id = term, leader
+        lead = next((x for x in self.conns if x.member_id == leader), None)
+        if lead is not self.leader:
+            self.leader = lead
+            log.info("raft leader: %s (term %d)", "unknown endpoint" if lead is None else lead.name, term,
+                     extra={"event": "leader", "endpoint": None if lead is None else lead.name, "term": term})
+        if (lead is not None and lead.health.usable) or (lead is None and all(x.member_id for x in self.conns)):
+            self._hunting = False  # found; or led by a member none of our endpoints names
+        self._leader_news.notify_all()
 
     def _choose(self, avoid: Connection | None) -> Connection:
         n = len(self.conns)
@@ -252,6 +334,10 @@ class EndpointPool:
             level, "endpoint %s %s -> %s: %s", conn.name, t.old.value, t.new.value, t.reason,
             extra={"endpoint": conn.name, "from_state": t.old.value, "to_state": t.new.value, "reason": t.reason},
         )
+        if conn is self.leader:
+            if t.ejected and self.policy.prefer_leader:
+                self._hunt()  # start learning the next leader now, not at the next write
+            self._leader_news.notify_all()
         if t.ejected:
             METRICS.inc("ejections", conn.name)
             METRICS.inc("redials", conn.name)
@@ -302,7 +388,7 @@ class EndpointPool:
         due = float("inf")
         for c in self.conns:
             h = c.health
-            if c.outstanding or h.probe_sent_at is not None or h.state is not State.HEALTHY:
+            if c.outstanding or h.probe_sent_at is not None or h.state is not State.HEALTHY or self._hunting:
                 return tick
             due = min(due, h.next_probe_at(busy=False))
         return min(1.0, max(tick, due - now))
@@ -314,7 +400,7 @@ class EndpointPool:
             for c in self.conns:
                 h = c.health
                 to_close.append(self._apply(c, h.tick(now)))
-                if h.probe_due(now, busy=c.outstanding > 0):
+                if h.probe_due(now, busy=c.outstanding > 0 or self._hunting):
                     to_close.append(self._apply(c, h.probe_sent(now)))
                     self._send_probe(c, h.dead_time())
         for ch in to_close:
@@ -351,6 +437,8 @@ class EndpointPool:
                 t = c.health.probe_answered(now)
                 if c.health.latencies:
                     METRICS.observe_probe(c.name, c.health.latencies[-1])
+                if code == grpc.StatusCode.OK:
+                    self._learn_leader(c, fut.result())
             old = self._apply(c, t)
         if old is not None:
             old.close()

@@ -183,7 +183,16 @@ class Transport:
         budget = deadlines.call_timeout(timeout, self.default_timeout)
         started = time.monotonic()
         rclass = _rclass(_qualified(service, method), idempotent, pin)
-        conn = self.pool.pick() if pin is None else pin
+        if pin is not None:
+            conn = pin
+        elif rclass is RetryClass.MUTATION:
+            conn = self.pool.pick_writer(None if budget is None else started + budget)
+            if budget is not None:  # the wait for a new leader used some of it
+                budget = started + budget - time.monotonic()
+                if budget <= 0:
+                    raise DeadlineExceeded("deadline exceeded waiting for the cluster to name a new leader")
+        else:
+            conn = self.pool.pick()
         gen = conn.generation
         # a mutation's proof of "never sent" needs the transport's state before the call (classify)
         ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
@@ -198,6 +207,8 @@ class Transport:
             conn.end(True)
             if conn.health.state is not State.HEALTHY:
                 self.pool.report_success(conn, gen)
+            if rclass is RetryClass.MUTATION:
+                self.pool.saw_header(conn, result.header)  # the member behind conn; a newer term: a new leader
             return result
 
         def invoke(stubs: Stubs, left: float | None, md: Metadata) -> Any:
@@ -229,7 +240,12 @@ class Transport:
         budget = deadlines.call_timeout(timeout, default)
         deadline = None if budget is None else time.monotonic() + budget
         rclass = _rclass(name, idempotent, pin)
-        conn = self.pool.pick() if pin is None else pin
+        if pin is not None:
+            conn = pin
+        elif rclass is RetryClass.MUTATION:
+            conn = self.pool.pick_writer(deadline)
+        else:
+            conn = self.pool.pick()
         gen = conn.generation
         ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
         md = (self._token_md + metadata) if with_token else metadata
@@ -316,10 +332,13 @@ class Transport:
                 remaining = left()
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExceeded(f"deadline exceeded during re-authentication; last error: {last}")
+            avoid = None if last.failure is Failure.AUTH_TOKEN else current  # a stale token is not the endpoint's
             if rclass is RetryClass.PINNED:
                 c = current  # an answer about, or an action on, this member: never another one
-            else:  # move off the endpoint that failed, unless the failure was only a stale token
-                c = self.pool.pick(avoid=None if last.failure is Failure.AUTH_TOKEN else current)
+            elif rclass is RetryClass.MUTATION:
+                c = self.pool.pick_writer(deadline, avoid=avoid)
+            else:  # move off the endpoint that failed
+                c = self.pool.pick(avoid=avoid)
             g = c.generation
             METRICS.inc("retries", c.name)
             current = c

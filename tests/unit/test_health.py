@@ -97,8 +97,12 @@ def test_probe_deadline_doubles_after_timeouts_so_a_slow_path_can_answer() -> No
         h.probe_failed(10.0 + 40 * i + h.dead_time(), "DEADLINE_EXCEEDED", timed_out=True)
     assert h.dead_time() == 32.0, "capped"
     h.probe_sent(11.0)
-    h.probe_answered(12.5)  # a slow answer: back to latency-based, which now knows the path is slow
-    assert h.state is State.HEALTHY and h.dead_time() == 3.0 * 1.5
+    h.probe_answered(12.5)  # re-admitted; slow path or thawed member? the doubled dead time holds
+    assert h.state is State.HEALTHY and h.dead_time() == 32.0 and h.latency is None
+    assert h.probe_due(12.5, busy=False), "a second probe at once tells"
+    h.probe_sent(12.5)
+    h.probe_answered(14.0)  # slow again: the path is slow, and latency-based timing now knows it
+    assert h.dead_time() == 3.0 * 1.5
     h.probe_failed(20.0, "refused")  # a refused connection is not a timeout: no doubling
     assert h.dead_time() == 3.0 * 1.5
 
@@ -164,3 +168,16 @@ def test_latency_of_a_probe_that_waited_behind_a_page_is_its_own() -> None:
     h.probe_answered(0.61)
     assert h.latency == pytest.approx(0.01)
     assert h.dead_time() == P.dead_after, "queueing behind answers does not stretch the dead time"
+
+
+def test_a_thawed_member_does_not_stretch_the_next_dead_time() -> None:
+    """A frozen member answers its re-admission probe when it wakes, seconds late: that is no latency.
+    (It was: the next freeze of the same member then took 3x the thaw to notice.)"""
+    h = EndpointHealth(P, 0.0)
+    h.probe_sent(0.0)
+    h.probe_failed(1.0, "DEADLINE_EXCEEDED", timed_out=True)  # frozen at 0
+    h.probe_sent(1.2)
+    h.probe_answered(5.0)  # woke up at 5 s
+    h.probe_sent(5.0)
+    h.probe_answered(5.001)  # the confirmation: a fast path
+    assert h.dead_time() == P.dead_after

@@ -1,0 +1,136 @@
+"""Writes go to the raft leader; a frozen leader costs a write about a second, not etcd's 7 s request
+timeout; a leader we cannot reach (but raft still follows) is written to through the followers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+import resilient_etcd as etcd3
+from resilient_etcd.testing import EtcdCluster, EtcdMember
+
+
+def _member_id(m: EtcdMember) -> int:
+    return int(m.status().header.member_id)
+
+
+def _wait_for_leader(c: etcd3.Etcd3Client, leader: EtcdMember, timeout: float = 10) -> None:
+    """Poll (with a deadline) until the client's writes are answered by ``leader``."""
+    want = _member_id(leader)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if c.put("/leader/probe", "x").header.member_id == want:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"writes never reached the leader {leader}")
+
+
+@dataclass
+class Writer:
+    """A put every 10 ms in a thread, each outcome recorded as (start, end, error or None)."""
+
+    client: etcd3.Etcd3Client
+    calls: list[tuple[float, float, str | None]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                self.client.put("/leader/k", str(i))
+                self.calls.append((started, time.monotonic(), None))
+            except etcd3.Etcd3Exception as e:
+                self.calls.append((started, time.monotonic(), f"{type(e).__name__}: {e}"))
+            i += 1
+            self.stop.wait(0.01)
+
+    def first_success_started_after(self, t: float, timeout: float) -> float | None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            done = [e for s, e, err in list(self.calls) if err is None and s > t]
+            if done:
+                return done[0] - t
+            time.sleep(0.02)
+        return None
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+@pytest.mark.etcd_cluster(size=3)
+def test_writes_go_to_the_leader(etcd_cluster: EtcdCluster) -> None:
+    leader = etcd_cluster.leader()
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=10) as c:
+        _wait_for_leader(c, leader)
+        served = {c.put("/leader/k", str(i)).header.member_id for i in range(20)}
+    assert served == {_member_id(leader)}
+
+
+@pytest.mark.etcd_cluster(size=3)
+def test_writes_stay_on_the_active_member_when_asked(etcd_cluster: EtcdCluster) -> None:
+    """``prefer_leader=False``: writes go where reads go (python-etcd3's behaviour)."""
+    leader = etcd_cluster.leader()
+    follower = next(m for m in etcd_cluster.members if m is not leader)
+    policy = etcd3.HealthPolicy(prefer_leader=False)
+    with etcd3.client(endpoints=[follower.endpoint, leader.endpoint], timeout=10, health=policy) as c:
+        served = {c.put("/leader/k", str(i)).header.member_id for i in range(20)}
+    assert served == {_member_id(follower)}
+
+
+@pytest.mark.etcd_cluster(size=3)
+def test_a_frozen_leader_costs_a_write_about_a_second(etcd_cluster: EtcdCluster) -> None:
+    """SIGSTOP the leader under a stream of writes: the write in flight fails as possibly applied (never
+    retried), and the next one goes to the new leader once it is elected. Before, a write sent to a
+    follower waited etcd's request timeout (7 s)."""
+    leader = etcd_cluster.leader()
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=10) as c:
+        _wait_for_leader(c, leader)
+        writer = Writer(c)
+        try:
+            writer.first_success_started_after(time.monotonic(), 5)
+            frozen = time.monotonic()
+            leader.pause()
+            gap = writer.first_success_started_after(frozen, 8)
+        finally:
+            leader.resume()
+            writer.close()
+    failures = [err for s, e, err in writer.calls if err is not None]
+    assert gap is not None, "no write succeeded within 8 s of the freeze"
+    assert gap < 4, f"the next write succeeded {gap:.2f} s after the freeze (etcd's request timeout is 7 s)"
+    assert len(failures) <= 1, failures  # only the write that was in flight, reported as possibly applied
+    assert all("may or may not have been applied" in f for f in failures), failures
+
+
+@pytest.mark.etcd_cluster(size=3)
+def test_a_leader_we_cannot_reach_is_written_to_through_the_followers(etcd_cluster: EtcdCluster) -> None:
+    """Only our path to the leader is blackholed (raft still follows it): after one wait of
+    ``leader_wait`` the writes go through a follower, and keep going at once."""
+    leader = etcd_cluster.leader()
+    policy = etcd3.HealthPolicy(leader_wait=1.5)
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=10, health=policy) as c:
+        _wait_for_leader(c, leader)
+        leader.require_proxy().blackhole()
+        try:
+            took = []
+            for i in range(10):
+                started = time.monotonic()
+                try:
+                    c.put("/leader/k", str(i))
+                except etcd3.ConnectionFailedError:
+                    pass  # the one in flight when our connection to the leader was noticed dead
+                took.append(time.monotonic() - started)
+        finally:
+            etcd_cluster.heal_all()
+        assert etcd_cluster.leader() is leader, "the leader changed: the test proves nothing"
+    assert max(took) < 1.5 + 2.5, took
+    assert sorted(took)[-2] < 1.5 + 0.5, f"more than one write waited for a new leader: {took}"
+    assert sum(t > 0.5 for t in took[-5:]) == 0, took

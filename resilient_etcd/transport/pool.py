@@ -159,6 +159,7 @@ class EndpointPool:
         self._term = 0
         self._leader_news = threading.Condition(self._lock)
         self._hunting = False  # the leader's connection is out: probe every endpoint until one names another
+        self._hunt_since = 0.0
         self._unreachable_leader: tuple[int, int] | None = None  # (term, id): raft follows it, we cannot reach it
         self._probe_metadata = probe_metadata
         self._closed = threading.Event()
@@ -206,12 +207,11 @@ class EndpointPool:
             return self.pick(avoid)
         if lead is not avoid and lead.health.usable:
             return lead
-        now = time.monotonic()
-        end = now + self.policy.leader_wait if deadline is None else min(deadline, now + self.policy.leader_wait)
         with self._lock:
             if self._unreachable_leader == (self._term, self._leader_id):
                 return self._pick_locked(avoid)  # raft follows a leader we cannot reach: go through the others
             self._hunt()
+            give_up = self._hunt_since + self.policy.leader_wait  # one clock for every write that waits
             while True:
                 lead = self.leader
                 if lead is not None and lead is not avoid and lead.health.usable:
@@ -219,14 +219,18 @@ class EndpointPool:
                 if not any(c.health.usable for c in self.conns if c is not lead) or (
                         lead is None and all(x.member_id for x in self.conns)):
                     return self._pick_locked(avoid)  # nobody left to ask, or a leader we have no endpoint for
-                left = end - time.monotonic()
-                if left <= 0:
-                    if deadline is None or time.monotonic() < deadline:
-                        # the members still follow it after an election's time: it is alive, our path is not
-                        self._unreachable_leader = (self._term, self._leader_id)
-                        self._hunting = False
+                now = time.monotonic()
+                if now >= give_up:
+                    # the members still follow it after an election's time: it is alive, our path is not
+                    self._unreachable_leader = (self._term, self._leader_id)
+                    self._hunting = False
+                    log.warning("raft leader %s is unreachable from here but still leads; writes go through "
+                                "the other members", lead.name if lead else self._leader_id,
+                                extra={"event": "leader_unreachable"})
                     return self._pick_locked(avoid)
-                self._leader_news.wait(left)
+                if deadline is not None and now >= deadline:
+                    return self._pick_locked(avoid)  # the caller's deadline says the rest
+                self._leader_news.wait(min(give_up, deadline or give_up) - now)
 
     def _pick_locked(self, avoid: Connection | None) -> Connection:
         a = self.active
@@ -236,6 +240,7 @@ class EndpointPool:
         """Probe every endpoint each ``probe_interval`` until a usable leader is named (lock held)."""
         if not self._hunting:
             self._hunting = True
+            self._hunt_since = time.monotonic()
             self._dozing[0] = False
             self._events.put(None)
 

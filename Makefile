@@ -72,9 +72,9 @@ ROBUSTNESS_SEEDS ?= $(shell seq -s, 101 130)
 ROBUSTNESS_DURATION ?= 60
 robustness: deps venv servers
 	rm -rf robustness-results
-	ROBUSTNESS_SEEDS=$(ROBUSTNESS_SEEDS) ROBUSTNESS_DURATION=$(ROBUSTNESS_DURATION) \
-	  $(PY) -m pytest -s -p no:cacheprovider --timeout=0 tests/robustness -k "random_faults or kube"
-	$(PY) -m tests.robustness.report robustness-results robustness-results/run.png
+	status=0; ROBUSTNESS_SEEDS=$(ROBUSTNESS_SEEDS) ROBUSTNESS_DURATION=$(ROBUSTNESS_DURATION) \
+	  $(PY) -m pytest -s -p no:cacheprovider --timeout=0 tests/robustness -k "random_faults or kube" || status=$$?; \
+	$(PY) -m tests.robustness.report robustness-results robustness-results/run.png; exit $$status
 
 bench: deps venv servers
 	$(PY) -m benchmarks run --out benchmarks/results --docs docs/benchmarks.md

@@ -76,15 +76,14 @@ def etcd_trials(cluster: EtcdCluster, *, quick: bool) -> list[Trial]:
 
 
 def _mid_transfer(cluster: EtcdCluster, c: etcd3.Etcd3Client) -> Trial:
-    c.get("/bench/slow1/0000")
-    active = next(h.endpoint for h in c.endpoint_health() if h.active)
-    victim = next(m for m in cluster.members if m.endpoint == active)
     _slow(cluster, 256)
     result: list[tuple[float | None, str | None]] = []
     reader = threading.Thread(target=lambda: result.append(_timed(lambda: list(c.get_prefix("/bench/slow1/")))))
     try:
         reader.start()
         reader.join(1.5)  # a few pages are in when the path dies
+        active = next(h.endpoint for h in c.endpoint_health() if h.active)
+        victim = next(m for m in cluster.members if m.endpoint == active)
         victim.require_proxy().blackhole()
         reader.join(120)
     finally:

@@ -51,7 +51,8 @@ class EndpointHealth:
         self.policy = policy
         self.state = State.HEALTHY
         self.since = now
-        self.latencies: deque[float] = deque(maxlen=policy.latency_window)
+        self.latencies: deque[float] = deque(maxlen=policy.latency_window)  # silence before each answer
+        self.round_trips: deque[float] = deque(maxlen=3)  # full probe round trips: what a new call would wait
         self.probe_sent_at: float | None = None
         self.last_probe_at = float("-inf")
         self.last_heard = float("-inf")  # when a real call on this endpoint was last answered
@@ -69,6 +70,10 @@ class EndpointHealth:
     def latency(self) -> float | None:
         """Mean of recent probe round trips (seconds)."""
         return sum(self.latencies) / len(self.latencies) if self.latencies else None
+
+    def round_trip(self) -> float | None:
+        """The recent probe round trip (mean of the last three), queueing included: for choosing."""
+        return sum(self.round_trips) / len(self.round_trips) if self.round_trips else None
 
     def dead_time(self) -> float:
         """How long a probe may go unanswered: grows with observed latency, and doubles with every
@@ -128,6 +133,7 @@ class EndpointHealth:
         else:
             if self.probe_sent_at is not None:
                 self.latencies.append(self.silence(now))  # time behind a busy connection's answers is not latency
+                self.round_trips.append(now - self.probe_sent_at)  # but a new call would wait behind them
             self._confirm = False
             self.probe_timeouts = 0
         self.probe_sent_at = None

@@ -42,6 +42,12 @@ _STATUS_REQUEST = rpc_pb2.StatusRequest()
 # from the server: proof that the connection carries data
 NOT_ANSWERS = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 _READY = 2  # grpc_connectivity_state GRPC_CHANNEL_READY, as cygrpc reports it
+# latency-aware choice: the member in use gives way when its round trips are over twice the best
+# other's and at least this much longer (loopback noise never reaches it)
+_SLOW_MARGIN = 0.02
+# ... and not within this many seconds of the last such move: when every path is slow (the member in use
+# only looks slower because our own large answers queue ahead of its probes), reads move seldom
+_SLOW_HOLD = 5.0
 
 
 class Stubs:
@@ -95,6 +101,7 @@ class Connection:
         self.health = EndpointHealth(policy, time.monotonic())
         self.server_version: tuple[int, str] | None = None  # (generation, etcd version) once asked
         self.member_id: int | None = None  # the etcd member behind this endpoint, from its Status answers
+        self.want_probe = False  # a call took long: measure this connection's round trip (latency-aware choice)
         self.permanent_error: str | None = None  # why this endpoint can never work as configured (diagnose)
 
     def begin(self) -> None:
@@ -160,6 +167,9 @@ class EndpointPool:
         self._leader_news = threading.Condition(self._lock)
         self._hunting = False  # the leader's connection is out: probe every endpoint until one names another
         self._hunt_since = 0.0
+        # a call slower than this asks for a probe of its connection (then compared with the others)
+        self.slow_call = _SLOW_MARGIN
+        self._moved_at = float("-inf")  # the last move for slowness
         self._unreachable_leader: tuple[int, int] | None = None  # (term, id): raft follows it, we cannot reach it
         self._probe_metadata = probe_metadata
         self._closed = threading.Event()
@@ -274,6 +284,30 @@ class EndpointPool:
         if (lead is not None and lead.health.usable) or (lead is None and all(x.member_id for x in self.conns)):
             self._hunting = False  # found; or led by a member none of our endpoints names
         self._leader_news.notify_all()
+
+    def _compare_round_trips(self) -> None:
+        """Latency-aware choice (lock held): a slow but alive member in use gives way to a healthy one
+        whose recent probe round trips are under half of its own (and 20 ms shorter); no ejection, and it
+        is chosen again like any other once its own probes are fast. Also sets :attr:`slow_call`."""
+        timed = [(rt, c) for c in self.conns if c.health.state is State.HEALTHY and not c.health.maintenance
+                 and (rt := c.health.round_trip()) is not None]
+        if not timed:
+            return
+        a = self.active
+        others = [(rt, c) for rt, c in timed if c is not a]
+        best_rt, best = min(others, key=lambda x: x[0], default=(None, None))
+        self.slow_call = _SLOW_MARGIN
+        self._moved_at = float("-inf")  # the last move for slowness + 2 * min(rt for rt, _ in timed)
+        trips = a.health.round_trips
+        if best is None or best_rt is None or len(trips) < 2:
+            return
+        recent = min(trips[-1], trips[-2])  # two slow answers in a row, not one outlier
+        settled = time.monotonic() - self._moved_at > _SLOW_HOLD  # when every path is slow, move seldom
+        if recent > 2 * best_rt and recent - best_rt > _SLOW_MARGIN and settled:
+            self._moved_at = time.monotonic()
+            log.info("endpoint %s answers in %.0f ms, %s in %.0f ms: reads move", a.name, recent * 1000,
+                     best.name, best_rt * 1000, extra={"endpoint": best.name, "event": "slower"})
+            self._activate(best)
 
     def _choose(self, avoid: Connection | None) -> Connection:
         n = len(self.conns)
@@ -405,7 +439,11 @@ class EndpointPool:
             for c in self.conns:
                 h = c.health
                 to_close.append(self._apply(c, h.tick(now)))
-                if h.probe_due(now, busy=c.outstanding > 0 or self._hunting):
+                due = h.probe_due(now, busy=c.outstanding > 0 or self._hunting)
+                if not due and c.want_probe:  # calls were slow: how slow is the connection itself?
+                    due = h.probe_sent_at is None and now - h.last_probe_at >= self.policy.probe_interval
+                if due:
+                    c.want_probe = False
                     to_close.append(self._apply(c, h.probe_sent(now)))
                     self._send_probe(c, h.dead_time())
         for ch in to_close:
@@ -444,6 +482,7 @@ class EndpointPool:
                     METRICS.observe_probe(c.name, c.health.latencies[-1])
                 if code == grpc.StatusCode.OK:
                     self._learn_leader(c, fut.result())
+                self._compare_round_trips()
             old = self._apply(c, t)
         if old is not None:
             old.close()

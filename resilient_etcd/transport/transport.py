@@ -198,6 +198,7 @@ class Transport:
         ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
         md = (self._token_md + metadata) if with_token else metadata
         conn.begin()
+        sent = time.monotonic()
         try:
             result = getattr(getattr(conn.stubs, service), method)(request, timeout=budget, metadata=md)
         except (grpc.RpcError, ValueError) as e:
@@ -205,6 +206,8 @@ class Transport:
             first: BaseException = e
         else:
             conn.end(True)
+            if time.monotonic() - sent > self.pool.slow_call:
+                conn.want_probe = True  # slow: the prober measures it against the others
             if conn.health.state is not State.HEALTHY:
                 self.pool.report_success(conn, gen)
             if rclass is RetryClass.MUTATION:

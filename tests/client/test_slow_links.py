@@ -83,8 +83,6 @@ def test_pages_are_one_snapshot(etcd_cluster: EtcdCluster) -> None:
 def test_a_path_that_dies_in_the_middle_of_a_large_range_is_noticed(etcd_cluster: EtcdCluster) -> None:
     with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=60) as c:
         _fill(c, "/mid/")
-        c.get("/mid/00")
-        victim = _active(etcd_cluster, c)
         _slow_everywhere(etcd_cluster)
         result: list[int] = []
         reader = threading.Thread(target=lambda: result.append(len(list(c.get_prefix("/mid/")))))
@@ -92,6 +90,7 @@ def test_a_path_that_dies_in_the_middle_of_a_large_range_is_noticed(etcd_cluster
             started = time.monotonic()
             reader.start()
             reader.join(1.5)  # a few pages in
+            victim = _active(etcd_cluster, c)
             victim.require_proxy().blackhole()
             reader.join(60)
             took = time.monotonic() - started

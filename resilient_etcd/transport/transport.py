@@ -247,6 +247,10 @@ class Transport:
             conn = pin
         elif rclass is RetryClass.MUTATION:
             conn = self.pool.pick_writer(deadline)
+            if deadline is not None:  # the wait for a new leader used some of it
+                budget = deadline - time.monotonic()
+                if budget <= 0:
+                    raise DeadlineExceeded("deadline exceeded waiting for the cluster to name a new leader")
         else:
             conn = self.pool.pick()
         gen = conn.generation
@@ -340,6 +344,9 @@ class Transport:
                 c = current  # an answer about, or an action on, this member: never another one
             elif rclass is RetryClass.MUTATION:
                 c = self.pool.pick_writer(deadline, avoid=avoid)
+                remaining = left()  # the wait for a new leader used some of it
+                if remaining is not None and remaining <= 0:
+                    raise self._out_of_time(last)
             else:  # move off the endpoint that failed
                 c = self.pool.pick(avoid=avoid)
             g = c.generation

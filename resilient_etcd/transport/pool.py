@@ -48,6 +48,7 @@ _SLOW_MARGIN = 0.02
 # ... and not within this many seconds of the last such move: when every path is slow (the member in use
 # only looks slower because our own large answers queue ahead of its probes), reads move seldom
 _SLOW_HOLD = 5.0
+_SLOW_PROBE_EVERY = 1.0  # slow reads ask for a probe of their connection at most this often
 
 
 class Stubs:
@@ -167,6 +168,7 @@ class EndpointPool:
         self._leader_news = threading.Condition(self._lock)
         self._hunting = False  # the leader's connection is out: probe every endpoint until one names another
         self._hunt_since = 0.0
+        self._calm_until = 0.0  # a fruitless hunt ended: no new one before this (except on the leader's ejection)
         # a call slower than this asks for a probe of its connection (then compared with the others)
         self.slow_call = _SLOW_MARGIN
         self._moved_at = float("-inf")  # the last move for slowness
@@ -246,9 +248,10 @@ class EndpointPool:
         a = self.active
         return a if a is not avoid and a.health.usable else self._choose(avoid)
 
-    def _hunt(self) -> None:
-        """Probe every endpoint each ``probe_interval`` until a usable leader is named (lock held)."""
-        if not self._hunting:
+    def _hunt(self, *, force: bool = False) -> None:
+        """Probe every endpoint each ``probe_interval`` until a usable leader is named (lock held).
+        ``force``: the leader's connection went out (the other signals wait out a fruitless hunt's calm)."""
+        if not self._hunting and (force or time.monotonic() >= self._calm_until):
             self._hunting = True
             self._hunt_since = time.monotonic()
             self._dozing[0] = False
@@ -375,7 +378,7 @@ class EndpointPool:
         )
         if conn is self.leader:
             if t.ejected and self.policy.prefer_leader:
-                self._hunt()  # start learning the next leader now, not at the next write
+                self._hunt(force=True)  # start learning the next leader now, not at the next write
             self._leader_news.notify_all()
         if t.ejected:
             METRICS.inc("ejections", conn.name)
@@ -436,12 +439,19 @@ class EndpointPool:
         now = time.monotonic()
         to_close = []
         with self._lock:
+            if self._hunting and now - self._hunt_since > 2 * self.policy.leader_wait:
+                # no member named a usable leader (quorum lost, Status refused): back to the usual schedule
+                # rather than ten probes a second per endpoint for as long as that lasts; only a leader's
+                # ejection starts another hunt within the next 30 s
+                self._hunting = False
+                self._calm_until = now + 30.0
+                self._leader_news.notify_all()
             for c in self.conns:
                 h = c.health
                 to_close.append(self._apply(c, h.tick(now)))
                 due = h.probe_due(now, busy=c.outstanding > 0 or self._hunting)
-                if not due and c.want_probe:  # calls were slow: how slow is the connection itself?
-                    due = h.probe_sent_at is None and now - h.last_probe_at >= self.policy.probe_interval
+                if not due and c.want_probe:  # reads were slow: how slow is the connection itself? (1/s at most)
+                    due = h.probe_sent_at is None and now - h.last_probe_at >= _SLOW_PROBE_EVERY
                 if due:
                     c.want_probe = False
                     to_close.append(self._apply(c, h.probe_sent(now)))

@@ -206,8 +206,8 @@ class Transport:
             first: BaseException = e
         else:
             conn.end(True)
-            if time.monotonic() - sent > self.pool.slow_call:
-                conn.want_probe = True  # slow: the prober measures it against the others
+            if rclass is RetryClass.IDEMPOTENT and time.monotonic() - sent > self.pool.slow_call:
+                conn.want_probe = True  # a slow read: the prober measures the connection against the others
             if conn.health.state is not State.HEALTHY:
                 self.pool.report_success(conn, gen)
             if rclass is RetryClass.MUTATION:

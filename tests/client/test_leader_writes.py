@@ -134,3 +134,26 @@ def test_a_leader_we_cannot_reach_is_written_to_through_the_followers(etcd_clust
     assert max(took) < 1.5 + 2.5, took
     assert sorted(took)[-2] < 1.5 + 0.5, f"more than one write waited for a new leader: {took}"
     assert sum(t > 0.5 for t in took[-5:]) == 0, took
+
+
+@pytest.mark.etcd_cluster(size=3)
+def test_a_cluster_without_a_leader_is_not_asked_ten_times_a_second(etcd_cluster: EtcdCluster) -> None:
+    """Quorum lost with the leader: the client hunts for a new leader (a probe per endpoint every 100 ms)
+    for 2 x leader_wait, then goes back to its usual schedule instead of asking at that rate for as long
+    as the outage lasts."""
+    survivor, _, old_leader = etcd_cluster.members
+    etcd_cluster.move_leader(old_leader)
+    policy = etcd3.HealthPolicy(leader_wait=1.0)
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=3, health=policy) as c:
+        _wait_for_leader(c, old_leader)
+        etcd_cluster.stop_quorum()
+        try:
+            with contextlib.suppress(etcd3.Etcd3Exception):
+                c.put("/leader/k", "x")  # refused by the stopped leader: its connection is ejected, the hunt begins
+            time.sleep(2.5)  # the scenario: the outage goes on past 2 x leader_wait
+            before = survivor.metric("grpc_server_handled_total")
+            time.sleep(3)  # the measurement window
+            asked = survivor.metric("grpc_server_handled_total") - before
+        finally:
+            etcd_cluster.restore_quorum()
+    assert asked < 5, f"{asked:.0f} RPCs in 3 s to the member without a leader"

@@ -139,7 +139,9 @@ class WatchManager:
         self._progress_requests = 0  # progress requests sent by this manager
         self._last_progress = 0.0
         self._in_callback = False
-        self._delivering = threading.Lock()  # held while a callback runs: cancel() waits for it
+        # the watch whose callback runs now (reader thread); cancel() waits while it is the one cancelled
+        self._running: _Watch | None = None
+        self._callback_done = threading.Condition(threading.Lock())
         self._stalled = False
         self._idle = False  # the stream was closed on purpose (no watches left): not a resume
         self._leaderless = False  # NoLeaderError already delivered for the current outage
@@ -189,8 +191,9 @@ class WatchManager:
         if stream is not None:
             stream[0].cancel()
         if w is not None and threading.current_thread() is not self._reader:
-            with self._delivering:
-                pass  # a callback that was running has returned
+            with self._callback_done:  # a callback of this watch that was running has returned
+                while self._running is w:
+                    self._callback_done.wait()
 
     def close(self) -> None:
         """End every watch: its callback gets :class:`ClientClosedError` (so a ``watch_once`` or a
@@ -410,15 +413,19 @@ class WatchManager:
         self._deliver(w, err)
 
     def _deliver(self, w: _Watch, item: Any) -> None:
-        with self._delivering:
+        with self._callback_done:
             if w.cancelled:
                 return  # cancelled after this response arrived: cancel() promised nothing more comes
-            self._in_callback = True
-            try:
-                _safe(w.callback, item)
-            finally:
-                self._in_callback = False
-                self._last_activity = time.monotonic()
+            self._running = w
+        self._in_callback = True
+        try:
+            _safe(w.callback, item)
+        finally:
+            self._in_callback = False
+            self._last_activity = time.monotonic()
+            with self._callback_done:
+                self._running = None
+                self._callback_done.notify_all()
 
     # ---- the watchdog ----
     def _watchdog(self) -> None:

@@ -13,8 +13,9 @@ import os as _os
 # errors carry the cause. GRPC_VERBOSITY set by the user wins (it must be set before grpc is imported).
 _os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from . import exceptions
-from .client import DEFAULT_TIMEOUT, Etcd3Client, client
+from . import etcdrpc, events, exceptions, leases, locks, members, transactions, utils, watch
+from ._compat import install_as_etcd3, uninstall_as_etcd3
+from .client import DEFAULT_TIMEOUT, Etcd3Client, MultiEndpointEtcd3Client, client
 from .deadlines import current_deadline, deadline, no_retry, remaining
 from .etcd.election import Election, NotLeaderError
 from .etcd.events import DeleteEvent, Event, PutEvent, WatchResponse
@@ -76,6 +77,7 @@ __all__ = [
     "Lock",
     "LockLostError",
     "Member",
+    "MultiEndpointEtcd3Client",
     "NoLeaderError",
     "NotLeaderError",
     "PreconditionFailedError",
@@ -89,7 +91,17 @@ __all__ = [
     "client",
     "current_deadline",
     "deadline",
+    "etcdrpc",
+    "events",
     "exceptions",
+    "install_as_etcd3",
+    "leases",
+    "locks",
+    "members",
     "no_retry",
     "remaining",
+    "transactions",
+    "uninstall_as_etcd3",
+    "utils",
+    "watch",
 ]

@@ -46,6 +46,7 @@ from .policies import HealthPolicy, KeepalivePolicy, RetryPolicy
 from .transport.endpoints import Endpoint, TlsConfig, parse_endpoint
 from .transport.pool import Connection, EndpointStatus, Stubs
 from .transport.transport import Metadata, Transport
+from .watch import Watcher
 
 log = logging.getLogger("resilient_etcd")
 
@@ -217,6 +218,8 @@ class Etcd3Client:
     def get_prefix_response(self, key_prefix: Key, *, timeout: float | None = None,
                             **kwargs: Any) -> rpc_pb2.RangeResponse:
         """The raw ``RangeResponse`` for every key under ``key_prefix`` (kwargs as :meth:`get`)."""
+        if "range_end" in kwargs:
+            raise TypeError("Don't use 'range_end' with 'get_prefix'")
         prefix = to_bytes(key_prefix)
         return self._range(_range_request(prefix, prefix_range_end(prefix), **kwargs), timeout)
 
@@ -435,6 +438,11 @@ class Etcd3Client:
     def watch_once(self, key: Key, timeout: float | None = None, **kwargs: Any) -> Event:
         """The next event on ``key``, or :class:`WatchTimedOut` after ``timeout`` seconds (None: no
         limit of its own, but a :func:`deadline` scope still applies, then as :class:`DeadlineExceeded`)."""
+        event: Event = self.watch_once_response(key, timeout=timeout, **kwargs).events[0]
+        return event
+
+    def watch_once_response(self, key: Key, timeout: float | None = None, **kwargs: Any) -> WatchResponse:
+        """The next ``WatchResponse`` with events on ``key`` (timeouts as :meth:`watch_once`)."""
         got: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
         def first(item: Any) -> None:
@@ -456,13 +464,29 @@ class Etcd3Client:
             self.cancel_watch(watch_id)
         if isinstance(item, BaseException):
             raise item
-        event: Event = item.events[0]
-        return event
+        response: WatchResponse = item
+        return response
 
     def watch_prefix_once(self, key_prefix: Key, timeout: float | None = None, **kwargs: Any) -> Event:
         """:meth:`watch_once` for every key under ``key_prefix``."""
         p = to_bytes(key_prefix)
         return self.watch_once(p, timeout=timeout, range_end=prefix_range_end(p), **kwargs)
+
+    def watch_prefix_once_response(self, key_prefix: Key, timeout: float | None = None,
+                                   **kwargs: Any) -> WatchResponse:
+        """:meth:`watch_once_response` for every key under ``key_prefix``."""
+        p = to_bytes(key_prefix)
+        return self.watch_once_response(p, timeout=timeout, range_end=prefix_range_end(p), **kwargs)
+
+    @property
+    def watcher(self) -> Watcher:
+        """python-etcd3's ``client.watcher``: ``add_callback(key, callback, **kwargs)`` and ``cancel(watch_id)``."""
+        return Watcher(self)
+
+    @property
+    def uses_secure_channel(self) -> bool:
+        """True when the client speaks TLS to its endpoints."""
+        return self._transport.tls is not None
 
     # ---- locks ----
     def lock(self, name: str, ttl: int = 60, on_lost: Callable[[Lock], None] | None = None, *,
@@ -660,3 +684,19 @@ client = Etcd3Client
 """``resilient_etcd.client(...)`` builds an :class:`Etcd3Client` — python-etcd3's ``etcd3.client``
 signature (``host, port, ca_cert, cert_key, cert_cert, timeout, user, password, grpc_options``)
 plus keyword-only ``endpoints``, ``keepalive``, ``health`` and ``retry``."""
+
+
+class MultiEndpointEtcd3Client(Etcd3Client):
+    """python-etcd3 master's multi-endpoint client: ``MultiEndpointEtcd3Client(endpoints=[Endpoint(host,
+    port, secure=False), ...], timeout=...)``. Failing over is what every client here does, so ``failover``
+    changes nothing; per-call gRPC ``call_credentials`` are not supported (use ``user``/``password`` or
+    client certificates on :class:`Etcd3Client`)."""
+
+    def __init__(self, endpoints: Sequence[str | Endpoint] | None = None, timeout: float | None = None,
+                 call_credentials: Any = None, watch_timeout: float | None = None, failover: bool = False,
+                 **kwargs: Any) -> None:
+        if call_credentials is not None:
+            raise ConfigurationError("call_credentials are not supported: give user/password or client certificates")
+        if endpoints is None:
+            raise ConfigurationError("MultiEndpointEtcd3Client needs endpoints=[...]")
+        super().__init__(endpoints=endpoints, timeout=timeout, **kwargs)

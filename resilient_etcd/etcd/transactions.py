@@ -15,12 +15,13 @@ from typing import Any
 from .._proto import rpc_pb2
 from .models import Key, to_bytes
 
-_RESULTS = {"==": rpc_pb2.Compare.EQUAL, "!=": rpc_pb2.Compare.NOT_EQUAL,
-            "<": rpc_pb2.Compare.LESS, ">": rpc_pb2.Compare.GREATER}
+_SYMBOLS: dict[int, str] = {rpc_pb2.Compare.EQUAL: "==", rpc_pb2.Compare.NOT_EQUAL: "!=",
+            rpc_pb2.Compare.LESS: "<", rpc_pb2.Compare.GREATER: ">"}
 
 
 class BaseCompare:
-    """``Target(key) <op> value``: build with ``==``, ``!=``, ``<`` or ``>``."""
+    """``Target(key) <op> value``: build with ``==``, ``!=``, ``<`` or ``>``. As in python-etcd3, ``op``
+    holds the protobuf enum (``etcdrpc.Compare.EQUAL`` …) once an operator was applied."""
 
     target: Any = 0
     field: str = ""
@@ -28,34 +29,35 @@ class BaseCompare:
     def __init__(self, key: Key, range_end: Key | None = None) -> None:
         self.key = to_bytes(key)
         self.range_end = to_bytes(range_end) if range_end is not None else None
-        self.op: str | None = None
+        self.op: rpc_pb2.Compare.CompareResult | None = None
         self.value: Any = None
 
-    def _set(self, op: str, other: Any) -> BaseCompare:
+    def _set(self, op: rpc_pb2.Compare.CompareResult, other: Any) -> BaseCompare:
         self.op, self.value = op, other
         return self
 
     def __eq__(self, other: object) -> BaseCompare:  # type: ignore[override]
-        return self._set("==", other)
+        return self._set(rpc_pb2.Compare.EQUAL, other)
 
     def __ne__(self, other: object) -> BaseCompare:  # type: ignore[override]
-        return self._set("!=", other)
+        return self._set(rpc_pb2.Compare.NOT_EQUAL, other)
 
     def __lt__(self, other: Any) -> BaseCompare:
-        return self._set("<", other)
+        return self._set(rpc_pb2.Compare.LESS, other)
 
     def __gt__(self, other: Any) -> BaseCompare:
-        return self._set(">", other)
+        return self._set(rpc_pb2.Compare.GREATER, other)
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.key!r}) {self.op} {self.value!r}"
+        op = "?" if self.op is None else _SYMBOLS[self.op]
+        return f"{type(self).__name__}({self.key!r}) {op} {self.value!r}"
 
     def build_message(self) -> rpc_pb2.Compare:
         if self.op is None:
             raise ValueError(f"{type(self).__name__}({self.key!r}) needs a comparison (==, !=, < or >)")
-        msg = rpc_pb2.Compare(key=self.key, target=self.target, result=_RESULTS[self.op])
+        msg = rpc_pb2.Compare(key=self.key, target=self.target, result=self.op)
         if self.range_end is not None:
             msg.range_end = self.range_end
         setattr(msg, self.field, self._wire_value())

@@ -41,9 +41,9 @@ def test_watch_api(client: etcd3.Etcd3Client) -> None:
     assert list(events) == []
 
 
-def test_no_callback_runs_after_cancel_returns(client: etcd3.Etcd3Client) -> None:
-    """cancel_watch waits for a callback in progress, and nothing is delivered after it returns (the
-    robustness harness saw a callback that had passed its own "cancelled?" check deliver after the
+def test_seed128_no_callback_runs_after_cancel_returns(client: etcd3.Etcd3Client) -> None:
+    """Robustness seed 128: cancel_watch waits for a callback in progress, and nothing is delivered after
+    it returns (the harness saw a callback that had passed its own "cancelled?" check deliver after the
     user had cancelled and re-created the watch: its events came twice)."""
     inside, release = threading.Event(), threading.Event()
     log: list[tuple[str, float]] = []

@@ -103,3 +103,28 @@ def test_seed1_reauthentication_keeps_the_callers_deadline(etcd_cluster: EtcdClu
             holder.join(10)
             member.require_proxy().heal()
     assert took < 1.3, f"authenticate(timeout=1.0) took {took:.2f} s (0.6 s waiting for the lock, then its own call)"
+
+
+@pytest.mark.etcd_cluster(size=3)
+def test_seed102_a_writes_wait_for_a_new_leader_counts_against_its_deadline(etcd_cluster: EtcdCluster) -> None:
+    """Seed 102: a LeaseGrant returned 716 ms after its 2 s deadline. Its first attempt provably never
+    left (the leader's connection was down), the retry waited for the cluster to name a new leader, and
+    then went out with the time left as it was before the wait."""
+    import contextlib
+
+    leader = etcd_cluster.leader()
+    want = int(leader.status().header.member_id)
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=10) as c:
+        end = time.monotonic() + 10
+        while c.put("/seed102/k", "x").header.member_id != want and time.monotonic() < end:
+            time.sleep(0.05)  # until writes go to the leader (poll with a deadline)
+        leader.kill()
+        try:
+            time.sleep(0.3)  # the reset reaches the client: the leader's connection is down, not hung
+            started = time.monotonic()
+            with contextlib.suppress(etcd3.Etcd3Exception):  # no new leader within 0.5 s: an election takes 1 s
+                c.put("/seed102/k", "v", timeout=0.5)
+            took = time.monotonic() - started
+        finally:
+            leader.start()
+    assert took < 0.5 + 0.25, f"a put with a 0.5 s deadline took {took:.2f} s"

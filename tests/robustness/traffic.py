@@ -49,7 +49,9 @@ class History:
     leases: list[LeaseRecord] = field(default_factory=list)
     holds: dict[str, list[Hold]] = field(default_factory=dict)  # lock / election name -> who held it when
     lock: threading.Lock = field(default_factory=threading.Lock)
-    calls: dict[int, tuple[int, list[str]]] = field(default_factory=dict)  # thread -> (deadline ns, stack seen late)
+    # thread -> its timed calls, outermost first: (deadline ns, stack seen late). A list, because a timed call
+    # may make timed calls of its own (a lock acquire, its lease grant): the outer one must stay watched.
+    calls: dict[int, list[tuple[int, list[str]]]] = field(default_factory=dict)
 
     def add(self, *ops: dict[str, Any]) -> None:
         with self.lock:
@@ -60,12 +62,14 @@ class History:
         called = time.monotonic_ns()
         me = threading.get_ident()
         seen: list[str] = []
-        self.calls[me] = (called + int(limit * 1e9), seen)
+        watched = self.calls.setdefault(me, [])
+        entry = (called + int(limit * 1e9), seen)
+        watched.append(entry)
         try:
             return fn(*args, **kwargs)
         finally:
             returned = time.monotonic_ns()
-            self.calls.pop(me, None)
+            watched.remove(entry)
             if returned - called > limit * 1e9 + SLACK_NS:
                 with self.lock:
                     self.overruns.append((what, called, returned, limit, os.getpid(), "".join(seen)))
@@ -105,11 +109,12 @@ def canary(history: History, stop: threading.Event, period: float = 0.01) -> Non
         if late > 5_000_000:
             with history.lock:
                 history.stalls.append((before, late, os.getpid()))
-        for ident, (deadline, seen) in list(history.calls.items()):
-            if now > deadline + 50_000_000 and not seen:
-                frame = sys._current_frames().get(ident)
-                if frame is not None:
-                    seen.append("".join(traceback.format_stack(frame)[-8:]))
+        for ident, watched in list(history.calls.items()):
+            for deadline, seen in list(watched):
+                if now > deadline + 50_000_000 and not seen:
+                    frame = sys._current_frames().get(ident)
+                    seen.append("".join(traceback.format_stack(frame)[-8:]) if frame is not None
+                                else "(the thread has no Python frame)\n")
 
 
 def _op(worker: int, key: str, kind: str, value: str = "", expect: str | None = None) -> dict[str, Any]:

@@ -221,7 +221,7 @@ class EndpointPool:
             return lead
         with self._lock:
             if self._unreachable_leader == (self._term, self._leader_id):
-                return self._pick_locked(avoid)  # raft follows a leader we cannot reach: go through the others
+                return self.pick(avoid)  # raft follows a leader we cannot reach: go through the others
             self._hunt()
             give_up = self._hunt_since + self.policy.leader_wait  # one clock for every write that waits
             while True:
@@ -230,7 +230,7 @@ class EndpointPool:
                     return lead
                 if not any(c.health.usable for c in self.conns if c is not lead) or (
                         lead is None and all(x.member_id for x in self.conns)):
-                    return self._pick_locked(avoid)  # nobody left to ask, or a leader we have no endpoint for
+                    return self.pick(avoid)  # nobody left to ask, or a leader we have no endpoint for
                 now = time.monotonic()
                 if now >= give_up:
                     # the members still follow it after an election's time: it is alive, our path is not
@@ -239,14 +239,10 @@ class EndpointPool:
                     log.warning("raft leader %s is unreachable from here but still leads; writes go through "
                                 "the other members", lead.name if lead else self._leader_id,
                                 extra={"event": "leader_unreachable"})
-                    return self._pick_locked(avoid)
+                    return self.pick(avoid)
                 if deadline is not None and now >= deadline:
-                    return self._pick_locked(avoid)  # the caller's deadline says the rest
+                    return self.pick(avoid)  # the caller's deadline says the rest
                 self._leader_news.wait(min(give_up, deadline or give_up) - now)
-
-    def _pick_locked(self, avoid: Connection | None) -> Connection:
-        a = self.active
-        return a if a is not avoid and a.health.usable else self._choose(avoid)
 
     def _hunt(self, *, force: bool = False) -> None:
         """Probe every endpoint each ``probe_interval`` until a usable leader is named (lock held).
@@ -254,8 +250,7 @@ class EndpointPool:
         if not self._hunting and (force or time.monotonic() >= self._calm_until):
             self._hunting = True
             self._hunt_since = time.monotonic()
-            self._dozing[0] = False
-            self._events.put(None)
+            _wake(self._dozing, self._events)  # a prober sleeping past its tick starts probing now
 
     def saw_header(self, c: Connection, header: rpc_pb2.ResponseHeader) -> None:
         """A call on ``c`` was answered with ``header``: who answered (a busy connection is never probed,

@@ -183,16 +183,7 @@ class Transport:
         budget = deadlines.call_timeout(timeout, self.default_timeout)
         started = time.monotonic()
         rclass = _rclass(_qualified(service, method), idempotent, pin)
-        if pin is not None:
-            conn = pin
-        elif rclass is RetryClass.MUTATION:
-            conn = self.pool.pick_writer(None if budget is None else started + budget)
-            if budget is not None:  # the wait for a new leader used some of it
-                budget = started + budget - time.monotonic()
-                if budget <= 0:
-                    raise DeadlineExceeded("deadline exceeded waiting for the cluster to name a new leader")
-        else:
-            conn = self.pool.pick()
+        conn, budget = self._first_conn(rclass, pin, None if budget is None else started + budget, budget)
         gen = conn.generation
         # a mutation's proof of "never sent" needs the transport's state before the call (classify)
         ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
@@ -243,16 +234,7 @@ class Transport:
         budget = deadlines.call_timeout(timeout, default)
         deadline = None if budget is None else time.monotonic() + budget
         rclass = _rclass(name, idempotent, pin)
-        if pin is not None:
-            conn = pin
-        elif rclass is RetryClass.MUTATION:
-            conn = self.pool.pick_writer(deadline)
-            if deadline is not None:  # the wait for a new leader used some of it
-                budget = deadline - time.monotonic()
-                if budget <= 0:
-                    raise DeadlineExceeded("deadline exceeded waiting for the cluster to name a new leader")
-        else:
-            conn = self.pool.pick()
+        conn, budget = self._first_conn(rclass, pin, deadline, budget)
         gen = conn.generation
         ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
         md = (self._token_md + metadata) if with_token else metadata
@@ -268,6 +250,22 @@ class Transport:
                 self.pool.report_success(conn, gen)
             return result
         return self._recover(invoke, deadline, rclass, with_token, metadata, _Attempt(conn, gen, ready, md), first)
+
+    def _first_conn(self, rclass: RetryClass, pin: Connection | None, deadline: float | None,
+                    budget: float | None) -> tuple[Connection, float | None]:
+        """The connection for a call's first attempt, and the budget left for it: a write goes to the
+        leader, and a wait for a new one (see :meth:`EndpointPool.pick_writer`) comes out of its deadline."""
+        if pin is not None:
+            return pin, budget
+        if rclass is not RetryClass.MUTATION:
+            return self.pool.pick(), budget
+        conn = self.pool.pick_writer(deadline)
+        if deadline is None:
+            return conn, budget
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded("deadline exceeded waiting for the cluster to name a new leader")
+        return conn, left
 
     def _attempt_failed(self, a: _Attempt, error: BaseException, rclass: RetryClass,
                         deadline: float | None) -> RetryableError:

@@ -15,11 +15,14 @@ What changes for every generated ``*Api`` class that uses it:
   ``read_idle_timeout`` seconds is a hung call (the timeout is per read, so a slow but progressing
   LIST is never cut);
 * **health**: each apiserver has the same health record as an etcd endpoint
-  (:class:`~resilient_etcd.transport.health.EndpointHealth`): active ``GET /readyz`` probes every
-  ``probe_interval`` on the connection the traffic uses, plus the outcome of every real call. An
-  apiserver whose probe goes unanswered for ``probe_dead_after`` (or that answers "not ready") is
-  ejected: its connections are closed, so streams stuck on it fail at once and resume elsewhere;
-  it is re-admitted on its next answered probe;
+  (:class:`~resilient_etcd.balancer.health.EndpointHealth`) and the same choice
+  (:class:`~resilient_etcd.balancer.choice.Balancer`): ``GET /readyz`` probes on the connection the
+  traffic uses, sent by the process's one prober when they buy something — every ``probe_interval``
+  while requests wait on an apiserver and nothing came back for that long, a heartbeat every
+  ``idle_probe_interval`` otherwise (a quiet HTTP/2 watch has the connection's PING check instead) —
+  plus the outcome of every real call. An apiserver whose probe goes unanswered for
+  ``probe_dead_after`` (or that answers "not ready") is ejected: its connections are closed, so
+  streams stuck on it fail at once and resume elsewhere; it is re-admitted on its next answered probe;
 * **failover and retries** (tenacity): safe requests (GET, HEAD, watch establishment) move to the
   next usable apiserver on connection errors and hangs, and are retried on 429/5xx honouring
   ``Retry-After`` within the deadline; other verbs are retried only when the request never left.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import socket
 import threading
@@ -47,10 +51,12 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from tenacity.wait import wait_base, wait_random_exponential
 
 from .. import _lifecycle, deadlines
+from ..balancer.choice import Balancer
+from ..balancer.health import EndpointHealth, Transition
+from ..balancer.prober import PROBER, Registration
 from ..exceptions import ClientClosedError, ConfigurationError, DeadlineExceeded
 from ..metrics import METRICS
 from ..policies import HealthPolicy, _count, _seconds
-from ..transport.health import EndpointHealth, State, Transition
 from ..transport.retry import stop_when
 from .h2pool import H2PoolManager, StreamRefused, ssl_context_for
 
@@ -71,8 +77,9 @@ class KubePolicy:
 
     ``http2``/``ping_idle``/``ping_timeout``: HTTP/2 with a PING when a connection has been silent for
     ``ping_idle`` and the connection closed when ``ping_timeout`` passes without a frame (client-go:
-    30 s and 15 s). ``probe_interval``/``probe_dead_after``: ``/readyz`` probes per apiserver
-    (``probe_interval=0`` turns them off). ``read_idle_timeout``: how long a non-watch response may
+    30 s and 15 s). ``probe_interval``/``probe_dead_after``: ``/readyz`` probes of an apiserver while
+    requests wait on it (``probe_interval=0`` turns probes off); ``idle_probe_interval``: the heartbeat
+    probe of an apiserver nothing waits on. ``read_idle_timeout``: how long a non-watch response may
     stop arriving. ``keepalive_*``/``user_timeout``: kernel-level TCP liveness (both protocols).
     ``max_retry_after``: the longest ``Retry-After`` honoured in one wait.
     """
@@ -85,6 +92,7 @@ class KubePolicy:
     ping_timeout: float = 1.0
     probe_interval: float = 0.5
     probe_dead_after: float = 1.5
+    idle_probe_interval: float = 10.0
     keepalive_idle: int = 5
     keepalive_interval: int = 2
     keepalive_count: int = 3
@@ -93,10 +101,13 @@ class KubePolicy:
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "read_idle_timeout", "default_timeout", "user_timeout", "max_retry_after",
-                     "ping_idle", "ping_timeout", "probe_dead_after"):
+                     "ping_idle", "ping_timeout", "probe_dead_after", "idle_probe_interval"):
             _seconds(self, name)
         if self.probe_interval != 0 or isinstance(self.probe_interval, bool):
             _seconds(self, "probe_interval")
+            if self.idle_probe_interval < self.probe_interval:
+                raise ConfigurationError(f"KubePolicy.idle_probe_interval ({self.idle_probe_interval} s) must be "
+                                         f"≥ probe_interval ({self.probe_interval} s)")
         for name in ("keepalive_idle", "keepalive_interval", "keepalive_count"):
             _count(self, name)
         if not isinstance(self.http2, bool):
@@ -104,7 +115,8 @@ class KubePolicy:
 
     def health_policy(self) -> HealthPolicy:
         """The :class:`HealthPolicy` the apiserver probes use, derived from this policy."""
-        return HealthPolicy(probe_interval=self.probe_interval or 1.0, dead_after=self.probe_dead_after)
+        return HealthPolicy(probe_interval=self.probe_interval or 1.0, dead_after=self.probe_dead_after,
+                            idle_probe_interval=max(self.idle_probe_interval, self.probe_interval or 1.0))
 
     def socket_options(self) -> list[tuple[int, int, int]]:
         """Socket options for every apiserver connection (TCP keepalive, TCP_USER_TIMEOUT)."""
@@ -172,11 +184,13 @@ class ApiClient(k8s.ApiClient):
             path = getattr(cfg, name, None)
             if path and not Path(path).is_file():
                 raise ConfigurationError(f"{name} {path!r} does not exist or is not a file")
-        self._active = 0
         self._lock = threading.Lock()
         now = time.monotonic()
         hp = self.policy.health_policy()
-        self.health = {ep: EndpointHealth(hp, now) for ep in self.endpoints}
+        self._servers = {ep: _ApiServer(ep, EndpointHealth(hp, now)) for ep in self.endpoints}
+        self.health = {ep: srv.health for ep, srv in self._servers.items()}
+        self._balancer: Balancer[_ApiServer] = Balancer(list(self._servers.values()), on_move=_moved)
+        self._waker = _Waker()
         super().__init__(cfg, **kwargs)
         self._h2: H2PoolManager | None = None
         if self.policy.http2:
@@ -189,19 +203,13 @@ class ApiClient(k8s.ApiClient):
                 on_close=lambda origin, reason, broken: (m := me()) and m(origin, reason, broken))
             self.rest_client.pool_manager = self._h2  # type: ignore[assignment]
         self._stop = threading.Event()
-        probers: list[threading.Thread] = []
-        self._finalizer = weakref.finalize(self, _shutdown, self._stop, self.rest_client.pool_manager, probers)
+        self._reg: Registration | None = PROBER.register(self) if self.policy.probe_interval else None
+        self._waker.reg = self._reg
+        self._finalizer = weakref.finalize(self, _shutdown, self._stop, self.rest_client.pool_manager, self._reg)
         _lifecycle.register(self)
-        if self.policy.probe_interval:
-            ref = weakref.ref(self)
-            for ep in self.endpoints:
-                t = threading.Thread(target=_probe_loop, args=(ref, ep, self._stop), daemon=True,
-                                     name=f"readyz {ep}")
-                probers.append(t)
-                t.start()
 
     def close(self) -> None:
-        """Stop the probers and close every apiserver connection (also done when garbage-collected,
+        """Leave the prober and close every apiserver connection (also done when garbage-collected,
         and at process exit); watches on this client end."""
         self._finalizer()
         super().close()  # type: ignore[no-untyped-call]
@@ -233,7 +241,7 @@ class ApiClient(k8s.ApiClient):
     @property
     def active_endpoint(self) -> str:
         """The apiserver URL calls go to now."""
-        return self.endpoints[self._active]
+        return self._balancer.active.name
 
     def auth_headers(self) -> dict[str, str]:
         """The configuration's credential headers (bearer token), for requests made outside ``*Api`` classes.
@@ -248,24 +256,13 @@ class ApiClient(k8s.ApiClient):
         """``{endpoint: "healthy" | "suspect" | "ejected" | "probing"}``."""
         return {ep: h.state.value for ep, h in self.health.items()}
 
-    def _pick(self) -> str:
-        """The active apiserver while it is usable, else the next usable one; all ejected: keep the active."""
-        with self._lock:
-            n = len(self.endpoints)
-            for i in range(n):
-                idx = (self._active + i) % n
-                if self.health[self.endpoints[idx]].usable:
-                    if i:
-                        self._switch(idx, "the active apiserver is ejected")
-                    break
-            return self.endpoints[self._active]
+    def _pick(self, avoid: _ApiServer | None = None) -> _ApiServer:
+        """The apiserver in use while it is usable, else the next usable one (see :class:`Balancer`)."""
+        return self._balancer.pick(avoid) or self._choose(avoid)
 
-    def _switch(self, idx: int, why: str) -> None:
-        old, self._active = self.endpoints[self._active], idx
-        new = self.endpoints[idx]
-        METRICS.inc("failovers", old)
-        log.warning("apiserver %s: %s; now using %s", old, why, new,
-                    extra={"endpoint": old, "event": "failover", "next": new})
+    def _choose(self, avoid: _ApiServer | None) -> _ApiServer:
+        with self._lock:
+            return self._balancer.choose(avoid)
 
     def _timeouts(self, watch: bool, explicit: Any) -> tuple[float | None, tuple[float, float | None]]:
         """(total budget, (connect, read)) for one call."""
@@ -302,13 +299,22 @@ class ApiClient(k8s.ApiClient):
         deadline = None if budget is None else time.monotonic() + budget
         safe = method.upper() in _SAFE
 
+        # a quiet HTTP/2 watch is checked by its connection's PINGs; anything else waiting asks for probes
+        counted = not watch or self._h2 is None
+
+        failed: list[_ApiServer] = []  # apiservers whose connection failed this call: tried last
+
         def attempt() -> rest.RESTResponse:
-            endpoint = self._pick()
+            srv = self._pick(failed[-1] if failed else None)
+            endpoint = srv.name
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise DeadlineExceeded(f"deadline exceeded before {method} {path}")
             connect, read = timeout
             t = (min(connect, left) if left else connect, (min(read, left) if left and read else read))
+            if counted:
+                self._begin(srv)
+            answered = False
             try:
                 # the scope bounds the whole response as it is read, not only each read (a LIST that keeps
                 # trickling in must still end at the deadline); a watch without a deadline streams on
@@ -318,10 +324,13 @@ class ApiClient(k8s.ApiClient):
                         _request_timeout=t)
                     if not watch:  # read the body here: inside the deadline, and retried if it breaks
                         resp.response.data  # noqa: B018
+                    answered = True
             except _NEVER_SENT as e:  # never sent: safe to retry anything, elsewhere
+                failed.append(srv)
                 self._failover(endpoint, e)
                 raise _Retryable(e) from e
             except _BROKEN_ERRORS as e:
+                failed.append(srv)
                 if _never_sent(e):
                     self._failover(endpoint, e)
                     raise _Retryable(e) from e
@@ -329,8 +338,12 @@ class ApiClient(k8s.ApiClient):
                     raise
                 self._failover(endpoint, e)
                 raise _Retryable(e) from e
+            finally:
+                if counted:
+                    self._end(srv, answered)
             with self._lock:
-                ok = self.health[endpoint].succeeded(time.monotonic())
+                srv.health.last_heard = time.monotonic()
+                ok = srv.health.succeeded(time.monotonic())
             self._note(endpoint, ok)
             if resp.status in _RETRY_STATUS and (safe or resp.status == 429):
                 METRICS.inc("retries", endpoint)
@@ -372,11 +385,7 @@ class ApiClient(k8s.ApiClient):
         METRICS.inc("retries", endpoint)
         with self._lock:
             t = self.health[endpoint].fail(time.monotonic(), f"{type(error).__name__}: {error}", hard=True)
-        self._note(endpoint, t)
-        with self._lock:  # all ejected (panic): still rotate, so every apiserver gets its turn
-            if (len(self.endpoints) > 1 and self.endpoints[self._active] == endpoint
-                    and not any(h.usable for h in self.health.values())):
-                    self._switch((self._active + 1) % len(self.endpoints), f"{type(error).__name__}")
+        self._note(endpoint, t)  # the next attempt avoids it (panic included: every apiserver gets its turn)
 
     def _note(self, endpoint: str, t: Transition | None) -> None:
         if t is None:
@@ -399,14 +408,41 @@ class ApiClient(k8s.ApiClient):
                         t = self.health[ep].fail(time.monotonic(), reason, hard=True)
                     self._note(ep, t)
 
-    def _probe(self, endpoint: str) -> None:
-        h = self.health[endpoint]
-        now = time.monotonic()
+    def _begin(self, srv: _ApiServer) -> None:
         with self._lock:
-            if not h.probe_due(now):
-                return
-            t = h.probe_sent(now)
-        self._note(endpoint, t)
+            srv.outstanding += 1
+            first = srv.outstanding == 1
+        if first:
+            self._waker()
+
+    def _end(self, srv: _ApiServer, answered: bool) -> None:
+        with self._lock:
+            srv.outstanding -= 1
+            if answered:
+                srv.health.last_heard = time.monotonic()
+
+    def probe_step(self, now: float) -> float:
+        """Called by the process's prober: send the ``/readyz`` probes due, return when to be called next."""
+        tick = min(self.policy.probe_interval / 2, 0.25)
+        self._waker.dozing = True  # first: a request starting while the next time is worked out still wakes us
+        with self._lock:
+            if self._stop.is_set():
+                return float("inf")
+            moves, send = self._balancer.probe_round(now)
+            at = self._balancer.next_wake(now, tick)
+        if at <= now + tick:
+            self._waker.dozing = False
+        for srv, t in moves:
+            self._note(srv.name, t)
+        me = weakref.ref(self)
+        for srv in send:
+            PROBER.run_blocking(functools.partial(_probe, me, srv))
+        return at
+
+    def _probe(self, srv: _ApiServer) -> None:
+        """One ``/readyz`` probe, already marked sent by the balancer (on a prober worker thread)."""
+        endpoint, h = srv.name, srv.health
+        now = time.monotonic()
         try:
             resp = self.rest_client.pool_manager.request(
                 "GET", endpoint + "/readyz", headers=self.auth_headers(), preload_content=True,
@@ -424,8 +460,10 @@ class ApiClient(k8s.ApiClient):
             with self._lock:
                 t = (h.probe_answered(done) if resp.status == 200
                      else h.probe_failed(done, f"/readyz answered {resp.status}"))
+                self._balancer.compare_round_trips(done)
         self._note(endpoint, t)
-
+        if self._reg is not None:
+            self._reg.wake()  # an ejection or a re-admission changes the schedule
 
     def _frames_heard(self, endpoint: str) -> list[float]:
         """When each HTTP/2 connection to ``endpoint`` last received bytes (none on HTTP/1.1)."""
@@ -435,32 +473,53 @@ class ApiClient(k8s.ApiClient):
         return [c.last_heard for c in pool.connections(_origin(endpoint))]
 
 
-def _probe_loop(ref: weakref.ref[ApiClient], endpoint: str, stop: threading.Event) -> None:
-    while True:
-        client = ref()
-        if client is None:
-            return
-        interval = client.policy.probe_interval
-        health = client.health[endpoint]
-        if health.state in (State.EJECTED, State.PROBING):
-            interval = min(interval, health.policy.readmit_backoff)
-        del health
-        del client
-        if stop.wait(interval):
-            return
-        client = ref()
-        if client is None:
-            return
-        client._probe(endpoint)
-        del client
+def _probe(ref: weakref.ReferenceType[ApiClient], srv: _ApiServer) -> None:
+    client = ref()
+    if client is not None:
+        client._probe(srv)
 
 
-def _shutdown(stop: threading.Event, pool: Any, probers: list[threading.Thread]) -> None:
+class _ApiServer:
+    """One apiserver in the balancer."""
+
+    __slots__ = ("health", "name", "outstanding", "want_probe")
+
+    def __init__(self, url: str, health: EndpointHealth) -> None:
+        self.name = url
+        self.health = health
+        self.outstanding = 0
+        self.want_probe = False
+
+    def __repr__(self) -> str:
+        return f"_ApiServer({self.name}, {self.health.state.value})"
+
+
+class _Waker:
+    """Wakes the prober when a request starts on an idle apiserver, if it sleeps past its tick."""
+
+    __slots__ = ("dozing", "reg")
+
+    def __init__(self) -> None:
+        self.dozing = False
+        self.reg: Registration | None = None
+
+    def __call__(self) -> None:
+        if self.dozing and self.reg is not None:
+            self.dozing = False
+            self.reg.wake()
+
+
+def _moved(old: _ApiServer, new: _ApiServer, why: str) -> None:
+    METRICS.inc("failovers", old.name)
+    log.warning("apiserver %s: %s; now using %s", old.name, why, new.name,
+                extra={"endpoint": old.name, "event": "failover", "next": new.name})
+
+
+def _shutdown(stop: threading.Event, pool: Any, reg: Registration | None) -> None:
     stop.set()
+    if reg is not None:
+        reg.close()
     (pool.close if isinstance(pool, H2PoolManager) else pool.clear)()
-    for t in probers:
-        if t is not threading.current_thread():
-            t.join(timeout=1.0)
 
 
 def _origin(endpoint: str) -> str:

@@ -5,13 +5,15 @@ otherwise shares one TCP connection between channels to the same target, so "a n
 could silently reuse the hung connection. Ejection closes the channel — calls stuck on it
 return at once with CANCELLED — and opens a fresh one, which dials a new TCP connection.
 
-The prober thread sends ``Maintenance.Status`` on each endpoint's channel (the one traffic
-uses) when a probe buys something — the connection has calls waiting and has been quiet for
-``HealthPolicy.probe_interval``, or is idle and due its heartbeat (``idle_probe_interval``) — and
-feeds the answers to the health state machine. It sleeps until the next probe is due (at most
-1 s) unless a call starts on an idle connection, which wakes it. gRPC completion callbacks only
-enqueue; all decisions and channel work happen on the prober thread or on the calling thread,
-never inside gRPC's callback threads.
+The process's prober thread (:mod:`resilient_etcd.balancer.prober`, one for every client) sends
+``Maintenance.Status`` on each endpoint's channel (the one traffic uses) when a probe buys
+something — the connection has calls waiting and has been quiet for ``HealthPolicy.probe_interval``,
+or is idle and due its heartbeat (``idle_probe_interval``) — and feeds the answers to the health
+state machine. It sleeps until the next probe is due unless a call starts on an idle connection,
+which wakes it. gRPC completion callbacks only enqueue; all decisions and channel work happen on the
+prober thread or on the calling thread, never inside gRPC's callback threads. Which endpoint a call
+goes to is :class:`~resilient_etcd.balancer.choice.Balancer`'s choice; the leader of the raft
+cluster, etcd's own business, is this module's.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import queue
 import threading
 import time
 import weakref
@@ -30,10 +31,12 @@ from typing import Any
 import grpc
 
 from .._proto import rpc_pb2, rpc_pb2_grpc
+from ..balancer.choice import SLOW_MARGIN, Balancer
+from ..balancer.health import EndpointHealth, State, Transition
+from ..balancer.prober import PROBER, Registration
 from ..metrics import METRICS
 from ..policies import HealthPolicy
 from .endpoints import Endpoint
-from .health import EndpointHealth, State, Transition
 
 log = logging.getLogger("resilient_etcd.health")
 
@@ -42,13 +45,6 @@ _STATUS_REQUEST = rpc_pb2.StatusRequest()
 # from the server: proof that the connection carries data
 NOT_ANSWERS = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 _READY = 2  # grpc_connectivity_state GRPC_CHANNEL_READY, as cygrpc reports it
-# latency-aware choice: the member in use gives way when its round trips are over twice the best
-# other's and at least this much longer (loopback noise never reaches it)
-_SLOW_MARGIN = 0.02
-# ... and not within this many seconds of the last such move: when every path is slow (the member in use
-# only looks slower because our own large answers queue ahead of its probes), reads move seldom
-_SLOW_HOLD = 5.0
-_SLOW_PROBE_EVERY = 1.0  # slow reads ask for a probe of their connection at most this often
 
 
 class Stubs:
@@ -153,13 +149,11 @@ class EndpointPool:
         probe_metadata: Callable[[], Any],
     ) -> None:
         self.policy = policy
-        self._events: queue.SimpleQueue[tuple[Connection, int, grpc.Future] | None] = queue.SimpleQueue()
-        self._dozing = [False]  # the prober sleeps past its tick: a call starting must wake it
-        wake = functools.partial(_wake, self._dozing, self._events)
-        self.conns = [Connection(e, dial, policy, wake) for e in endpoints]
-        for c in self.conns:
+        self._waker = _Waker()  # wakes the process's prober when a call starts on an idle connection
+        conns = [Connection(e, dial, policy, self._waker) for e in endpoints]
+        for c in conns:
             METRICS.set_state(c.name, c.health.state.value)
-        self.active = self.conns[0]
+        self.balancer: Balancer[Connection] = Balancer(conns, on_move=_moved)
         self._lock = threading.RLock()
         # the raft leader, from Status answers (probes): writes go there while its connection is usable
         self.leader: Connection | None = None
@@ -170,17 +164,23 @@ class EndpointPool:
         self._hunt_since = 0.0
         self._calm_until = 0.0  # a fruitless hunt ended: no new one before this (except on the leader's ejection)
         # a call slower than this asks for a probe of its connection (then compared with the others)
-        self.slow_call = _SLOW_MARGIN
-        self._moved_at = float("-inf")  # the last move for slowness
+        self.slow_call = SLOW_MARGIN
         self._unreachable_leader: tuple[int, int] | None = None  # (term, id): raft follows it, we cannot reach it
         self._probe_metadata = probe_metadata
         self._closed = threading.Event()
         # the prober holds the pool weakly: a pool nobody uses any more is collected, and its
-        # finalizer stops the thread and closes the channels
-        self._prober = threading.Thread(target=_probe_loop, args=(weakref.ref(self), self._closed),
-                                        name="resilient-etcd-prober", daemon=True)
-        self._finalizer = weakref.finalize(self, _shut, self._closed, self._events, self._prober, self.conns)
-        self._prober.start()
+        # finalizer leaves the prober and closes the channels
+        self._reg: Registration = PROBER.register(self)
+        self._waker.reg = self._reg
+        self._finalizer = weakref.finalize(self, _shut, self._closed, self._reg, self.balancer)
+
+    @property
+    def conns(self) -> list[Connection]:
+        return self.balancer.peers
+
+    @property
+    def active(self) -> Connection:
+        return self.balancer.active
 
     @property
     def closed(self) -> bool:
@@ -203,11 +203,11 @@ class EndpointPool:
 
     # ---- choosing ----
     def pick(self, avoid: Connection | None = None) -> Connection:
-        a = self.active
+        a = self.balancer.active
         if a is not avoid and a.health.usable:
             return a
         with self._lock:
-            return self._choose(avoid)
+            return self.balancer.choose(avoid)
 
     def pick_writer(self, deadline: float | None, avoid: Connection | None = None) -> Connection:
         """The connection for a write: the leader's while it is usable (see ``HealthPolicy.prefer_leader``).
@@ -250,7 +250,7 @@ class EndpointPool:
         if not self._hunting and (force or time.monotonic() >= self._calm_until):
             self._hunting = True
             self._hunt_since = time.monotonic()
-            _wake(self._dozing, self._events)  # a prober sleeping past its tick starts probing now
+            self._reg.wake()  # a prober sleeping past its tick starts probing now
 
     def saw_header(self, c: Connection, header: rpc_pb2.ResponseHeader) -> None:
         """A call on ``c`` was answered with ``header``: who answered (a busy connection is never probed,
@@ -282,51 +282,6 @@ class EndpointPool:
         if (lead is not None and lead.health.usable) or (lead is None and all(x.member_id for x in self.conns)):
             self._hunting = False  # found; or led by a member none of our endpoints names
         self._leader_news.notify_all()
-
-    def _compare_round_trips(self) -> None:
-        """Latency-aware choice (lock held): a slow but alive member in use gives way to a healthy one
-        whose recent probe round trips are under half of its own (and 20 ms shorter); no ejection, and it
-        is chosen again like any other once its own probes are fast. Also sets :attr:`slow_call`."""
-        timed = [(rt, c) for c in self.conns if c.health.state is State.HEALTHY and not c.health.maintenance
-                 and (rt := c.health.round_trip()) is not None]
-        if not timed:
-            return
-        a = self.active
-        others = [(rt, c) for rt, c in timed if c is not a]
-        best_rt, best = min(others, key=lambda x: x[0], default=(None, None))
-        self.slow_call = _SLOW_MARGIN
-        self._moved_at = float("-inf")  # the last move for slowness + 2 * min(rt for rt, _ in timed)
-        trips = a.health.round_trips
-        if best is None or best_rt is None or len(trips) < 2:
-            return
-        recent = min(trips[-1], trips[-2])  # two slow answers in a row, not one outlier
-        settled = time.monotonic() - self._moved_at > _SLOW_HOLD  # when every path is slow, move seldom
-        if recent > 2 * best_rt and recent - best_rt > _SLOW_MARGIN and settled:
-            self._moved_at = time.monotonic()
-            log.info("endpoint %s answers in %.0f ms, %s in %.0f ms: reads move", a.name, recent * 1000,
-                     best.name, best_rt * 1000, extra={"endpoint": best.name, "event": "slower"})
-            self._activate(best)
-
-    def _choose(self, avoid: Connection | None) -> Connection:
-        n = len(self.conns)
-        start = self.conns.index(self.active)
-        order = [self.conns[(start + i) % n] for i in range(n)]
-        for wanted in (State.HEALTHY, State.SUSPECT):
-            for c in order:
-                if c is not avoid and c.health.state is wanted:
-                    return self._activate(c)
-        # panic mode: nothing usable — keep trying every endpoint, the least recently ejected last
-        candidates = [c for c in order if c is not avoid] or order
-        return self._activate(min(candidates, key=lambda c: c.health.since))
-
-    def _activate(self, c: Connection) -> Connection:
-        if c is not self.active:
-            old = self.active
-            self.active = c
-            METRICS.inc("failovers", c.name)
-            log.info("active endpoint %s -> %s", old.name, c.name,
-                     extra={"endpoint": c.name, "previous": old.name, "event": "failover"})
-        return c
 
     # ---- outcomes ----
     def report_failure(self, conn: Connection, generation: int, error: str, *, hard: bool) -> None:
@@ -397,43 +352,18 @@ class EndpointPool:
             ]
 
     # ---- the prober ----
-    def _probe_step(self) -> None:
-        self._dozing[0] = True  # first: a call starting while the sleep is worked out still wakes us
-        sleep = self._sleep()
-        if sleep <= self._tick:
-            self._dozing[0] = False
-        try:
-            item = self._events.get(timeout=sleep)
-        except queue.Empty:
-            self._probe_round()
-        else:
-            if item is None:  # a call started on an idle connection
-                self._probe_round()
-            else:
-                self._on_probe_done(*item)
-
     @property
     def _tick(self) -> float:
         """The prober's step while anything is waiting, out or unwell (suspect marking needs it)."""
         return min(self.policy.probe_interval / 2, 0.05)
 
-    def _sleep(self) -> float:
-        """Until the next probe is due; :attr:`_tick` while anything is waiting, out or unwell, at most
-        1 s otherwise."""
-        tick = self._tick
-        now = time.monotonic()
-        due = float("inf")
-        for c in self.conns:
-            h = c.health
-            if c.outstanding or h.probe_sent_at is not None or h.state is not State.HEALTHY or self._hunting:
-                return tick
-            due = min(due, h.next_probe_at(busy=False))
-        return min(1.0, max(tick, due - now))
-
-    def _probe_round(self) -> None:
-        now = time.monotonic()
+    def probe_step(self, now: float) -> float:
+        """Called by the process's prober: send the probes due, return when to be called next."""
+        self._waker.dozing = True  # first: a call starting while the next time is worked out still wakes us
         to_close = []
         with self._lock:
+            if self._closed.is_set():
+                return float("inf")
             if self._hunting and now - self._hunt_since > 2 * self.policy.leader_wait:
                 # no member named a usable leader (quorum lost, Status refused): back to the usual schedule
                 # rather than ten probes a second per endpoint for as long as that lasts; only a leader's
@@ -441,19 +371,18 @@ class EndpointPool:
                 self._hunting = False
                 self._calm_until = now + 30.0
                 self._leader_news.notify_all()
-            for c in self.conns:
-                h = c.health
-                to_close.append(self._apply(c, h.tick(now)))
-                due = h.probe_due(now, busy=c.outstanding > 0 or self._hunting)
-                if not due and c.want_probe:  # reads were slow: how slow is the connection itself? (1/s at most)
-                    due = h.probe_sent_at is None and now - h.last_probe_at >= _SLOW_PROBE_EVERY
-                if due:
-                    c.want_probe = False
-                    to_close.append(self._apply(c, h.probe_sent(now)))
-                    self._send_probe(c, h.dead_time())
+            moves, send = self.balancer.probe_round(now, hunting=self._hunting)
+            for c, t in moves:
+                to_close.append(self._apply(c, t))
+            for c in send:
+                self._send_probe(c, c.health.dead_time())
+            at = self.balancer.next_wake(now, self._tick, hunting=self._hunting)
+        if at <= now + self._tick:
+            self._waker.dozing = False  # ticking anyway: calls starting need not wake us
         for ch in to_close:
             if ch is not None:
                 ch.close()
+        return at
 
     def _send_probe(self, c: Connection, timeout: float) -> None:
         gen = c.generation
@@ -463,8 +392,8 @@ class EndpointPool:
         except ValueError:  # channel closed between redial and send; the next round probes again
             c.health.probe_sent_at = None
             return
-        events = self._events
-        fut.add_done_callback(lambda f, c=c, gen=gen: events.put((c, gen, f)))
+        reg, me = self._reg, weakref.ref(self)
+        fut.add_done_callback(lambda f, c=c, gen=gen: PROBER.post(reg, functools.partial(_probe_done, me, c, gen, f)))
 
     def _on_probe_done(self, c: Connection, gen: int, fut: grpc.Future) -> None:
         now = time.monotonic()
@@ -487,7 +416,7 @@ class EndpointPool:
                     METRICS.observe_probe(c.name, c.health.latencies[-1])
                 if code == grpc.StatusCode.OK:
                     self._learn_leader(c, fut.result())
-                self._compare_round_trips()
+                self.slow_call = self.balancer.compare_round_trips(now)
             old = self._apply(c, t)
         if old is not None:
             old.close()
@@ -496,28 +425,36 @@ class EndpointPool:
         self._finalizer()
 
 
-def _probe_loop(ref: weakref.ReferenceType[EndpointPool], closed: threading.Event) -> None:
-    while not closed.is_set():
-        pool = ref()
-        if pool is None:
-            return
-        pool._probe_step()
-        del pool
+def _probe_done(ref: weakref.ReferenceType[EndpointPool], c: Connection, gen: int, fut: grpc.Future) -> None:
+    pool = ref()
+    if pool is not None:
+        pool._on_probe_done(c, gen, fut)
 
 
-def _wake(dozing: list[bool], events: queue.SimpleQueue[Any]) -> None:
-    """Wake the prober if it sleeps past its tick (while it ticks, it will see the call anyway: the
-    hot path of back-to-back calls then costs no wake-up)."""
-    if dozing[0]:
-        dozing[0] = False
-        events.put(None)
+class _Waker:
+    """Wakes the prober when a call starts on an idle connection — only if it sleeps past its tick
+    (while it ticks it sees the call anyway: back-to-back calls cost no wake-up)."""
+
+    __slots__ = ("dozing", "reg")
+
+    def __init__(self) -> None:
+        self.dozing = False
+        self.reg: Registration | None = None
+
+    def __call__(self) -> None:
+        if self.dozing and self.reg is not None:
+            self.dozing = False
+            self.reg.wake()
 
 
-def _shut(closed: threading.Event, events: queue.SimpleQueue[Any], prober: threading.Thread,
-          conns: list[Connection]) -> None:
+def _moved(old: Connection, new: Connection, why: str) -> None:
+    METRICS.inc("failovers", new.name)
+    log.info("active endpoint %s -> %s: %s", old.name, new.name, why,
+             extra={"endpoint": new.name, "previous": old.name, "event": "failover", "reason": why})
+
+
+def _shut(closed: threading.Event, reg: Registration, balancer: Balancer[Connection]) -> None:
     closed.set()
-    events.put(None)  # wake the prober from its sleep
-    if prober is not threading.current_thread():
-        prober.join(timeout=2)
-    for c in conns:
+    reg.close()
+    for c in balancer.peers:
         c.channel.close()

@@ -18,6 +18,7 @@ import grpc
 
 from .. import deadlines
 from .._proto import rpc_pb2
+from ..balancer.health import State
 from ..deadlines import retries_enabled
 from ..exceptions import (
     AuthenticationError,
@@ -32,7 +33,6 @@ from ..metrics import METRICS
 from ..policies import HealthPolicy, KeepalivePolicy, RetryPolicy
 from .diagnose import permanent_cause, short
 from .endpoints import Endpoint, TlsConfig
-from .health import State
 from .pool import NOT_ANSWERS, Connection, EndpointPool, Stubs
 from .retry import (
     Failure,

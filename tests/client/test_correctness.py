@@ -341,7 +341,7 @@ def test_refused_on_an_established_connection_is_not_proof_of_never_sent(etcd_cl
     m0 = etcd_cluster.members[0]
     # probes would notice the freeze first (ejection: not retried either way); let the connection's
     # own timer (TCP_USER_TIMEOUT = keepalive timeout) speak before the PING's own timeout does
-    health = etcd3.HealthPolicy(probe_interval=30, dead_after=60)
+    health = etcd3.HealthPolicy(probe_interval=30, dead_after=60, prefer_leader=False)  # the put goes to m0
     keepalive = etcd3.KeepalivePolicy(time=5, timeout=1)
     with etcd3.client(endpoints=[m.direct_endpoint for m in etcd_cluster.members], timeout=15,
                       health=health, keepalive=keepalive, grpc_options=[("grpc.http2.ping_timeout_ms", 4000)]) as c:

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from resilient_etcd.balancer.health import EndpointHealth, State
 from resilient_etcd.exceptions import ConfigurationError
 from resilient_etcd.policies import HealthPolicy
-from resilient_etcd.transport.health import EndpointHealth, State
 
 P = HealthPolicy(probe_interval=0.2, dead_after=1.0, latency_factor=3.0, readmit_backoff=0.2,
                  readmit_backoff_max=1.6)

@@ -121,6 +121,12 @@ class HealthPolicy:
     that would hold it until etcd's request timeout (7 s by default). If they still name the same
     leader after that, the leader is fine and only our path to it is broken: writes then go through
     the followers until that connection is re-admitted.
+
+    Clients in one process that name the same endpoints (in the same order) with the same user and
+    password, TLS material, channel options and health policy share one connection per endpoint and
+    one health record (``share_connections``; kube-apiserver and controller managers run one client
+    per resource): their probes are one client's, and a hang noticed by one is noticed for all.
+    Closing one ends its own calls, watches and lease keepers; the connections close with the last.
     """
 
     probe_interval: float = 0.1
@@ -132,10 +138,12 @@ class HealthPolicy:
     latency_window: int = 10
     prefer_leader: bool = True
     leader_wait: float = 3.0
+    share_connections: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prefer_leader, bool):
-            raise ConfigurationError(f"HealthPolicy.prefer_leader must be True or False, got {self.prefer_leader!r}")
+        for flag in ("prefer_leader", "share_connections"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigurationError(f"HealthPolicy.{flag} must be True or False, got {getattr(self, flag)!r}")
         if self.idle_probe_interval is None:
             object.__setattr__(self, "idle_probe_interval", max(10.0, self.probe_interval))
         _floats(self)

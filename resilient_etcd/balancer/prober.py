@@ -5,7 +5,8 @@ an object with ``probe_step(now) -> float`` that sends the probes due on its end
 it wants to be called again (absolute, ``time.monotonic()``). The prober thread sleeps until the
 earliest of those times, or until a driver is woken (a call started on an idle connection) or a
 probe's completion is posted to it. Drivers are held weakly: a client nobody holds is collected and
-its finalizer unregisters it. The thread ends when no driver is left and starts again with the next.
+its finalizer unregisters it. The thread (and the workers) end when no driver is left; the next
+driver starts it again.
 
 Probes that block (HTTP requests) run on a few daemon worker threads (:meth:`Prober.run_blocking`,
 at most :data:`WORKERS`); gRPC probes are futures whose completions are posted back
@@ -69,7 +70,7 @@ class Prober:
             queue.SimpleQueue()
         self._regs: set[Registration] = set()
         self._thread: threading.Thread | None = None
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()  # None: a worker ends
         self._workers = 0
         self._idle_workers = 0
 
@@ -121,18 +122,27 @@ class Prober:
                 continue
             with self._lock:
                 self._idle_workers -= 1
+                if job is None:
+                    self._workers -= 1
+                    return
             try:
                 job()
             except Exception:  # a probe's failure is its driver's to report; never the thread's end
                 log.exception("blocking probe failed")
             del job
+            with self._lock:
+                if not self._regs and self._jobs.empty():  # nobody left to probe for
+                    self._workers -= 1
+                    return
 
     def _loop(self) -> None:
         q = self._queue
         while True:
             with self._lock:
-                if not self._regs:
+                if not self._regs:  # the last driver left: no prober, no workers
                     self._thread = None
+                    for _ in range(self._workers):
+                        self._jobs.put(None)
                     return
                 now = time.monotonic()
                 wake_at = min(r.at for r in self._regs)

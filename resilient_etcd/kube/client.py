@@ -442,6 +442,7 @@ class ApiClient(k8s.ApiClient):
     def _probe(self, srv: _ApiServer) -> None:
         """One ``/readyz`` probe, already marked sent by the balancer (on a prober worker thread)."""
         endpoint, h = srv.name, srv.health
+        METRICS.inc("probes", endpoint)
         now = time.monotonic()
         try:
             resp = self.rest_client.pool_manager.request(

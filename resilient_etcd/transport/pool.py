@@ -386,6 +386,7 @@ class EndpointPool:
 
     def _send_probe(self, c: Connection, timeout: float) -> None:
         gen = c.generation
+        METRICS.inc("probes", c.name)
         try:
             fut = c.stubs.maintenance.Status.future(_STATUS_REQUEST, timeout=timeout,
                                                     metadata=self._probe_metadata())

@@ -9,8 +9,11 @@ call's absolute deadline.
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -119,23 +122,37 @@ class Transport:
         self.tls = tls
         self.default_timeout = default_timeout
         self.retry_policy = retry
-        self._options = _BASE_OPTIONS + keepalive.channel_options() + _check_user_options(grpc_options, keepalive)
-        self._creds = tls.credentials() if tls is not None else None
-        self._user = user
-        self.__password = password
-        self._token_md: Metadata = ()
-        self._token_lock = threading.RLock()
-        # the dial function holds no reference to this object, so the pool's finalizer does not either
-        self.pool = EndpointPool(endpoints, functools.partial(_dial, self._creds, self._options), health,
-                                 lambda: self._token_md)
+        options = _BASE_OPTIONS + keepalive.channel_options() + _check_user_options(grpc_options, keepalive)
+        self._closed = False
+        key = _session_key(endpoints, tls, options, health, user, password) if health.share_connections else None
+        self._session = _acquire(key, lambda: _Session(endpoints, tls, options, health, user, password))
+        self._release = weakref.finalize(self, _release, key, self._session)
+        self._creds = self._session.creds
+        self.pool = self._session.pool
 
     def close(self) -> None:
-        self.pool.close()
+        """This client is done: its calls fail at once from now on; the connections close with the
+        last client that shares them."""
+        self._closed = True
+        self._release()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self.pool.closed
+
+    @property
+    def shared_by(self) -> int:
+        """How many clients use this client's connections and health records (1: none other)."""
+        return self._session.users
 
     # ---- auth ----
     @property
     def has_credentials(self) -> bool:
-        return self._user is not None
+        return self._session.user is not None
+
+    @property
+    def _token_md(self) -> Metadata:
+        return self._session.token_md
 
     def authenticate(self, timeout: float | None = None, *, stale: Metadata | None = None) -> None:
         """Fetch a fresh token within ``timeout`` (and the scope), single-flight.
@@ -146,20 +163,20 @@ class Transport:
         """
         budget = deadlines.call_timeout(timeout, self.default_timeout)
         end = None if budget is None else time.monotonic() + budget
-        if not self._token_lock.acquire(timeout=-1 if budget is None else budget):
+        session = self._session
+        if not session.token_lock.acquire(timeout=-1 if budget is None else budget):
             raise DeadlineExceeded(f"deadline exceeded waiting {budget:.3g} s for another thread's re-authentication")
         try:
-            if stale is not None and self._token_md != stale:
-                return  # renewed by another thread while we waited
+            if stale is not None and session.token_md != stale:
+                return  # renewed by another thread (or another client sharing the connections) while we waited
             left = None if end is None else end - time.monotonic()  # the wait for the lock used some of it
             if left is not None and left <= 0:
                 raise DeadlineExceeded("deadline exceeded waiting for another thread's re-authentication")
-            req = rpc_pb2.AuthenticateRequest(name=self._user or "", password=self.__password or "")
-            resp = self.unary("auth", "Authenticate", req, timeout=left, with_token=False)
-            self._token_md = (("token", resp.token),)
+            resp = self.unary("auth", "Authenticate", session.auth_request(), timeout=left, with_token=False)
+            session.token_md = (("token", resp.token),)
             METRICS.inc("token_renewals")
         finally:
-            self._token_lock.release()
+            session.token_lock.release()
 
     # ---- calls ----
     def unary(
@@ -180,6 +197,8 @@ class Transport:
         ``pin`` sends the call to that member only (see :class:`RetryClass`). This is the hot path,
         so its first attempt is written out inline rather than going through :meth:`call`'s closure.
         """
+        if self._closed:
+            raise ClientClosedError(f"the client was closed; {method} was not sent")
         budget = deadlines.call_timeout(timeout, self.default_timeout)
         started = time.monotonic()
         rclass = _rclass(_qualified(service, method), idempotent, pin)
@@ -230,6 +249,8 @@ class Transport:
         instance), so that every failure is seen here. ``default_timeout`` replaces the client's default
         (None: only ``timeout`` and the scope bound the call).
         """
+        if self._closed:
+            raise ClientClosedError(f"the client was closed; {name} was not sent")
         default = self.default_timeout if isinstance(default_timeout, _Unset) else default_timeout
         budget = deadlines.call_timeout(timeout, default)
         deadline = None if budget is None else time.monotonic() + budget
@@ -271,7 +292,7 @@ class Transport:
                         deadline: float | None) -> RetryableError:
         """Classify one failed attempt, feed the health machine, and decide: retry or raise."""
         conn = a.conn
-        if self.pool.closed:
+        if self.closed:
             raise ClientClosedError(f"the client was closed; the call to {conn.name} was not completed") from error
         code: grpc.StatusCode | None = None
         if isinstance(error, grpc.RpcError):
@@ -389,6 +410,78 @@ class Transport:
     @property
     def token_metadata(self) -> Metadata:
         return self._token_md
+
+
+class _Session:
+    """What clients naming the same endpoints with the same credentials, TLS material, channel options
+    and health policy share in one process: the connections with their health records (one prober's
+    worth of probes), and the auth token. The password is kept here only, never shown."""
+
+    def __init__(self, endpoints: Sequence[Endpoint], tls: TlsConfig | None, options: list[tuple[str, Any]],
+                 health: HealthPolicy, user: str | None, password: str | None) -> None:
+        self.creds = tls.credentials() if tls is not None else None
+        self.user = user
+        self.__password = password
+        self.token_md: Metadata = ()
+        self.token_lock = threading.RLock()
+        self.users = 0
+        # the dial function holds no reference to this object, so the pool's finalizer does not either
+        self.pool = EndpointPool(endpoints, functools.partial(_dial, self.creds, options), health,
+                                 self._probe_metadata)
+
+    def _probe_metadata(self) -> Metadata:
+        return self.token_md
+
+    def auth_request(self) -> rpc_pb2.AuthenticateRequest:
+        return rpc_pb2.AuthenticateRequest(name=self.user or "", password=self.__password or "")
+
+    def __repr__(self) -> str:
+        return f"_Session({[c.name for c in self.pool.conns]}, user={self.user!r}, users={self.users})"
+
+
+_SESSIONS: dict[tuple[Any, ...], _Session] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _session_key(endpoints: Sequence[Endpoint], tls: TlsConfig | None, options: list[tuple[str, Any]],
+                 health: HealthPolicy, user: str | None, password: str | None) -> tuple[Any, ...]:
+    """Everything that makes two clients' connections interchangeable (secrets only as a digest)."""
+    secret = hashlib.sha256()
+    for part in (tls.ca, tls.key, tls.cert) if tls is not None else ():
+        secret.update(part or b"-")
+        secret.update(b"\0")
+    secret.update((password or "").encode())
+    return (tuple(e.target for e in endpoints), tls is not None, repr(options), health, user, secret.digest())
+
+
+def _acquire(key: tuple[Any, ...] | None, make: Callable[[], _Session]) -> _Session:
+    """The session for ``key`` (None: not shared, a new one)."""
+    with _SESSIONS_LOCK:
+        session = None if key is None else _SESSIONS.get(key)
+        if session is None or session.pool.closed:
+            session = make()
+            if key is not None:
+                _SESSIONS[key] = session
+        session.users += 1
+        return session
+
+
+def _release(key: tuple[Any, ...] | None, session: _Session) -> None:
+    with _SESSIONS_LOCK:
+        session.users -= 1
+        last = session.users == 0
+        if last and key is not None and _SESSIONS.get(key) is session:
+            del _SESSIONS[key]
+    if last:
+        session.pool.close()
+
+
+def _forget_sessions() -> None:
+    _SESSIONS.clear()  # a forked child starts with no connections (grpc's are not usable there)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_sessions)
 
 
 def _dial(creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]], endpoint: Endpoint) -> grpc.Channel:

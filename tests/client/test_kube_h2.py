@@ -25,6 +25,32 @@ from resilient_etcd.testing.netns import VirtualIP
 from ._kube import Collector
 
 
+def test_an_idle_client_probes_only_its_heartbeat_and_a_waiting_request_gets_probes(
+        two_apiservers: list[KubeApiServer]) -> None:
+    """/readyz used to go to every apiserver twice a second from every client, busy or idle."""
+    a, b = two_apiservers
+    api = ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url])
+
+    def probes() -> int:
+        return sum(metrics.snapshot()["events"].get("probes", {}).get(u, 0) for u in (a.url, b.url))
+
+    try:
+        k8s.CoreV1Api(api).list_namespace()
+        wait_until(lambda: probes() >= 2, timeout=5, what="the first probe of each apiserver")
+        before = probes()
+        time.sleep(2.0)  # (checking that nothing happens while idle)
+        assert probes() == before, "no probe while idle, before the 10 s heartbeat"
+        a.pause()
+        try:
+            k8s.CoreV1Api(api).list_namespace(_request_timeout=5)  # waits on a: probed, ejected, moved
+            assert api.active_endpoint == b.url
+            assert probes() > before
+        finally:
+            a.resume()
+    finally:
+        api.close()
+
+
 @pytest.fixture
 def apiserver(etcd_cluster: EtcdCluster, toxiproxy_server: ToxiproxyServer) -> Iterator[KubeApiServer]:
     with KubeApiServer(etcd_cluster, toxiproxy=toxiproxy_server) as a:
@@ -141,7 +167,8 @@ def test_s5_quiet_watch_behind_a_moved_virtual_ip(etcd_cluster: EtcdCluster) -> 
 
 def test_readyz_probes_eject_a_paused_apiserver_and_readmit_it(two_apiservers: list[KubeApiServer]) -> None:
     a, b = two_apiservers
-    api = ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url])
+    # an idle client probes every 10 s by default; here the heartbeat is what finds the paused apiserver
+    api = ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url], policy=KubePolicy(idle_probe_interval=0.5))
     try:
         wait_until(lambda: set(api.endpoint_states().values()) == {"healthy"}, timeout=5, what="all healthy")
         a.pause()

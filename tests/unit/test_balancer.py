@@ -152,7 +152,8 @@ def test_one_thread_for_any_number_of_drivers_and_none_when_they_are_gone() -> N
 
 def test_the_thread_ends_with_the_last_driver_and_blocking_probes_are_bounded() -> None:
     prober = Prober(name="test-prober-2")
-    reg = prober.register(Driver())
+    driver = Driver()
+    reg = prober.register(driver)
     release = threading.Event()
     running: list[int] = []
     for i in range(3 * WORKERS):
@@ -162,8 +163,8 @@ def test_the_thread_ends_with_the_last_driver_and_blocking_probes_are_bounded() 
     release.set()
     wait_until(lambda: len(running) == 3 * WORKERS, timeout=5, what="every job run")
     reg.close()
-    wait_until(lambda: not any(t.name == "test-prober-2" for t in threading.enumerate()), timeout=5,
-               what="the prober thread to end")
+    wait_until(lambda: not any(t.name.startswith("test-prober-2") for t in threading.enumerate()), timeout=5,
+               what="the prober thread and its workers to end")
     reg2 = prober.register(Driver())
     wait_until(lambda: any(t.name == "test-prober-2" for t in threading.enumerate()), timeout=5,
                what="a new thread for a new driver")

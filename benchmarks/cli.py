@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     log(f"watch-1000 #{i + 1}: {t.recover} lost={t.extra['lost']} "
                         f"bytes/watch={t.extra['bytes_per_watch']:.0f}")
             if "idle" in scenarios:
-                for kind, procs in (("resilient", 1), ("raw", 1), ("resilient", 10)):
+                for kind, procs in (("resilient", 1), ("resilient-unshared", 1), ("raw", 1), ("resilient", 10)):
                     t = idle_cost_trial(cluster, 100, procs, seconds=10.0 if args.quick else 30.0, kind=kind)
                     trials.append(t)
                     log(f"idle 100x{procs} {kind}: {t.extra}")

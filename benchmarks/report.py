@@ -31,8 +31,9 @@ DESCRIPTIONS = {
     "S12-watch-pause": "Kubernetes: as S12-watch-blackhole, the apiserver SIGSTOPped",
     "watch-stall": "a quiet watch whose member is blackholed; time until it delivers a write made right "
                    "after the fault (through another member)",
-    "idle": "100 idle clients (each made one call) in one process, 100 raw gRPC channels for comparison, and "
-            "100 idle clients in 10 processes: what they cost etcd and themselves",
+    "idle": "100 idle clients (each made one call) in one process — sharing their connections (the default) and "
+            "each with its own (`share_connections=False`) — 100 raw gRPC channels for comparison, and 100 idle "
+            "clients in 10 processes: what they cost etcd and themselves",
     "watch-1000": "1,000 watches on one key, one client; the member in use is killed; time until every "
                   "watch has delivered a write made right after the kill; Python heap per watch",
 }

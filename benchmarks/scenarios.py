@@ -470,8 +470,9 @@ def idle_cost_trial(cluster: EtcdCluster, clients: int, processes: int, seconds:
                 ch = grpc.insecure_channel(cluster.endpoints[0], options=[("grpc.use_local_subchannel_pool", 1)])
                 rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"/idle"), timeout=5)
                 made.append(ch)
-            else:
-                c = etcd3.client(endpoints=cluster.endpoints, timeout=5)
+            else:  # resilient (shared connections, the default) or resilient-unshared (each its own)
+                health = etcd3.HealthPolicy(share_connections=kind != "resilient-unshared")
+                c = etcd3.client(endpoints=cluster.endpoints, timeout=5, health=health)
                 c.get("/idle")
                 made.append(c)
         mine = [0]

@@ -127,6 +127,12 @@ class HealthPolicy:
     one health record (``share_connections``; kube-apiserver and controller managers run one client
     per resource): their probes are one client's, and a hang noticed by one is noticed for all.
     Closing one ends its own calls, watches and lease keepers; the connections close with the last.
+
+    ``auto_sync_interval`` (seconds; None, the default, turns it off — as clientv3's ``AutoSyncInterval``):
+    ask the cluster for its members (a linearizable ``MemberList``) that often and follow it — a member
+    added gets a connection, a removed member's connection is closed. Endpoints are matched to members
+    by the member id their answers carry, so seeds behind proxies or load balancers are kept as given.
+    An answer that names no usable member, or an error, changes nothing.
     """
 
     probe_interval: float = 0.1
@@ -139,8 +145,11 @@ class HealthPolicy:
     prefer_leader: bool = True
     leader_wait: float = 3.0
     share_connections: bool = True
+    auto_sync_interval: float | None = None
 
     def __post_init__(self) -> None:
+        if self.auto_sync_interval is not None:
+            _seconds(self, "auto_sync_interval")
         for flag in ("prefer_leader", "share_connections"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigurationError(f"HealthPolicy.{flag} must be True or False, got {getattr(self, flag)!r}")

@@ -51,6 +51,7 @@ class EtcdMember(ServerProcess):
         self.proxy: Proxy | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self.served_at: float | None = None
+        self.initial_state = "new"  # "existing": added to a running cluster (EtcdCluster.add_member)
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
@@ -99,7 +100,7 @@ class EtcdMember(ServerProcess):
             "--listen-peer-urls", self.peer_url,
             "--initial-advertise-peer-urls", self.peer_url,
             "--initial-cluster", c.initial_cluster,
-            "--initial-cluster-state", "new",
+            "--initial-cluster-state", self.initial_state,
             "--initial-cluster-token", c.token,
             "--log-level", "warn",
             "--auth-token-ttl", str(c.auth_token_ttl),
@@ -452,6 +453,51 @@ class EtcdCluster:
             resp = rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"\0", count_only=True),
                                                  timeout=5, metadata=md)
             return int(resp.header.revision)
+
+    def add_member(self, timeout: float = 30.0) -> EtcdMember:
+        """Add a member to the running cluster (etcd's ``MemberAdd``, then start it with
+        ``--initial-cluster-state existing``), behind its own proxy when proxied; returns it once ready."""
+        if self.use_netns:
+            raise HarnessError("add_member is not supported for clusters in network namespaces")
+        index = max((m.index for m in self.members), default=-1) + 1
+        m = EtcdMember(self, index, "127.0.0.1", None)
+        m.initial_state = "existing"
+
+        def member_add() -> bool:
+            with self._client() as (ch, md):
+                try:
+                    rpc_pb2_grpc.ClusterStub(ch).MemberAdd(rpc_pb2.MemberAddRequest(peerURLs=[m.peer_url]),
+                                                           timeout=10, metadata=md)
+                except grpc.RpcError as e:
+                    # etcd refuses a voting member until every member has been connected for a while
+                    if "unhealthy cluster" in (e.details() or ""):
+                        return False
+                    raise
+            return True
+
+        wait_until(member_add, timeout=timeout, what=f"etcd to accept a new member {m.name}")
+        self.members.append(m)  # initial_cluster now names it
+        if self.proxied and self.toxiproxy is not None:
+            m.proxy = self.toxiproxy.create_proxy(f"{self.token}-{m.name}", m.direct_endpoint)
+        m.start(wait=False)
+        m.wait_ready(timeout=timeout)
+        self.size = len(self.members)
+        return m
+
+    def remove_member(self, member: EtcdMember) -> None:
+        """Remove ``member`` from the cluster (``MemberRemove`` through another member) and stop it."""
+        member_id = member.status().header.member_id
+        other = next(m for m in self.running_members() if m is not member)
+        with self._client(other) as (ch, md):
+            rpc_pb2_grpc.ClusterStub(ch).MemberRemove(rpc_pb2.MemberRemoveRequest(ID=member_id), timeout=10,
+                                                      metadata=md)
+        with contextlib.suppress(Exception):
+            member.kill()
+        self.members.remove(member)
+        self.size = len(self.members)
+        if member.proxy is not None and self.toxiproxy is not None:
+            with contextlib.suppress(Exception):
+                self.toxiproxy.request("DELETE", f"/proxies/{member.proxy.name}")
 
     def stop_quorum(self) -> list[EtcdMember]:
         """Stop a majority so the rest have no quorum; returns the stopped members.

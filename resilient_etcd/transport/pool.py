@@ -36,7 +36,7 @@ from ..balancer.health import EndpointHealth, State, Transition
 from ..balancer.prober import PROBER, Registration
 from ..metrics import METRICS
 from ..policies import HealthPolicy
-from .endpoints import Endpoint
+from .endpoints import Endpoint, parse_endpoint
 
 log = logging.getLogger("resilient_etcd.health")
 
@@ -147,8 +147,11 @@ class EndpointPool:
         dial: Callable[[Endpoint], grpc.Channel],
         policy: HealthPolicy,
         probe_metadata: Callable[[], Any],
+        secure: bool = False,
     ) -> None:
         self.policy = policy
+        self._dial = dial
+        self._secure = secure  # which of a member's advertised URLs auto-sync may use
         self._waker = _Waker()  # wakes the process's prober when a call starts on an idle connection
         conns = [Connection(e, dial, policy, self._waker) for e in endpoints]
         for c in conns:
@@ -167,6 +170,9 @@ class EndpointPool:
         self.slow_call = SLOW_MARGIN
         self._unreachable_leader: tuple[int, int] | None = None  # (term, id): raft follows it, we cannot reach it
         self._probe_metadata = probe_metadata
+        sync = policy.auto_sync_interval
+        self._sync_at = float("inf") if sync is None else time.monotonic() + sync
+        self._syncing = False
         self._closed = threading.Event()
         # the prober holds the pool weakly: a pool nobody uses any more is collected, and its
         # finalizer leaves the prober and closes the channels
@@ -376,13 +382,75 @@ class EndpointPool:
                 to_close.append(self._apply(c, t))
             for c in send:
                 self._send_probe(c, c.health.dead_time())
-            at = self.balancer.next_wake(now, self._tick, hunting=self._hunting)
+            if now >= self._sync_at and not self._syncing:
+                self._syncing = True
+                PROBER.run_blocking(functools.partial(_sync, weakref.ref(self)))
+            at = min(self.balancer.next_wake(now, self._tick, hunting=self._hunting), self._sync_at)
         if at <= now + self._tick:
             self._waker.dozing = False  # ticking anyway: calls starting need not wake us
         for ch in to_close:
             if ch is not None:
                 ch.close()
         return at
+
+    # ---- endpoint sync (HealthPolicy.auto_sync_interval) ----
+    def sync_endpoints(self) -> bool:
+        """Ask the cluster for its members now and follow the answer (see ``HealthPolicy.auto_sync_interval``);
+        True when the endpoint set changed. Errors and answers naming no usable member change nothing."""
+        c = self.pick()
+        try:
+            resp = c.stubs.cluster.MemberList(rpc_pb2.MemberListRequest(linearizable=True),
+                                              timeout=max(self.policy.dead_after, 2.0), metadata=self._probe_metadata())
+        except (grpc.RpcError, ValueError) as e:
+            why = e.code().name if isinstance(e, grpc.RpcError) else str(e)
+            log.info("endpoint sync: MemberList on %s failed (%s); endpoints unchanged", c.name, why,
+                     extra={"event": "sync_failed", "endpoint": c.name})
+            return False
+        return self._follow(resp.members)
+
+    def _follow(self, members: Sequence[rpc_pb2.Member]) -> bool:
+        scheme = "https://" if self._secure else "http://"
+        wanted: dict[int, Endpoint] = {}
+        for m in members:
+            if m.isLearner:
+                continue  # learners refuse most requests
+            for url in m.clientURLs:
+                if url.startswith(scheme):
+                    try:
+                        wanted[m.ID] = parse_endpoint(url)
+                    except Exception:  # a URL we cannot use: that member is left out, the rest still count
+                        continue
+                    break
+        if not wanted:
+            log.warning("endpoint sync: the member list names no usable client URL; endpoints unchanged",
+                        extra={"event": "sync_ignored"})
+            return False
+        with self._lock:
+            if self._closed.is_set():
+                return False
+            known = {c.member_id for c in self.conns if c.member_id}
+            keep = [c for c in self.conns if not c.member_id or c.member_id in wanted]
+            gone = [c for c in self.conns if c not in keep]
+            targets = {c.endpoint.target for c in keep}
+            # a member may already be behind an endpoint not yet probed (a proxy's address names no member):
+            # add connections only once every endpoint's member is known (the next sync)
+            unsure = any(not c.member_id for c in keep)
+            added = [] if unsure else [Connection(e, self._dial, self.policy, self._waker)
+                                       for mid, e in wanted.items() if mid not in known and e.target not in targets]
+            if not keep and not added:
+                return False
+            self.balancer.replace(keep + added)
+            if self.leader in gone:
+                self.leader = None
+        for c in added:
+            METRICS.set_state(c.name, c.health.state.value)
+        for c in gone:
+            c.channel.close()
+        if added or gone:
+            log.info("endpoint sync: added %s, removed %s", [c.name for c in added], [c.name for c in gone],
+                     extra={"event": "sync", "added": [c.name for c in added], "removed": [c.name for c in gone]})
+            self._reg.wake()  # new connections get their first probe now
+        return bool(added or gone)
 
     def _send_probe(self, c: Connection, timeout: float) -> None:
         gen = c.generation
@@ -430,6 +498,18 @@ def _probe_done(ref: weakref.ReferenceType[EndpointPool], c: Connection, gen: in
     pool = ref()
     if pool is not None:
         pool._on_probe_done(c, gen, fut)
+
+
+def _sync(ref: weakref.ReferenceType[EndpointPool]) -> None:
+    pool = ref()
+    if pool is None:
+        return
+    try:
+        pool.sync_endpoints()
+    finally:
+        interval = pool.policy.auto_sync_interval
+        pool._sync_at = time.monotonic() + (interval or 0.0)
+        pool._syncing = False
 
 
 class _Waker:

@@ -427,7 +427,7 @@ class _Session:
         self.users = 0
         # the dial function holds no reference to this object, so the pool's finalizer does not either
         self.pool = EndpointPool(endpoints, functools.partial(_dial, self.creds, options), health,
-                                 self._probe_metadata)
+                                 self._probe_metadata, secure=self.creds is not None)
 
     def _probe_metadata(self) -> Metadata:
         return self.token_md

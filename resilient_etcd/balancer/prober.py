@@ -56,6 +56,23 @@ class Registration:
         self.prober.unregister(self)
 
 
+class Waker:
+    """Wakes a driver's prober step when a call starts on an idle endpoint — only while the driver sleeps
+    past its tick (``dozing``, set by the driver's step); while it ticks it sees the call anyway, so
+    back-to-back calls cost no wake-up."""
+
+    __slots__ = ("dozing", "reg")
+
+    def __init__(self) -> None:
+        self.dozing = False
+        self.reg: Registration | None = None
+
+    def __call__(self) -> None:
+        if self.dozing and self.reg is not None:
+            self.dozing = False
+            self.reg.wake()
+
+
 class Prober:
     """The process's prober thread (see the module docstring); :data:`PROBER` is the one in use."""
 

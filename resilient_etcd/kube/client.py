@@ -53,7 +53,7 @@ from tenacity.wait import wait_base, wait_random_exponential
 from .. import _lifecycle, deadlines
 from ..balancer.choice import Balancer
 from ..balancer.health import EndpointHealth, Transition
-from ..balancer.prober import PROBER, Registration
+from ..balancer.prober import PROBER, Registration, Waker
 from ..exceptions import ClientClosedError, ConfigurationError, DeadlineExceeded
 from ..metrics import METRICS
 from ..policies import HealthPolicy, _count, _seconds
@@ -190,7 +190,7 @@ class ApiClient(k8s.ApiClient):
         self._servers = {ep: _ApiServer(ep, EndpointHealth(hp, now)) for ep in self.endpoints}
         self.health = {ep: srv.health for ep, srv in self._servers.items()}
         self._balancer: Balancer[_ApiServer] = Balancer(list(self._servers.values()), on_move=_moved)
-        self._waker = _Waker()
+        self._waker = Waker()
         super().__init__(cfg, **kwargs)
         self._h2: H2PoolManager | None = None
         if self.policy.http2:
@@ -493,21 +493,6 @@ class _ApiServer:
 
     def __repr__(self) -> str:
         return f"_ApiServer({self.name}, {self.health.state.value})"
-
-
-class _Waker:
-    """Wakes the prober when a request starts on an idle apiserver, if it sleeps past its tick."""
-
-    __slots__ = ("dozing", "reg")
-
-    def __init__(self) -> None:
-        self.dozing = False
-        self.reg: Registration | None = None
-
-    def __call__(self) -> None:
-        if self.dozing and self.reg is not None:
-            self.dozing = False
-            self.reg.wake()
 
 
 def _moved(old: _ApiServer, new: _ApiServer, why: str) -> None:

@@ -33,7 +33,7 @@ import grpc
 from .._proto import rpc_pb2, rpc_pb2_grpc
 from ..balancer.choice import SLOW_MARGIN, Balancer
 from ..balancer.health import EndpointHealth, State, Transition
-from ..balancer.prober import PROBER, Registration
+from ..balancer.prober import PROBER, Registration, Waker
 from ..metrics import METRICS
 from ..policies import HealthPolicy
 from .endpoints import Endpoint, parse_endpoint
@@ -152,7 +152,7 @@ class EndpointPool:
         self.policy = policy
         self._dial = dial
         self._secure = secure  # which of a member's advertised URLs auto-sync may use
-        self._waker = _Waker()  # wakes the process's prober when a call starts on an idle connection
+        self._waker = Waker()  # wakes the process's prober when a call starts on an idle connection
         conns = [Connection(e, dial, policy, self._waker) for e in endpoints]
         for c in conns:
             METRICS.set_state(c.name, c.health.state.value)
@@ -510,22 +510,6 @@ def _sync(ref: weakref.ReferenceType[EndpointPool]) -> None:
         interval = pool.policy.auto_sync_interval
         pool._sync_at = time.monotonic() + (interval or 0.0)
         pool._syncing = False
-
-
-class _Waker:
-    """Wakes the prober when a call starts on an idle connection — only if it sleeps past its tick
-    (while it ticks it sees the call anyway: back-to-back calls cost no wake-up)."""
-
-    __slots__ = ("dozing", "reg")
-
-    def __init__(self) -> None:
-        self.dozing = False
-        self.reg: Registration | None = None
-
-    def __call__(self) -> None:
-        if self.dozing and self.reg is not None:
-            self.dozing = False
-            self.reg.wake()
 
 
 def _moved(old: Connection, new: Connection, why: str) -> None:

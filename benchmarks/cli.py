@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base_trials = args.baseline_trials or (1 if args.quick else 3)
     trials: list[Trial] = []
     steady: dict[str, Any] | None = None
+    steady16: dict[str, Any] | None = None
     started = time.monotonic()
 
     def log(msg: str) -> None:
@@ -122,6 +123,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "steady" in scenarios:
                 steady = steady_throughput(cluster, calls=500 if args.quick else 3000, rounds=3 if args.quick else 7)
                 log(f"steady: ratio {steady['ratio']:.3f}")
+                steady16 = steady_throughput(cluster, calls=800 if args.quick else 8000, rounds=3 if args.quick else 5,
+                                             threads=16)
+                log(f"steady, 16 threads: ratio {steady16['ratio']:.3f}")
         if "S4" in scenarios:
             if netns_available() is not None:
                 log(f"S4 skipped: {netns_available()}")
@@ -163,6 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "known_scenarios": sorted(FAULTS),
         "trials": [t.as_dict() for t in trials],
         "steady": steady,
+        "steady16": steady16,
     }
 
 
@@ -195,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             earlier["trials"] = [t for t in earlier["trials"] if (t["scenario"], t["client"]) not in replaced]
             earlier["trials"] += results["trials"]
             earlier["steady"] = results["steady"] or earlier.get("steady")
+            earlier["steady16"] = results.get("steady16") or earlier.get("steady16")
             earlier.setdefault("merged_runs", []).append(
                 {k: results[k] for k in ("started", "duration_s", "scenarios_requested")})
             results = earlier

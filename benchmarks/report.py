@@ -12,7 +12,8 @@ from .baselines import CLIENTS
 from .scenarios import FAULTS
 
 DESCRIPTIONS = {
-    **{k: v[0] for k, v in FAULTS.items()},
+    **{k: v[0] + " (a follower: a leader in use is moved off first; the leader's case is S2-leader)"
+       for k, v in FAULTS.items()},
     "S1-restart": "single member: kill -9, start again; gap from etcd serving its first request to the "
                   "client's first success",
     "S6": "toxiproxy latency 300 ms ± 100 ms each way (round trip ≈ 600 ms) on the member in use (slow but alive)",
@@ -170,8 +171,8 @@ def markdown(results: dict[str, Any]) -> str:
                 "|---|---|---|---|---|"]
         for t in idle:
             e = t["extra"]
-            out.append(f"| {e['clients']} x {e['processes']} | {t['client']} | {e['etcd_cpu_added_cores']:.3f} "
-                       f"| {e['client_cpu_cores']:.3f} | {e['rpc_per_s_per_client']:.2f} |")
+            out.append(f"| {e['clients']} x {e['processes']} | {t['client']} | {e['etcd_cpu_added_cores']:.4f} "
+                       f"| {e['client_cpu_cores']:.4f} | {e['rpc_per_s_per_client']:.3f} |")
         out += ["", "etcd CPU is the members' utime + stime from `/proc` over the window, minus the idle "
                 "cluster's own over an equal window before; RPCs from etcd's `grpc_server_handled_total`."]
     st = results.get("steady")
@@ -182,6 +183,14 @@ def markdown(results: dict[str, Any]) -> str:
             s = st[name]
             out.append(f"| {name} | {s['ops_per_s']:.0f} | {s['p50_ms']:.3f} ms | {s['p99_ms']:.3f} ms |")
         out += ["", f"Throughput ratio resilient / raw stubs: **{st['ratio']:.3f}**"]
+    st16 = results.get("steady16")
+    if st16:
+        out += ["", "## Steady state, 16 threads (Range on one member)", "",
+                "| client | ops/s (median of rounds) | p50 | p99 |", "|---|---|---|---|"]
+        for name in ("raw", "resilient"):
+            s = st16[name]
+            out.append(f"| {name} | {s['ops_per_s']:.0f} | {s['p50_ms']:.3f} ms | {s['p99_ms']:.3f} ms |")
+        out += ["", f"Throughput ratio resilient / raw stubs with 16 threads: **{st16['ratio']:.3f}**"]
     out += ["", "## Scenarios", ""]
     out += [f"- **{k}**: {v}" for k, v in DESCRIPTIONS.items()]
     out += ["", "![recovery p99](benchmarks.png)", "",

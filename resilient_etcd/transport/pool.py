@@ -33,6 +33,7 @@ import grpc
 from .._proto import rpc_pb2, rpc_pb2_grpc
 from ..balancer.choice import SLOW_MARGIN, Balancer
 from ..balancer.health import EndpointHealth, State, Transition
+from ..balancer.hedge import CallTimes, HedgeBudget
 from ..balancer.prober import PROBER, Registration, Waker
 from ..metrics import METRICS
 from ..policies import HealthPolicy
@@ -99,6 +100,7 @@ class Connection:
         self.server_version: tuple[int, str] | None = None  # (generation, etcd version) once asked
         self.member_id: int | None = None  # the etcd member behind this endpoint, from its Status answers
         self.want_probe = False  # a call took long: measure this connection's round trip (latency-aware choice)
+        self.call_times = CallTimes()  # of its single-key reads: when to hedge one
         self.permanent_error: str | None = None  # why this endpoint can never work as configured (diagnose)
 
     def begin(self) -> None:
@@ -170,6 +172,7 @@ class EndpointPool:
         self.slow_call = SLOW_MARGIN
         self._unreachable_leader: tuple[int, int] | None = None  # (term, id): raft follows it, we cannot reach it
         self._probe_metadata = probe_metadata
+        self.hedges = HedgeBudget(policy.hedge_max_extra)
         sync = policy.auto_sync_interval
         self._sync_at = float("inf") if sync is None else time.monotonic() + sync
         self._syncing = False
@@ -214,6 +217,22 @@ class EndpointPool:
             return a
         with self._lock:
             return self.balancer.choose(avoid)
+
+    def hedge_target(self, conn: Connection) -> Connection | None:
+        """Where a hedge of a read on ``conn`` goes: the healthy other endpoint with the shortest recent
+        round trip (the endpoint in use does not change)."""
+        others = [c for c in self.balancer.peers if c is not conn and c.health.state is State.HEALTHY
+                  and not c.health.maintenance]
+        if not others:
+            return None
+        return min(others, key=lambda c: c.health.round_trip() or 0.0)
+
+    def hedge_won(self, slow: Connection, fast: Connection) -> None:
+        """A read cut on ``slow`` was answered by ``fast`` first: reads move there (``slow`` is probed, and
+        wins them back like any endpoint once it answers as fast)."""
+        with self._lock:
+            if self.balancer.active is slow and fast.health.usable:
+                self.balancer.activate(fast, f"a hedged read was answered by {fast.name} before {slow.name}")
 
     def pick_writer(self, deadline: float | None, avoid: Connection | None = None) -> Connection:
         """The connection for a write: the leader's while it is usable (see ``HealthPolicy.prefer_leader``).

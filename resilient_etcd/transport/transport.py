@@ -129,6 +129,7 @@ class Transport:
         self._release = weakref.finalize(self, _release, key, self._session)
         self._creds = self._session.creds
         self.pool = self._session.pool
+        self._hedge_floor = health.hedge_delay_min
 
     def close(self) -> None:
         """This client is done: its calls fail at once from now on; the connections close with the
@@ -207,16 +208,46 @@ class Transport:
         # a mutation's proof of "never sent" needs the transport's state before the call (classify)
         ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
         md = (self._token_md + metadata) if with_token else metadata
+        wait = budget
+        hedge = self._hedge_floor is not None and method == "Range" and rclass is RetryClass.IDEMPOTENT \
+            and not request.range_end
+        if hedge:  # a single-key read: cut at its endpoint's usual time and hedged, if the budget allows
+            self.pool.hedges.deposit()
+            delay = conn.call_times.hedge_delay(self._hedge_floor)  # type: ignore[arg-type]
+            hedge = (budget is None or delay < budget) and self.pool.hedges.affordable(2)
+            if hedge:
+                wait = delay
         conn.begin()
         sent = time.monotonic()
         try:
-            result = getattr(getattr(conn.stubs, service), method)(request, timeout=budget, metadata=md)
+            result = getattr(getattr(conn.stubs, service), method)(request, timeout=wait, metadata=md)
         except (grpc.RpcError, ValueError) as e:
             conn.end(_answered(e))
             first: BaseException = e
+            if hedge and isinstance(e, grpc.RpcError) and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED \
+                    and (budget is None or time.monotonic() < started + budget):  # cut by us, not by the deadline
+                deadline = None if budget is None else started + budget
+                try:
+                    return self._hedge(service, method, request, conn, deadline, md, sent)
+                except _NoHedge:  # send it again on the same connection, as if it had never been cut
+                    left = None if deadline is None else max(0.001, deadline - time.monotonic())
+                    conn.begin()
+                    try:
+                        result = getattr(getattr(conn.stubs, service), method)(request, timeout=left, metadata=md)
+                    except (grpc.RpcError, ValueError) as e2:
+                        conn.end(_answered(e2))
+                        first = e2
+                    else:
+                        conn.end(True)
+                        return result
+                except _HedgeLost as lost:  # neither copy was answered: the usual recovery, from the last
+                    conn, gen, first = lost.conn, lost.gen, lost.error
         else:
             conn.end(True)
-            if rclass is RetryClass.IDEMPOTENT and time.monotonic() - sent > self.pool.slow_call:
+            took = time.monotonic() - sent
+            if hedge:
+                conn.call_times.observe(took)
+            if rclass is RetryClass.IDEMPOTENT and took > self.pool.slow_call:
                 conn.want_probe = True  # a slow read: the prober measures the connection against the others
             if conn.health.state is not State.HEALTHY:
                 self.pool.report_success(conn, gen)
@@ -271,6 +302,56 @@ class Transport:
                 self.pool.report_success(conn, gen)
             return result
         return self._recover(invoke, deadline, rclass, with_token, metadata, _Attempt(conn, gen, ready, md), first)
+
+    def _hedge(self, service: str, method: str, request: Any, conn: Connection, deadline: float | None,
+               md: Metadata, sent: float) -> Any:
+        """A read on ``conn`` was cut at its hedge delay: send it again to ``conn`` and to another healthy
+        endpoint; the first answer wins and the other call is cancelled. Raises :class:`_NoHedge` when no
+        hedge can be sent (the caller sends the read again on ``conn`` alone), :class:`_HedgeLost` when
+        neither copy was answered."""
+        conn.want_probe = True  # how slow is that connection itself? (latency-aware choice)
+        other = self.pool.hedge_target(conn)
+        left = None if deadline is None else deadline - time.monotonic()
+        if other is None or (left is not None and left <= 0) or not self.pool.hedges.withdraw(2):
+            raise _NoHedge
+        METRICS.inc("hedges", conn.name)
+        hedged_at = time.monotonic()
+        done = threading.Event()
+        calls: list[tuple[Connection, int, Any]] = []
+        for c in (other, conn):
+            gen = c.generation
+            c.begin()
+            try:
+                f = getattr(getattr(c.stubs, service), method).future(request, timeout=left, metadata=md)
+            except ValueError as e:  # closed under us (ejected): the other copy may still answer
+                c.end(False)
+                last: tuple[Connection, int, BaseException] = (c, gen, e)
+                continue
+            # every copy ends its connection's count once, winner or cancelled loser
+            f.add_done_callback(functools.partial(_copy_done, c, done))
+            calls.append((c, gen, f))
+        try:
+            pending = list(calls)
+            while pending:
+                done.wait()
+                done.clear()
+                for item in [p for p in pending if p[2].done()]:
+                    pending.remove(item)
+                    c, gen, f = item
+                    if f.code() == grpc.StatusCode.OK:
+                        if c is other:
+                            METRICS.inc("hedges_won", other.name)
+                            other.call_times.observe(time.monotonic() - hedged_at)
+                            self.pool.hedge_won(conn, other)
+                        else:  # slow but alive: its usual time grows, and reads of this size stop being cut
+                            conn.call_times.observe(time.monotonic() - sent)
+                        return f.result()
+                    last = (c, gen, f.exception())
+            raise _HedgeLost(*last)
+        finally:
+            for _, _, f in calls:
+                if not f.done():
+                    f.cancel()
 
     def _first_conn(self, rclass: RetryClass, pin: Connection | None, deadline: float | None,
                     budget: float | None) -> tuple[Connection, float | None]:
@@ -488,6 +569,25 @@ def _dial(creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]],
     if creds is not None:
         return grpc.secure_channel(endpoint.target, creds, options=options)
     return grpc.insecure_channel(endpoint.target, options=options)
+
+
+class _NoHedge(Exception):
+    """No hedge could be sent (no other healthy endpoint, no budget, no time)."""
+
+
+class _HedgeLost(Exception):
+    """Neither copy of a hedged read was answered: the last failure, and where."""
+
+    def __init__(self, conn: Connection, gen: int, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.conn, self.gen, self.error = conn, gen, error
+
+
+def _copy_done(conn: Connection, done: threading.Event, f: Any) -> None:
+    """A copy of a hedged read finished (answered, failed or cancelled)."""
+    code = f.code()
+    conn.end(code is not None and code not in NOT_ANSWERS)
+    done.set()
 
 
 class _Attempt(NamedTuple):

@@ -134,7 +134,8 @@ class HealthPolicy:
     by the member id their answers carry, so seeds behind proxies or load balancers are kept as given.
     An answer that names no usable member, or an error, changes nothing.
 
-    Single-key reads are *hedged*: one not answered within its endpoint's usual time (smoothed time plus
+    Linearizable single-key reads are *hedged* (serializable ones stay on their member, which may be
+    ahead of another): one not answered within its endpoint's usual time (smoothed time plus
     four deviations of recent reads, at least ``hedge_delay_min``; None turns hedging off) is sent again
     to that endpoint and to another healthy one, and the first answer wins — so a read caught by a hang
     waits ~0.1 s, not the ~0.9 s detection takes. Hedges add at most ``hedge_max_extra`` (5 %) to the

@@ -209,9 +209,10 @@ class Transport:
         ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
         md = (self._token_md + metadata) if with_token else metadata
         wait = budget
+        # a linearizable single-key read (a serializable one may not move to a member further behind)
         hedge = self._hedge_floor is not None and method == "Range" and rclass is RetryClass.IDEMPOTENT \
-            and not request.range_end
-        if hedge:  # a single-key read: cut at its endpoint's usual time and hedged, if the budget allows
+            and not request.range_end and not request.serializable
+        if hedge:  # cut at its endpoint's usual time and hedged, if the budget allows
             self.pool.hedges.deposit()
             delay = conn.call_times.hedge_delay(self._hedge_floor)  # type: ignore[arg-type]
             hedge = (budget is None or delay < budget) and self.pool.hedges.affordable(2)

@@ -147,6 +147,8 @@ class Balancer(Generic[P]):
             if p.outstanding or h.probe_sent_at is not None or h.state is not State.HEALTHY or hunting:
                 return now + tick
             due = min(due, h.next_probe_at(busy=False))
+            if p.want_probe:
+                due = min(due, h.last_probe_at + SLOW_PROBE_EVERY)
         return max(now + tick, due)
 
     def busy(self, now: float, tick: float, *, hunting: bool = False) -> bool:

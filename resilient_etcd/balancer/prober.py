@@ -29,6 +29,7 @@ log = logging.getLogger("resilient_etcd.health")
 
 WORKERS = 4  # threads for blocking probes, per process
 _WORKER_IDLE = 30.0  # a worker with nothing to do for this long ends
+_LONGEST_SLEEP = 60.0  # the prober's longest single wait (queue.get refuses an infinite timeout)
 
 
 class Driver(Protocol):
@@ -153,32 +154,40 @@ class Prober:
                     return
 
     def _loop(self) -> None:
-        q = self._queue
-        while True:
+        try:
+            while self._turn():
+                pass
+        finally:
             with self._lock:
-                if not self._regs:  # the last driver left: no prober, no workers
-                    self._thread = None
-                    for _ in range(self._workers):
-                        self._jobs.put(None)
-                    return
-                now = time.monotonic()
-                wake_at = min(r.at for r in self._regs)
-            try:
-                item = q.get(timeout=max(0.0, wake_at - now))
-            except queue.Empty:
-                item = None
+                if self._thread is threading.current_thread():
+                    self._thread = None  # (only if something unforeseen ended the loop: the next driver restarts it)
+
+    def _turn(self) -> bool:
+        """One wait and what follows it; False: no driver is left, the thread ends."""
+        with self._lock:
+            if not self._regs:  # the last driver left: no prober, no workers
+                self._thread = None
+                for _ in range(self._workers):
+                    self._jobs.put(None)
+                return False
+            now = time.monotonic()
+            wake_at = min(r.at for r in self._regs)
+        try:  # (a driver with nothing ever due says inf: sleep in bounded steps)
+            item = self._queue.get(timeout=min(max(0.0, wake_at - now), _LONGEST_SLEEP))
+        except queue.Empty:
+            item = None
+        try:
             if isinstance(item, Registration):
                 item.at = 0.0
             elif item is not None:
                 reg, fn = item
                 reg.at = 0.0
-                try:
-                    fn()
-                except Exception:
-                    log.exception("probe completion failed")
-                del fn, reg
+                fn()
             del item
             self._step_due()
+        except Exception:  # one driver's bug must not end every client's probes
+            log.exception("prober step failed")
+        return True
 
     def _step_due(self) -> None:
         now = time.monotonic()

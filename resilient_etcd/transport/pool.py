@@ -218,6 +218,10 @@ class EndpointPool:
         with self._lock:
             return self.balancer.choose(avoid)
 
+    def wake(self) -> None:
+        """Let the prober look now (a connection wants a probe)."""
+        self._reg.wake()
+
     def hedge_target(self, conn: Connection) -> Connection | None:
         """Where a hedge of a read on ``conn`` goes: the healthy other endpoint with the shortest recent
         round trip (the endpoint in use does not change)."""

@@ -310,7 +310,8 @@ class Transport:
         endpoint; the first answer wins and the other call is cancelled. Raises :class:`_NoHedge` when no
         hedge can be sent (the caller sends the read again on ``conn`` alone), :class:`_HedgeLost` when
         neither copy was answered."""
-        conn.want_probe = True  # how slow is that connection itself? (latency-aware choice)
+        conn.want_probe = True  # how slow is that connection itself? (latency-aware choice, ejection)
+        self.pool.wake()
         other = self.pool.hedge_target(conn)
         left = None if deadline is None else deadline - time.monotonic()
         if other is None or (left is not None and left <= 0) or not self.pool.hedges.withdraw(2):

@@ -85,7 +85,7 @@ def test_seed1_reauthentication_keeps_the_callers_deadline(etcd_cluster: EtcdClu
         released = threading.Event()
 
         def hold() -> None:
-            with transport._token_lock:
+            with transport._session.token_lock:
                 released.wait(10)
 
         holder = threading.Thread(target=hold)

@@ -98,6 +98,7 @@ def test_probes_only_when_they_buy_something() -> None:
     a.health.probe_answered(1.161)
     a.outstanding = 0
     b.want_probe = True  # slow calls on b: measured at most once a second
+    assert bal.next_wake(1.2, 0.05) == 1.2 + 0.05, "want_probe: due now (last probe long ago)"
     assert bal.probe_round(1.5)[1] == [b]
     b.health.probe_answered(1.501)
     b.want_probe = True
@@ -117,7 +118,7 @@ def test_replacing_the_endpoint_set_keeps_the_one_in_use_when_it_stays() -> None
 
 
 class Driver:
-    def __init__(self, every: float = 60.0) -> None:
+    def __init__(self, every: float = float("inf")) -> None:  # (a closed pool says inf: never due)
         self.steps = 0
         self.every = every
         self.stepped = threading.Event()

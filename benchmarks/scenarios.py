@@ -104,6 +104,7 @@ def recovery_trial(session: Session, scenario: str, cap: float, hold: float) -> 
         session.cluster.move_leader(next(m for m in session.cluster.running_members() if m is not victim))
         wait_until(lambda: session.cluster.leader() is not victim, timeout=10, what="the leader moved off the victim")
         driver.warm()
+    moved, was_leader = was_leader, session.cluster.leader() is victim  # (what the fault met)
     n0 = len(driver.calls)
     before = driver.current_endpoint()
     t0 = time.monotonic()
@@ -124,7 +125,7 @@ def recovery_trial(session: Session, scenario: str, cap: float, hold: float) -> 
     stall = max(b - a for a, b in itertools.pairwise(points))
     capped = first is None or stall >= cap
     return Trial(scenario, session.spec.name, cap, None if capped else stall, failed, overruns, failovers,
-                 {"victim": victim.name, "victim_was_leader": was_leader,
+                 {"victim": victim.name, "victim_was_leader": was_leader, "leader_moved_off": moved,
                   "first_success": None if first is None else first.e - t0, "held": t_end - t0})
 
 
@@ -307,6 +308,9 @@ def watch_many_trial(cluster: EtcdCluster, n: int = 1000) -> Trial:
         active = next(h.endpoint for h in c.endpoint_health() if h.active)
         victim = next(m for m in cluster.members if m.endpoint == active)
         other = next(m for m in cluster.members if m is not victim)
+        if cluster.leader() is victim:  # a killed leader fails the write below until an election: S2-leader's topic
+            cluster.move_leader(other)
+            wait_until(lambda: cluster.leader() is not victim, timeout=10, what="the leader moved off the victim")
         with etcd3.client(endpoints=[other.endpoint], timeout=10) as w:
             t0 = time.monotonic()
             victim.kill()

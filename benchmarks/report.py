@@ -175,22 +175,16 @@ def markdown(results: dict[str, Any]) -> str:
                        f"| {e['client_cpu_cores']:.4f} | {e['rpc_per_s_per_client']:.3f} |")
         out += ["", "etcd CPU is the members' utime + stime from `/proc` over the window, minus the idle "
                 "cluster's own over an equal window before; RPCs from etcd's `grpc_server_handled_total`."]
-    st = results.get("steady")
-    if st:
-        out += ["", "## Steady state, same process (sequential Range on one member)", "",
-                "| client | ops/s (median of rounds) | p50 | p99 |", "|---|---|---|---|"]
-        for name in ("raw", "resilient"):
-            s = st[name]
-            out.append(f"| {name} | {s['ops_per_s']:.0f} | {s['p50_ms']:.3f} ms | {s['p99_ms']:.3f} ms |")
-        out += ["", f"Throughput ratio resilient / raw stubs: **{st['ratio']:.3f}**"]
-    st16 = results.get("steady16")
-    if st16:
-        out += ["", "## Steady state, 16 threads (Range on one member)", "",
-                "| client | ops/s (median of rounds) | p50 | p99 |", "|---|---|---|---|"]
-        for name in ("raw", "resilient"):
-            s = st16[name]
-            out.append(f"| {name} | {s['ops_per_s']:.0f} | {s['p50_ms']:.3f} ms | {s['p99_ms']:.3f} ms |")
-        out += ["", f"Throughput ratio resilient / raw stubs with 16 threads: **{st16['ratio']:.3f}**"]
+    for key, title, ratio_label in (
+            ("steady", "Steady state, same process (sequential Range on one member)", ""),
+            ("steady16", "Steady state, 16 threads (Range on one member)", " with 16 threads")):
+        st = results.get(key)
+        if st:
+            out += ["", f"## {title}", "", "| client | ops/s (median of rounds) | p50 | p99 |", "|---|---|---|---|"]
+            for name in ("raw", "resilient"):
+                s = st[name]
+                out.append(f"| {name} | {s['ops_per_s']:.0f} | {s['p50_ms']:.3f} ms | {s['p99_ms']:.3f} ms |")
+            out += ["", f"Throughput ratio resilient / raw stubs{ratio_label}: **{st['ratio']:.3f}**"]
     out += ["", "## Scenarios", ""]
     out += [f"- **{k}**: {v}" for k, v in DESCRIPTIONS.items()]
     out += ["", "![recovery p99](benchmarks.png)", "",

@@ -129,6 +129,10 @@ class Balancer(Generic[P]):
             if (t := h.tick(now)) is not None:
                 moves.append((p, t))
             due = h.probe_due(now, busy=p.outstanding > 0 or hunting)
+            if not due and hunting and h.usable:
+                # the owner needs what a probe answers (the raft leader's name), not proof of life: answers to
+                # reads on the other members must not hold their probes back
+                due = h.probe_sent_at is None and now - h.last_probe_at >= h.policy.probe_interval
             if not due and p.want_probe:  # calls were slow: how slow is the connection itself?
                 due = h.probe_sent_at is None and not h.maintenance and now - h.last_probe_at >= SLOW_PROBE_EVERY
             if due:

@@ -108,6 +108,21 @@ def test_probes_only_when_they_buy_something() -> None:
     assert bal.probe_round(11.2)[1] == [a], "the heartbeat, 10 s after a was last heard of"
 
 
+def test_a_hunt_probes_endpoints_whose_answers_keep_coming() -> None:
+    """A write waiting for a new leader needs Status answers; reads answered on the other members used to
+    keep their probes back (they proved the connection alive), so the leader was learnt only after
+    leader_wait (seen as a 3 s put in S4 on a netns cluster)."""
+    a, b = ps = peers(2)
+    bal = Balancer(ps)
+    bal.probe_round(0.0)
+    for p in ps:
+        p.health.probe_answered(0.001)
+    b.outstanding = 1
+    b.health.last_heard = 1.0  # reads keep being answered on b
+    assert bal.probe_round(1.01)[1] == [], "not hunting: answers are proof enough"
+    assert bal.probe_round(1.02, hunting=True)[1] == [a, b]
+
+
 def test_replacing_the_endpoint_set_keeps_the_one_in_use_when_it_stays() -> None:
     a, _, c = ps = peers()
     bal = Balancer(ps)

@@ -154,7 +154,3 @@ class Balancer(Generic[P]):
             if p.want_probe:
                 due = min(due, h.last_probe_at + SLOW_PROBE_EVERY)
         return max(now + tick, due)
-
-    def busy(self, now: float, tick: float, *, hunting: bool = False) -> bool:
-        """Is the next look within a tick (calls starting need not wake the owner's prober)?"""
-        return self.next_wake(now, tick, hunting=hunting) <= now + tick

@@ -9,8 +9,10 @@ that the connection is alive, and no probe waits behind more than one page.
 All pages are read at the revision of the first one, so the result is the same consistent snapshot
 one Range would return. A page is sized from what this client measured: the link's throughput and
 the largest key seen under the range, so that it takes at most about :attr:`PageSizer.page_time` to arrive.
-Nothing known yet: one key. A fast link: pages of megabytes, so the extra round trips cost nothing
-measurable. Ranges sorted by anything but the key in ascending order cannot be continued from a
+Nothing known yet: one key. Keys not seen yet may be larger than any seen so far (a small key first,
+then 64 KiB values), so a page has at most twice the keys of the one before it: what a page costs is
+learnt a step at a time, never staked on one large guess. A fast link: pages of megabytes after a few
+doublings, so the extra round trips cost nothing measurable. Ranges sorted by anything but the key in ascending order cannot be continued from a
 key, and are sent whole.
 
 Pure logic: ``send(request) -> response`` does the I/O; time is passed in through ``clock``.
@@ -129,7 +131,7 @@ def _read(req: rpc_pb2.RangeRequest, send: Callable[[rpc_pb2.RangeRequest], rpc_
             result.more = bool(resp.more and resp.kvs)
             return result
         page.key = resp.kvs[-1].key + b"\0"
-        limit = sizer.limit(largest)
+        limit = min(sizer.limit(largest), 2 * page.limit)  # unseen keys may be larger: grow a step at a time
 
 
 def _got(result: rpc_pb2.RangeResponse | None) -> int:

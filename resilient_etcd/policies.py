@@ -118,9 +118,11 @@ class HealthPolicy:
     forwarding hop less, and no write waits on a follower for a leader that froze. When the leader's
     connection is ejected, a write waits up to ``leader_wait`` for the other members to name a new
     leader (etcd's default election timeout is 1 s, randomized up to 2 s) instead of going to a follower
-    that would hold it until etcd's request timeout (7 s by default). If they still name the same
-    leader after that, the leader is fine and only our path to it is broken: writes then go through
-    the followers until that connection is re-admitted.
+    that would hold it until etcd's request timeout (7 s by default). Meanwhile a linearizable read is
+    sent through another member: answered in the same raft term, it proves the leader alive (it confirmed
+    the read index) and only our path to it broken, and writes go through the followers at once until
+    that connection is re-admitted; so they do when the members still name the same leader after
+    ``leader_wait``.
 
     Clients in one process that name the same endpoints (in the same order) with the same user and
     password, TLS material, channel options and health policy share one connection per endpoint and

@@ -42,6 +42,8 @@ from .endpoints import Endpoint, parse_endpoint
 log = logging.getLogger("resilient_etcd.health")
 
 _STATUS_REQUEST = rpc_pb2.StatusRequest()
+# a linearizable read of nothing (count of the key "\0"): answered only after the leader confirms its read index
+_LEADER_READ = rpc_pb2.RangeRequest(key=b"\0", count_only=True)
 # the codes grpc gives a call the server never answered; any other status, even an error, is an answer
 # from the server: proof that the connection carries data
 NOT_ANSWERS = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
@@ -171,6 +173,7 @@ class EndpointPool:
         # a call slower than this asks for a probe of its connection (then compared with the others)
         self.slow_call = SLOW_MARGIN
         self._unreachable_leader: tuple[int, int] | None = None  # (term, id): raft follows it, we cannot reach it
+        self._asking_leader = False  # a read through another member is out to learn whether the leader is alive
         self._probe_metadata = probe_metadata
         self.hedges = HedgeBudget(policy.hedge_max_extra)
         sync = policy.auto_sync_interval
@@ -249,11 +252,11 @@ class EndpointPool:
         if lead is not avoid and lead.health.usable:
             return lead
         with self._lock:
-            if self._unreachable_leader == (self._term, self._leader_id):
-                return self.pick(avoid)  # raft follows a leader we cannot reach: go through the others
             self._hunt()
             give_up = self._hunt_since + self.policy.leader_wait  # one clock for every write that waits
             while True:
+                if self._unreachable_leader == (self._term, self._leader_id):
+                    return self.pick(avoid)  # raft follows a leader we cannot reach: go through the others
                 lead = self.leader
                 if lead is not None and lead is not avoid and lead.health.usable:
                     return lead
@@ -405,6 +408,8 @@ class EndpointPool:
                 to_close.append(self._apply(c, t))
             for c in send:
                 self._send_probe(c, c.health.dead_time())
+            if self._hunting and not self._asking_leader:
+                self._ask_leader()
             if now >= self._sync_at and not self._syncing:
                 self._syncing = True
                 PROBER.run_blocking(functools.partial(_sync, weakref.ref(self)))
@@ -475,6 +480,46 @@ class EndpointPool:
             self._reg.wake()  # new connections get their first probe now
         return bool(added or gone)
 
+    def _ask_leader(self) -> None:
+        """Hunting while the members name a leader whose connection is out: is that leader alive? A
+        linearizable read through another member is answered only once the leader confirms its read
+        index with a quorum (raft's ReadIndex), so an answer in the same term says the leader leads and
+        only our path to it is broken — writes then go through the others at once instead of after
+        ``leader_wait``. A frozen leader confirms nothing: the read waits, and the election decides (lock held)."""
+        lead = self.leader
+        if lead is None or lead.health.usable or self._unreachable_leader == (self._term, self._leader_id):
+            return
+        via = next((c for c in self.balancer.peers if c is not lead and c.health.state is State.HEALTHY
+                    and not c.health.maintenance), None)
+        if via is None:
+            return
+        self._asking_leader = True
+        asked = (self._term, self._leader_id)
+        try:
+            fut = via.stubs.kv.Range.future(_LEADER_READ, timeout=self.policy.dead_after,
+                                            metadata=self._probe_metadata())
+        except ValueError:  # the channel closed under us; the next round asks again
+            self._asking_leader = False
+            return
+        reg, me = self._reg, weakref.ref(self)
+        fut.add_done_callback(lambda f: PROBER.post(reg, functools.partial(_leader_answered, me, via, asked, f)))
+
+    def _on_leader_answer(self, via: Connection, asked: tuple[int, int], fut: grpc.Future) -> None:
+        with self._lock:
+            self._asking_leader = False
+            if fut.code() != grpc.StatusCode.OK:
+                return  # no confirmation (a frozen leader, an election, no read permission): the hunt goes on
+            term = fut.result().header.raft_term
+            lead = self.leader
+            if (term, self._leader_id) != asked or asked != (self._term, self._leader_id) or lead is None \
+                    or lead.health.usable or not self._hunting:
+                return  # a newer term, or the leader is back: nothing to conclude
+            self._unreachable_leader = asked
+            self._hunting = False
+            self._leader_news.notify_all()
+        log.warning("raft leader %s is alive (it confirmed a read through %s) but unreachable from here; writes "
+                    "go through the other members", lead.name, via.name, extra={"event": "leader_unreachable"})
+
     def _send_probe(self, c: Connection, timeout: float) -> None:
         gen = c.generation
         METRICS.inc("probes", c.name)
@@ -515,6 +560,13 @@ class EndpointPool:
 
     def close(self) -> None:
         self._finalizer()
+
+
+def _leader_answered(ref: weakref.ReferenceType[EndpointPool], via: Connection, asked: tuple[int, int],
+                     fut: grpc.Future) -> None:
+    pool = ref()
+    if pool is not None:
+        pool._on_leader_answer(via, asked, fut)
 
 
 def _probe_done(ref: weakref.ReferenceType[EndpointPool], c: Connection, gen: int, fut: grpc.Future) -> None:

@@ -113,10 +113,11 @@ def test_a_frozen_leader_costs_a_write_about_a_second(etcd_cluster: EtcdCluster)
 
 @pytest.mark.etcd_cluster(size=3)
 def test_a_leader_we_cannot_reach_is_written_to_through_the_followers(etcd_cluster: EtcdCluster) -> None:
-    """Only our path to the leader is blackholed (raft still follows it): after one wait of
-    ``leader_wait`` the writes go through a follower, and keep going at once."""
+    """Only our path to the leader is blackholed (raft still follows it): a read through a follower is
+    answered in the leader's term (it confirmed the read index), so the writes go through the followers
+    without waiting out ``leader_wait`` (before: one write waited all of it — 3 s puts in S4)."""
     leader = etcd_cluster.leader()
-    policy = etcd3.HealthPolicy(leader_wait=1.5)
+    policy = etcd3.HealthPolicy(leader_wait=5.0)  # long: a write that waited it cannot pass unnoticed
     with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=10, health=policy) as c:
         _wait_for_leader(c, leader)
         leader.require_proxy().blackhole()
@@ -131,8 +132,7 @@ def test_a_leader_we_cannot_reach_is_written_to_through_the_followers(etcd_clust
         finally:
             etcd_cluster.heal_all()
         assert etcd_cluster.leader() is leader, "the leader changed: the test proves nothing"
-    assert max(took) < 1.5 + 2.5, took
-    assert sorted(took)[-2] < 1.5 + 0.5, f"more than one write waited for a new leader: {took}"
+    assert max(took) < 2.5, f"a write waited for a new leader although the old one still leads: {took}"
     assert sum(t > 0.5 for t in took[-5:]) == 0, took
 
 

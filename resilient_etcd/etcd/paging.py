@@ -12,8 +12,8 @@ the largest key seen under the range, so that it takes at most about :attr:`Page
 Nothing known yet: one key. Keys not seen yet may be larger than any seen so far (a small key first,
 then 64 KiB values), so a page has at most twice the keys of the one before it: what a page costs is
 learnt a step at a time, never staked on one large guess. A fast link: pages of megabytes after a few
-doublings, so the extra round trips cost nothing measurable. Ranges sorted by anything but the key in ascending order cannot be continued from a
-key, and are sent whole.
+doublings, so the extra round trips cost nothing measurable. Ranges sorted by anything but the key in
+ascending order cannot be continued from a key, and are sent whole.
 
 Pure logic: ``send(request) -> response`` does the I/O; time is passed in through ``clock``.
 """

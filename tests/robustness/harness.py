@@ -174,7 +174,10 @@ def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, *, workers:
                                                                     random.Random(wrng.random())))
                     for how, who, c in ((LOCK, "lock-a", client), (LOCK, "lock-b", other),
                                         (ELECTION, "leader-a", client), (ELECTION, "leader-b", other))]
-        threads.append(threading.Thread(target=canary, args=(history, stop), name="robustness-canary"))
+        # the canary outlives the workers: their last calls, made after ``stop``, are timed too
+        watching = threading.Event()
+        watcher_thread = threading.Thread(target=canary, args=(history, watching), name="robustness-canary")
+        watcher_thread.start()
         scheduler = Scheduler(cluster, client, recorder, random.Random(rng.random()), stop, t0, kinds=faults,
                               hold=hold)
         # a watch started in the past, a third of the way in
@@ -188,6 +191,8 @@ def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, *, workers:
         late.cancel()
         for t in threads:
             t.join(60)
+        watching.set()
+        watcher_thread.join()
         scheduler.join()
         if child is not None:
             _join_child(child, history, out, seed, duration)
@@ -315,13 +320,17 @@ def _child_main(argv: list[str]) -> None:
                                                                    random.Random(rng.random()))))
         threads.append(threading.Thread(target=exclusion_worker, args=(LOCK, client, history, f"rob-{args.seed}",
                                                                        "lock-p2", stop, random.Random(rng.random()))))
-        threads.append(threading.Thread(target=canary, args=(history, stop)))
+        watching = threading.Event()  # the canary outlives the workers (their last calls are timed too)
+        watcher_thread = threading.Thread(target=canary, args=(history, watching))
+        watcher_thread.start()
         for t in threads:
             t.start()
         stop.wait(args.duration)
         stop.set()
         for t in threads:
             t.join(60)
+        watching.set()
+        watcher_thread.join()
     args.out.write_text(json.dumps(history.to_json()))
 
 

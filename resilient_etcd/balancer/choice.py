@@ -100,22 +100,34 @@ class Balancer(Generic[P]):
     def compare_round_trips(self, now: float) -> float:
         """Latency-aware choice after a probe answer: maybe move off a slow endpoint in use. Returns
         how long a call must take to count as slow (it then asks for a probe of its connection)."""
-        timed = [(rt, p) for p in self.peers if p.health.state is State.HEALTHY and not p.health.maintenance
-                 and (rt := p.health.round_trip()) is not None]
-        if not timed:
+        best = self._fastest()
+        if best is None:
             return SLOW_MARGIN
-        slow_call = SLOW_MARGIN + 2 * min(rt for rt, _ in timed)
+        slow_call = SLOW_MARGIN + 2 * best[0]
         a = self.active
-        others = [(rt, p) for rt, p in timed if p is not a]
-        trips = a.health.round_trips
-        if not others or len(trips) < 2:
-            return slow_call
-        best_rt, best = min(others, key=lambda x: x[0])
-        recent = min(trips[-1], trips[-2])  # two slow answers in a row, not one outlier
-        if recent > 2 * best_rt and recent - best_rt > SLOW_MARGIN and now - self.moved_at > SLOW_HOLD:
+        faster = self.faster_than(a)
+        if faster is not None and now - self.moved_at > SLOW_HOLD:
             self.moved_at = now
-            self.activate(best, f"{a.name} answers in {recent * 1000:.0f} ms, {best.name} in {best_rt * 1000:.0f} ms")
+            self.activate(faster, f"{a.name} answers in {_recent(a) * 1000:.0f} ms, "
+                                  f"{faster.name} in {(faster.health.round_trip() or 0) * 1000:.0f} ms")
         return slow_call
+
+    def faster_than(self, p: P) -> P | None:
+        """The healthy endpoint to use instead of ``p`` when ``p`` is slow: its last two probe round trips
+        both over twice the other's recent round trip and :data:`SLOW_MARGIN` longer; else None."""
+        if len(p.health.round_trips) < 2:
+            return None
+        best = self._fastest(but=p)
+        if best is None:
+            return None
+        best_rt, q = best
+        recent = _recent(p)  # two slow answers in a row, not one outlier
+        return q if recent > 2 * best_rt and recent - best_rt > SLOW_MARGIN else None
+
+    def _fastest(self, but: P | None = None) -> tuple[float, P] | None:
+        timed = [(rt, p) for p in self.peers if p is not but and p.health.state is State.HEALTHY
+                 and not p.health.maintenance and (rt := p.health.round_trip()) is not None]
+        return min(timed, key=lambda x: x[0]) if timed else None
 
     # ---- probes ----
     def probe_round(self, now: float, *, hunting: bool = False) -> tuple[list[tuple[P, Transition]], list[P]]:
@@ -154,3 +166,8 @@ class Balancer(Generic[P]):
             if p.want_probe:
                 due = min(due, h.last_probe_at + SLOW_PROBE_EVERY)
         return max(now + tick, due)
+
+
+def _recent(p: Peer) -> float:
+    trips = p.health.round_trips
+    return min(trips[-1], trips[-2])

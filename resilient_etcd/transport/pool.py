@@ -174,6 +174,8 @@ class EndpointPool:
         self.slow_call = SLOW_MARGIN
         self._unreachable_leader: tuple[int, int] | None = None  # (term, id): raft follows it, we cannot reach it
         self._asking_leader = False  # a read through another member is out to learn whether the leader is alive
+        # (leader, member): our link to that leader is slow, writes go to that member (None: to the leader)
+        self._write_via: tuple[Connection | None, Connection | None] = (None, None)
         self._probe_metadata = probe_metadata
         self.hedges = HedgeBudget(policy.hedge_max_extra)
         sync = policy.auto_sync_interval
@@ -250,7 +252,10 @@ class EndpointPool:
         if not self.policy.prefer_leader or lead is None:
             return self.pick(avoid)
         if lead is not avoid and lead.health.usable:
-            return lead
+            slow, via = self._write_via
+            if slow is not lead or via is None or via is avoid or not via.health.usable:
+                return lead
+            return via  # our link to the leader is slow: a follower forwards over raft's own links
         with self._lock:
             self._hunt()
             give_up = self._hunt_since + self.policy.leader_wait  # one clock for every write that waits
@@ -275,6 +280,25 @@ class EndpointPool:
                 if deadline is not None and now >= deadline:
                     return self.pick(avoid)  # the caller's deadline says the rest
                 self._leader_news.wait(min(give_up, deadline or give_up) - now)
+
+    def _compare_leader(self) -> None:
+        """Latency-aware writes (lock held): while our link to the leader answers much slower than another
+        member's (the rule of :meth:`Balancer.faster_than`), writes go to that member, which forwards them
+        to the leader over raft's own links; they come back once the leader's probes are fast again."""
+        lead = self.leader
+        via = self.balancer.faster_than(lead) if lead is not None and self.policy.prefer_leader else None
+        old = self._write_via[1] if self._write_via[0] is lead else None
+        self._write_via = (lead, via)
+        if via is old or lead is None:
+            return
+        if via is None:
+            log.info("writes go to the raft leader %s again: its last probe took %.0f ms", lead.name,
+                     lead.health.round_trips[-1] * 1000 if lead.health.round_trips else 0.0,
+                     extra={"event": "writes_to_leader", "endpoint": lead.name})
+        else:
+            log.info("writes go through %s (%.0f ms): the raft leader %s answers in %.0f ms", via.name,
+                     (via.health.round_trip() or 0.0) * 1000, lead.name, (lead.health.round_trip() or 0.0) * 1000,
+                     extra={"event": "writes_via", "endpoint": via.name, "leader": lead.name})
 
     def _hunt(self, *, force: bool = False) -> None:
         """Probe every endpoint each ``probe_interval`` until a usable leader is named (lock held).
@@ -554,6 +578,7 @@ class EndpointPool:
                 if code == grpc.StatusCode.OK:
                     self._learn_leader(c, fut.result())
                 self.slow_call = self.balancer.compare_round_trips(now)
+                self._compare_leader()
             old = self._apply(c, t)
         if old is not None:
             old.close()

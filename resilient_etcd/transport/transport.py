@@ -248,8 +248,8 @@ class Transport:
             took = time.monotonic() - sent
             if hedge:
                 conn.call_times.observe(took)
-            if rclass is RetryClass.IDEMPOTENT and took > self.pool.slow_call:
-                conn.want_probe = True  # a slow read: the prober measures the connection against the others
+            if took > self.pool.slow_call:
+                conn.want_probe = True  # a slow call: the prober measures the connection against the others
             if conn.health.state is not State.HEALTHY:
                 self.pool.report_success(conn, gen)
             if rclass is RetryClass.MUTATION:

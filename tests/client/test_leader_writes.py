@@ -1,5 +1,6 @@
 """Writes go to the raft leader; a frozen leader costs a write about a second, not etcd's 7 s request
-timeout; a leader we cannot reach (but raft still follows) is written to through the followers."""
+timeout; a leader we cannot reach (but raft still follows), or reach only slowly, is written to through
+the followers."""
 
 from __future__ import annotations
 
@@ -134,6 +135,33 @@ def test_a_leader_we_cannot_reach_is_written_to_through_the_followers(etcd_clust
         assert etcd_cluster.leader() is leader, "the leader changed: the test proves nothing"
     assert max(took) < 2.5, f"a write waited for a new leader although the old one still leads: {took}"
     assert sum(t > 0.5 for t in took[-5:]) == 0, took
+
+
+@pytest.mark.etcd_cluster(size=3)
+def test_a_slow_link_to_the_leader_loses_the_writes_and_wins_them_back(etcd_cluster: EtcdCluster) -> None:
+    """300 ms each way on our link to the leader only (raft's own links stay fast): writes go to a
+    follower, which forwards them, instead of paying 600 ms each; once the link is fast again, the
+    leader's heartbeat probes win the writes back. No member is ejected: slow is not dead."""
+    leader = etcd_cluster.leader()
+    lid = _member_id(leader)
+    policy = etcd3.HealthPolicy(idle_probe_interval=1.0)  # how soon an unused leader's probes show it fast again
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=10, health=policy) as c:
+        _wait_for_leader(c, leader)
+        leader.require_proxy().latency(300)
+        try:
+            took: list[tuple[float, int]] = []  # (seconds, member that answered)
+            end = time.monotonic() + 20
+            while time.monotonic() < end and not (len(took) >= 5 and all(t < 0.15 for t, _ in took[-5:])):
+                started = time.monotonic()
+                served = c.put("/leader/k", "slow").header.member_id
+                took.append((time.monotonic() - started, served))
+        finally:
+            etcd_cluster.heal_all()
+        assert any(t > 0.5 for t, _ in took), f"the link was not slow: the test proves nothing ({took})"
+        assert all(t < 0.15 and m != lid for t, m in took[-5:]), f"writes stayed on the slow leader: {took}"
+        _wait_for_leader(c, leader, timeout=15)  # back on the leader once its link is fast
+        assert etcd_cluster.leader() is leader, "the leader changed: the test proves nothing"
+        assert sum(h.ejections for h in c.endpoint_health()) == 0, c.endpoint_health()
 
 
 @pytest.mark.etcd_cluster(size=3)

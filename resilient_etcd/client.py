@@ -209,7 +209,10 @@ class Etcd3Client:
     def get(self, key: Key, *, timeout: float | None = None,
             **kwargs: Any) -> tuple[bytes, KVMetadata] | tuple[None, None]:
         """``(value, metadata)`` of ``key``, or ``(None, None)`` when it does not exist."""
-        resp = self.get_response(key, timeout=timeout, **kwargs)
+        if kwargs:
+            resp = self.get_response(key, timeout=timeout, **kwargs)
+        else:  # the hot path: one key is never paged, straight to the transport
+            resp = self._transport.unary("kv", "Range", rpc_pb2.RangeRequest(key=to_bytes(key)), timeout=timeout)
         if not resp.kvs:
             return None, None
         kv = resp.kvs[0]

@@ -202,8 +202,15 @@ class Transport:
             raise ClientClosedError(f"the client was closed; {method} was not sent")
         budget = deadlines.call_timeout(timeout, self.default_timeout)
         started = time.monotonic()
-        rclass = _rclass(_qualified(service, method), idempotent, pin)
-        conn, budget = self._first_conn(rclass, pin, None if budget is None else started + budget, budget)
+        rclass = _CLASS_OF.get((service, method)) if idempotent is None and pin is None else None
+        if rclass is None:
+            rclass = _rclass(_qualified(service, method), idempotent, pin)
+            if idempotent is None and pin is None:
+                _CLASS_OF[(service, method)] = rclass
+        if rclass is RetryClass.IDEMPOTENT:  # no wait for a leader: inline pick
+            conn = self.pool.pick()
+        else:
+            conn, budget = self._first_conn(rclass, pin, None if budget is None else started + budget, budget)
         gen = conn.generation
         # a mutation's proof of "never sent" needs the transport's state before the call (classify)
         ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
@@ -604,6 +611,10 @@ class _Attempt(NamedTuple):
     @property
     def token(self) -> Metadata:
         return tuple(kv for kv in self.md if kv[0] == "token")
+
+
+# (stub attribute, method) -> retry class, for the hot path (no name built per call)
+_CLASS_OF: dict[tuple[str, str], RetryClass] = {}
 
 
 @functools.cache

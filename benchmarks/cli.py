@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "steady" in scenarios:
                 steady = steady_throughput(cluster, calls=500 if args.quick else 3000, rounds=3 if args.quick else 7)
                 log(f"steady: ratio {steady['ratio']:.3f}")
-                steady16 = steady_throughput(cluster, calls=800 if args.quick else 8000, rounds=3 if args.quick else 5,
+                steady16 = steady_throughput(cluster, calls=800 if args.quick else 8000, rounds=3 if args.quick else 9,
                                              threads=16)
                 log(f"steady, 16 threads: ratio {steady16['ratio']:.3f}")
         if "S4" in scenarios:

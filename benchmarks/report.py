@@ -185,6 +185,10 @@ def markdown(results: dict[str, Any]) -> str:
                 s = st[name]
                 out.append(f"| {name} | {s['ops_per_s']:.0f} | {s['p50_ms']:.3f} ms | {s['p99_ms']:.3f} ms |")
             out += ["", f"Throughput ratio resilient / raw stubs{ratio_label}: **{st['ratio']:.3f}**"]
+            if st.get("pair_ratios"):
+                pairs = sorted(st["pair_ratios"])
+                out[-1] += (f" (median of {len(pairs)} back-to-back pairs of rounds, order alternating; "
+                            f"pairs ranged {pairs[0]:.3f} to {pairs[-1]:.3f})")
     out += ["", "## Scenarios", ""]
     out += [f"- **{k}**: {v}" for k, v in DESCRIPTIONS.items()]
     out += ["", "![recovery p99](benchmarks.png)", "",

@@ -88,7 +88,9 @@ class Etcd3Client:
     ``host``/``port`` name one member; ``endpoints=[...]`` names several (``"host:port"`` or
     ``"http(s)://host:port"``). ``timeout`` is the default deadline of every call (10 s when None).
     ``user``/``password`` enable auth (the token travels as gRPC metadata and is renewed when the
-    server forgets it). ``ca_cert``, ``cert_key``, ``cert_cert`` are PEM file paths for TLS/mTLS.
+    server forgets it). ``ca_cert``, ``cert_key``, ``cert_cert`` are PEM file paths for TLS/mTLS, checked at
+    construction and followed afterwards: files replaced on disk (certificate rotation) are used by the
+    connections dialled from then on, once they load whole and the certificate matches its key.
     """
 
     def __init__(

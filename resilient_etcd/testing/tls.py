@@ -20,6 +20,7 @@ class CertFiles:
     server_key: Path
     client_cert: Path
     client_key: Path
+    ca_key: Path  # to issue more client certificates (rotation tests)
 
 
 def _name(cn: str) -> x509.Name:
@@ -79,13 +80,57 @@ def make_certs(directory: Path, ips: list[str], client_cn: str = "root") -> Cert
         server_key=directory / "server-key.pem",
         client_cert=directory / "client.pem",
         client_key=directory / "client-key.pem",
+        ca_key=directory / "ca-key.pem",
     )
     files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     files.server_cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
     files.client_cert.write_bytes(client.public_bytes(serialization.Encoding.PEM))
     _write_key(server_key, files.server_key)
     _write_key(client_key, files.client_key)
+    _write_key(ca_key, files.ca_key)
     return files
+
+
+def issue_client_cert(files: CertFiles, cn: str = "root",
+                      valid_for: dt.timedelta = dt.timedelta(days=2)) -> tuple[bytes, bytes]:
+    """A new client certificate from the test CA: ``(certificate PEM, private key PEM)``; ``valid_for``
+    from now (a short one expires during a test: a connection dialled with it afterwards is refused)."""
+    ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    now = dt.datetime.now(dt.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + valid_for)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def other_ca() -> bytes:
+    """An unrelated CA certificate (PEM): appended to a CA file, it makes a bundle (a CA rotation's first step)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("resilient-etcd next CA"))
+        .issuer_name(_name("resilient-etcd next CA"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return ca.public_bytes(serialization.Encoding.PEM)
 
 
 def make_jwt_keys(directory: Path) -> tuple[Path, Path]:

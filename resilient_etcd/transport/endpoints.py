@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import logging
 import re
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import grpc
 
 from ..exceptions import ConfigurationError
+
+log = logging.getLogger("resilient_etcd.tls")
 
 DEFAULT_PORT = 2379
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -93,32 +98,105 @@ def _read(path: str | None, what: str) -> bytes | None:
     return data
 
 
-def _check_pem(ca_cert: str | None, cert_key: str | None, cert_cert: str | None) -> None:
-    """Parse the files as the TLS stack will, so a junk file is an error now, not a handshake failure
-    at every call (grpc accepts any bytes and fails each connection later)."""
+def _check_pem(ca: bytes | None, key: bytes | None, cert: bytes | None, names: _Paths) -> None:
+    """Parse the bytes as the TLS stack will, so a junk file is an error now, not a handshake failure
+    at every call (grpc accepts any bytes and fails each connection later). The bytes, not the files:
+    what is checked is exactly what is used, even while a file is being replaced."""
     import ssl
+    import tempfile
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if ca_cert is not None:
+    if ca is not None:
         try:
-            ctx.load_verify_locations(cafile=ca_cert)
+            ctx.load_verify_locations(cadata=ca.decode("ascii", "replace"))
         except (ssl.SSLError, ValueError) as exc:
-            raise ConfigurationError(f"ca_cert {ca_cert!r} holds no PEM certificate: {exc}") from None
-    if cert_cert is not None and cert_key is not None:
-        try:
-            ctx.load_cert_chain(cert_cert, cert_key)
-        except (ssl.SSLError, ValueError) as exc:
-            raise ConfigurationError(f"cert_cert {cert_cert!r} / cert_key {cert_key!r}: not a PEM certificate and "
-                                     f"its matching private key ({exc})") from None
+            raise ConfigurationError(f"ca_cert {names[0]!r} holds no PEM certificate: {exc}") from None
+    if cert is not None and key is not None:
+        with tempfile.TemporaryDirectory(prefix="resilient-etcd-tls-") as tmp:  # 0700: ssl loads chains from files
+            cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+            key_file.touch(0o600)
+            key_file.write_bytes(key)
+            cert_file.write_bytes(cert)
+            try:
+                ctx.load_cert_chain(str(cert_file), str(key_file))
+            except (ssl.SSLError, ValueError) as exc:
+                raise ConfigurationError(f"cert_cert {names[2]!r} / cert_key {names[1]!r}: not a PEM certificate "
+                                         f"and its matching private key ({exc})") from None
+
+
+_Paths = tuple[str | None, str | None, str | None]  # ca, key, cert
+_Pem = tuple[bytes | None, bytes | None, bytes | None]
+
+
+def _read_all(paths: _Paths) -> _Pem:
+    ca_path, key_path, cert_path = paths
+    return _read(ca_path, "ca_cert"), _read(key_path, "cert_key"), _read(cert_path, "cert_cert")
+
+
+def _digest(pem: _Pem | str) -> bytes:
+    h = hashlib.sha256()
+    for part in (pem,) if isinstance(pem, str) else pem:
+        h.update(b"-" if part is None else part.encode() if isinstance(part, str) else part)
+        h.update(b"\0")
+    return h.digest()
+
+
+class _Rotation:
+    """The certificate files behind a :class:`TlsConfig`, re-read when they change on disk (rotation:
+    cert-manager, a Kubernetes secret volume, a script), for the connections dialled from then on.
+
+    Read at each dial (three small files; dials are rare) and compared with what is in use by content, not
+    by timestamps (a key rewritten in place within the file system's clock tick has the same size and
+    mtime). New contents are used only when they load whole and match — a CA that parses, a certificate
+    with its own private key; otherwise the previous ones stay in use, a warning says why (a half-written
+    file, a certificate replaced before its key) once per content, and any later change is tried again.
+    Connections already open keep their TLS session; they pick the new files up when next dialled."""
+
+    def __init__(self, paths: _Paths, pem: _Pem, creds: grpc.ChannelCredentials) -> None:
+        self.paths = paths
+        self._digest = _digest(pem)
+        self._refused: bytes | None = None
+        self._creds = creds
+        self._lock = threading.Lock()
+        self.reloads = 0
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        with self._lock:
+            try:
+                pem: _Pem | str = _read_all(self.paths)
+            except ConfigurationError as e:  # a file missing for a moment (replaced by a copy, not a rename)
+                pem = str(e)
+            digest = _digest(pem)
+            if digest in (self._digest, self._refused):
+                return self._creds
+            try:
+                if isinstance(pem, str):
+                    raise ConfigurationError(pem)
+                _check_pem(*pem, self.paths)
+            except ConfigurationError as e:
+                self._refused = digest
+                log.warning("TLS files changed but do not load (%s); new connections keep the previous ones "
+                            "until they do", e, extra={"event": "tls_reload_refused"})
+                return self._creds
+            ca, key, cert = pem
+            self._creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                                       certificate_chain=cert)
+            self._digest, self._refused = digest, None
+            self.reloads += 1
+        log.info("TLS files changed: connections dialled from now on use the new ones", extra={"event": "tls_reloaded"})
+        return self._creds
 
 
 @dataclass(frozen=True, repr=False)
 class TlsConfig:
-    """PEM bytes read once at construction; ``repr`` never shows key material."""
+    """PEM bytes as read at construction (what two clients compare to share connections); when they came
+    from files, the files are followed for rotation (see :class:`_Rotation`). ``repr`` never shows key
+    material."""
 
     ca: bytes | None
     key: bytes | None
     cert: bytes | None
+    rotation: _Rotation | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         return f"TlsConfig(ca={'set' if self.ca else None}, client_cert={'set' if self.cert else None})"
@@ -129,10 +207,16 @@ class TlsConfig:
             raise ConfigurationError("cert_key and cert_cert must be given together (client certificate and its key)")
         if ca_cert is None and cert_key is None:
             return None
-        config = cls(_read(ca_cert, "ca_cert"), _read(cert_key, "cert_key"), _read(cert_cert, "cert_cert"))
-        _check_pem(ca_cert, cert_key, cert_cert)
-        return config
+        paths: _Paths = (ca_cert, cert_key, cert_cert)
+        pem = _read_all(paths)
+        _check_pem(*pem, paths)
+        ca, key, cert = pem
+        creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+        return cls(ca, key, cert, _Rotation(paths, pem, creds))
 
     def credentials(self) -> grpc.ChannelCredentials:
+        """The credentials for a connection dialled now (the files' current contents, if they rotated)."""
+        if self.rotation is not None:
+            return self.rotation.credentials()
         return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
                                             certificate_chain=self.cert)

@@ -127,7 +127,6 @@ class Transport:
         key = _session_key(endpoints, tls, options, health, user, password) if health.share_connections else None
         self._session = _acquire(key, lambda: _Session(endpoints, tls, options, health, user, password))
         self._release = weakref.finalize(self, _release, key, self._session)
-        self._creds = self._session.creds
         self.pool = self._session.pool
         self._hedge_floor = health.hedge_delay_min
 
@@ -396,7 +395,7 @@ class Transport:
                 # handshake of our own may be needed, bounded by what is left of the call's deadline)
                 left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
                 if left > 0.01:
-                    conn.permanent_error = permanent_cause(conn.endpoint, self._creds is not None, details,
+                    conn.permanent_error = permanent_cause(conn.endpoint, self.tls is not None, details,
                                                            probe_timeout=left)
             self.pool.report_failure(conn, a.gen, f"{code.name}: {short(details)}", hard=is_hard(failure))
         elif isinstance(error, ValueError) and _is_closed_channel(error):
@@ -509,15 +508,15 @@ class _Session:
 
     def __init__(self, endpoints: Sequence[Endpoint], tls: TlsConfig | None, options: list[tuple[str, Any]],
                  health: HealthPolicy, user: str | None, password: str | None) -> None:
-        self.creds = tls.credentials() if tls is not None else None
+        self.tls = tls
         self.user = user
         self.__password = password
         self.token_md: Metadata = ()
         self.token_lock = threading.RLock()
         self.users = 0
         # the dial function holds no reference to this object, so the pool's finalizer does not either
-        self.pool = EndpointPool(endpoints, functools.partial(_dial, self.creds, options), health,
-                                 self._probe_metadata, secure=self.creds is not None)
+        self.pool = EndpointPool(endpoints, functools.partial(_dial, tls, options), health,
+                                 self._probe_metadata, secure=tls is not None)
 
     def _probe_metadata(self) -> Metadata:
         return self.token_md
@@ -574,9 +573,9 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_sessions)
 
 
-def _dial(creds: grpc.ChannelCredentials | None, options: list[tuple[str, Any]], endpoint: Endpoint) -> grpc.Channel:
-    if creds is not None:
-        return grpc.secure_channel(endpoint.target, creds, options=options)
+def _dial(tls: TlsConfig | None, options: list[tuple[str, Any]], endpoint: Endpoint) -> grpc.Channel:
+    if tls is not None:  # the credentials of now: certificate files that rotated are used from the next dial
+        return grpc.secure_channel(endpoint.target, tls.credentials(), options=options)
     return grpc.insecure_channel(endpoint.target, options=options)
 
 

@@ -38,41 +38,12 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
 def make_certs(directory: Path, ips: list[str], client_cn: str = "root") -> CertFiles:
     """A CA and a server certificate valid for ``ips`` and ``localhost``, plus a client certificate."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("resilient-etcd test CA"))
-        .issuer_name(_name("resilient-etcd test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def leaf(cn: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]) -> tuple[
-            x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=2))
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return builder.sign(ca_key, hashes.SHA256()), key
+    ca, ca_key = _self_signed_ca("resilient-etcd test CA")
 
     sans: list[x509.GeneralName] = [x509.DNSName("localhost")]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-    server, server_key = leaf("etcd", ExtendedKeyUsageOID.SERVER_AUTH, sans)
-    client, client_key = leaf(client_cn, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    server, server_key = _leaf(ca, ca_key, "etcd", ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    client, client_key = _leaf(ca, ca_key, client_cn, ExtendedKeyUsageOID.CLIENT_AUTH, [])
 
     files = CertFiles(
         ca=directory / "ca.pem",
@@ -98,31 +69,23 @@ def issue_client_cert(files: CertFiles, cn: str = "root",
     ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
     ca_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    now = dt.datetime.now(dt.timezone.utc)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + valid_for)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    cert, key = _leaf(ca, ca_key, cn, ExtendedKeyUsageOID.CLIENT_AUTH, [], valid_for)
     return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def other_ca() -> bytes:
     """An unrelated CA certificate (PEM): appended to a CA file, it makes a bundle (a CA rotation's first step)."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    return _self_signed_ca("resilient-etcd next CA")[0].public_bytes(serialization.Encoding.PEM)
+
+
+def _self_signed_ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     now = dt.datetime.now(dt.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
     ca = (
         x509.CertificateBuilder()
-        .subject_name(_name("resilient-etcd next CA"))
-        .issuer_name(_name("resilient-etcd next CA"))
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
@@ -130,7 +93,27 @@ def other_ca() -> bytes:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    return ca.public_bytes(serialization.Encoding.PEM)
+    return ca, key
+
+
+def _leaf(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, cn: str, usage: x509.ObjectIdentifier,
+          sans: list[x509.GeneralName], valid_for: dt.timedelta = dt.timedelta(days=2),
+          ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    now = dt.datetime.now(dt.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + valid_for)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
 
 
 def make_jwt_keys(directory: Path) -> tuple[Path, Path]:

@@ -1,4 +1,5 @@
-"""TLS files followed on disk (pure: files in a temp directory, no server)."""
+"""TLS files followed on disk (no server: files in a temp directory; here, not in tests/unit, because the
+certificates are made with cryptography, a test-bed dependency the core-install unit run does not have)."""
 
 from __future__ import annotations
 

@@ -184,6 +184,8 @@ def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, *, workers:
         late = threading.Timer(duration / 3, lambda: watches.append(Follower(watcher, prefix, "from-the-past", start)))
         for t in threads:
             t.start()
+        if child is not None:
+            _wait_ready(child, out, seed)  # faults start once both processes have their clients
         scheduler.start()
         late.start()
         stop.wait(duration)
@@ -284,8 +286,21 @@ def _second_process(cluster: EtcdCluster, seed: int, duration: float, out: Path,
     argv = [sys.executable, "-m", "tests.robustness.harness", "--endpoints", ",".join(cluster.endpoints),
             "--seed", str(seed), "--duration", str(duration), "--prefix", prefix, "--keys", ",".join(names),
             "--out", str(out / f"second-{seed}.json")]
+    (out / f"second-{seed}.ready").unlink(missing_ok=True)  # a previous run's
     log = open(out / f"second-{seed}.log", "wb")  # noqa: SIM115 (closed when the child is joined)
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_ready(child: subprocess.Popen[bytes], out: Path, seed: int, timeout: float = 60.0) -> None:
+    """Wait (poll with a deadline) until the second process has its client: constructing one authenticates,
+    and a fault injected before that (a paused leader at t=0) failed the child's construction, not a promise."""
+    ready = out / f"second-{seed}.ready"
+    end = time.monotonic() + timeout
+    while not ready.exists():
+        if child.poll() is not None or time.monotonic() > end:
+            tail = (out / f"second-{seed}.log").read_text(errors="replace")[-2000:]
+            raise AssertionError(f"the second traffic process never got its client (exit {child.poll()}):\n{tail}")
+        time.sleep(0.05)
 
 
 def _join_child(child: subprocess.Popen[bytes], history: History, out: Path, seed: int, duration: float) -> None:
@@ -313,6 +328,7 @@ def _child_main(argv: list[str]) -> None:
     history = History()
     stop = threading.Event()
     with etcd3.client(endpoints=args.endpoints.split(","), timeout=2, **creds) as client:
+        args.out.with_suffix(".ready").touch()  # the parent starts the faults now
         threads = [threading.Thread(target=kv_traffic, args=(client, history, 100 + w, args.keys.split(","), stop,
                                                              random.Random(rng.random())))
                    for w in range(2)]

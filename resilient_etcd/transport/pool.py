@@ -228,8 +228,9 @@ class EndpointPool:
         self._reg.wake()
 
     def hedge_target(self, conn: Connection) -> Connection | None:
-        """Where a hedge of a read on ``conn`` goes: the healthy other endpoint with the shortest recent
-        round trip (the endpoint in use does not change)."""
+        """Where a hedge of a read on ``conn`` goes — or a question that must not go to ``conn`` (the
+        leader-liveness read): the healthy other endpoint with the shortest recent round trip (the
+        endpoint in use does not change)."""
         others = [c for c in self.balancer.peers if c is not conn and c.health.state is State.HEALTHY
                   and not c.health.maintenance]
         if not others:
@@ -271,11 +272,7 @@ class EndpointPool:
                 now = time.monotonic()
                 if now >= give_up:
                     # the members still follow it after an election's time: it is alive, our path is not
-                    self._unreachable_leader = (self._term, self._leader_id)
-                    self._hunting = False
-                    log.warning("raft leader %s is unreachable from here but still leads; writes go through "
-                                "the other members", lead.name if lead else self._leader_id,
-                                extra={"event": "leader_unreachable"})
+                    self._leader_unreachable("the members still name it after leader_wait")
                     return self.pick(avoid)
                 if deadline is not None and now >= deadline:
                     return self.pick(avoid)  # the caller's deadline says the rest
@@ -513,8 +510,7 @@ class EndpointPool:
         lead = self.leader
         if lead is None or lead.health.usable or self._unreachable_leader == (self._term, self._leader_id):
             return
-        via = next((c for c in self.balancer.peers if c is not lead and c.health.state is State.HEALTHY
-                    and not c.health.maintenance), None)
+        via = self.hedge_target(lead)
         if via is None:
             return
         self._asking_leader = True
@@ -526,7 +522,8 @@ class EndpointPool:
             self._asking_leader = False
             return
         reg, me = self._reg, weakref.ref(self)
-        fut.add_done_callback(lambda f: PROBER.post(reg, functools.partial(_leader_answered, me, via, asked, f)))
+        fut.add_done_callback(lambda f: PROBER.post(reg, functools.partial(
+            _if_alive, me, EndpointPool._on_leader_answer, via, asked, f)))
 
     def _on_leader_answer(self, via: Connection, asked: tuple[int, int], fut: grpc.Future) -> None:
         with self._lock:
@@ -535,14 +532,20 @@ class EndpointPool:
                 return  # no confirmation (a frozen leader, an election, no read permission): the hunt goes on
             term = fut.result().header.raft_term
             lead = self.leader
-            if (term, self._leader_id) != asked or asked != (self._term, self._leader_id) or lead is None \
+            if term != asked[0] or asked != (self._term, self._leader_id) or lead is None \
                     or lead.health.usable or not self._hunting:
                 return  # a newer term, or the leader is back: nothing to conclude
-            self._unreachable_leader = asked
-            self._hunting = False
-            self._leader_news.notify_all()
-        log.warning("raft leader %s is alive (it confirmed a read through %s) but unreachable from here; writes "
-                    "go through the other members", lead.name, via.name, extra={"event": "leader_unreachable"})
+            self._leader_unreachable(f"it confirmed a read through {via.name}")
+
+    def _leader_unreachable(self, evidence: str) -> None:
+        """The raft leader leads but our path to it is broken (lock held): writes go through the other
+        members until its connection is re-admitted; the hunt ends, and writes waiting for it go now."""
+        self._unreachable_leader = (self._term, self._leader_id)
+        self._hunting = False
+        self._leader_news.notify_all()
+        lead = self.leader
+        log.warning("raft leader %s is alive (%s) but unreachable from here; writes go through the other members",
+                    lead.name if lead else self._leader_id, evidence, extra={"event": "leader_unreachable"})
 
     def _send_probe(self, c: Connection, timeout: float) -> None:
         gen = c.generation
@@ -554,7 +557,8 @@ class EndpointPool:
             c.health.probe_sent_at = None
             return
         reg, me = self._reg, weakref.ref(self)
-        fut.add_done_callback(lambda f, c=c, gen=gen: PROBER.post(reg, functools.partial(_probe_done, me, c, gen, f)))
+        fut.add_done_callback(lambda f, c=c, gen=gen: PROBER.post(reg, functools.partial(
+            _if_alive, me, EndpointPool._on_probe_done, c, gen, f)))
 
     def _on_probe_done(self, c: Connection, gen: int, fut: grpc.Future) -> None:
         now = time.monotonic()
@@ -587,17 +591,11 @@ class EndpointPool:
         self._finalizer()
 
 
-def _leader_answered(ref: weakref.ReferenceType[EndpointPool], via: Connection, asked: tuple[int, int],
-                     fut: grpc.Future) -> None:
+def _if_alive(ref: weakref.ReferenceType[EndpointPool], method: Callable[..., None], *args: Any) -> None:
+    """A completion posted to the prober: ``method(pool, *args)`` unless the pool was collected meanwhile."""
     pool = ref()
     if pool is not None:
-        pool._on_leader_answer(via, asked, fut)
-
-
-def _probe_done(ref: weakref.ReferenceType[EndpointPool], c: Connection, gen: int, fut: grpc.Future) -> None:
-    pool = ref()
-    if pool is not None:
-        pool._on_probe_done(c, gen, fut)
+        method(pool, *args)
 
 
 def _sync(ref: weakref.ReferenceType[EndpointPool]) -> None:

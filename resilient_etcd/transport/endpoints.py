@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -133,12 +134,18 @@ def _read_all(paths: _Paths) -> _Pem:
     return _read(ca_path, "ca_cert"), _read(key_path, "cert_key"), _read(cert_path, "cert_cert")
 
 
-def _digest(pem: _Pem | str) -> bytes:
+def digest(parts: Iterable[bytes | None]) -> bytes:
+    """One SHA-256 of several secrets (None counts as absent): compared, never shown."""
     h = hashlib.sha256()
-    for part in (pem,) if isinstance(pem, str) else pem:
-        h.update(b"-" if part is None else part.encode() if isinstance(part, str) else part)
+    for part in parts:
+        h.update(b"-" if part is None else part)
         h.update(b"\0")
     return h.digest()
+
+
+def _credentials(pem: _Pem) -> grpc.ChannelCredentials:
+    ca, key, cert = pem
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
 class _Rotation:
@@ -154,7 +161,7 @@ class _Rotation:
 
     def __init__(self, paths: _Paths, pem: _Pem, creds: grpc.ChannelCredentials) -> None:
         self.paths = paths
-        self._digest = _digest(pem)
+        self._digest = digest(pem)
         self._refused: bytes | None = None
         self._creds = creds
         self._lock = threading.Lock()
@@ -163,28 +170,30 @@ class _Rotation:
     def credentials(self) -> grpc.ChannelCredentials:
         with self._lock:
             try:
-                pem: _Pem | str = _read_all(self.paths)
+                pem = _read_all(self.paths)
             except ConfigurationError as e:  # a file missing for a moment (replaced by a copy, not a rename)
-                pem = str(e)
-            digest = _digest(pem)
-            if digest in (self._digest, self._refused):
+                self._refuse(digest([str(e).encode()]), e)
+                return self._creds
+            seen = digest(pem)
+            if seen in (self._digest, self._refused):
                 return self._creds
             try:
-                if isinstance(pem, str):
-                    raise ConfigurationError(pem)
                 _check_pem(*pem, self.paths)
             except ConfigurationError as e:
-                self._refused = digest
-                log.warning("TLS files changed but do not load (%s); new connections keep the previous ones "
-                            "until they do", e, extra={"event": "tls_reload_refused"})
+                self._refuse(seen, e)
                 return self._creds
-            ca, key, cert = pem
-            self._creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
-                                                       certificate_chain=cert)
-            self._digest, self._refused = digest, None
+            self._creds = _credentials(pem)
+            self._digest, self._refused = seen, None
             self.reloads += 1
         log.info("TLS files changed: connections dialled from now on use the new ones", extra={"event": "tls_reloaded"})
         return self._creds
+
+    def _refuse(self, seen: bytes, why: ConfigurationError) -> None:
+        """Files that do not load: the previous ones stay in use; said once per content (lock held)."""
+        if seen != self._refused:
+            self._refused = seen
+            log.warning("TLS files changed but do not load (%s); new connections keep the previous ones until "
+                        "they do", why, extra={"event": "tls_reload_refused"})
 
 
 @dataclass(frozen=True, repr=False)
@@ -210,13 +219,10 @@ class TlsConfig:
         paths: _Paths = (ca_cert, cert_key, cert_cert)
         pem = _read_all(paths)
         _check_pem(*pem, paths)
-        ca, key, cert = pem
-        creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-        return cls(ca, key, cert, _Rotation(paths, pem, creds))
+        return cls(*pem, _Rotation(paths, pem, _credentials(pem)))
 
     def credentials(self) -> grpc.ChannelCredentials:
         """The credentials for a connection dialled now (the files' current contents, if they rotated)."""
         if self.rotation is not None:
             return self.rotation.credentials()
-        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
-                                            certificate_chain=self.cert)
+        return _credentials((self.ca, self.key, self.cert))

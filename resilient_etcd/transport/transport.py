@@ -9,7 +9,6 @@ call's absolute deadline.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import threading
 import time
@@ -35,7 +34,7 @@ from ..exceptions import (
 from ..metrics import METRICS
 from ..policies import HealthPolicy, KeepalivePolicy, RetryPolicy
 from .diagnose import permanent_cause, short
-from .endpoints import Endpoint, TlsConfig
+from .endpoints import Endpoint, TlsConfig, digest
 from .pool import NOT_ANSWERS, Connection, EndpointPool, Stubs
 from .retry import (
     Failure,
@@ -201,11 +200,8 @@ class Transport:
             raise ClientClosedError(f"the client was closed; {method} was not sent")
         budget = deadlines.call_timeout(timeout, self.default_timeout)
         started = time.monotonic()
-        rclass = _CLASS_OF.get((service, method)) if idempotent is None and pin is None else None
-        if rclass is None:
-            rclass = _rclass(_qualified(service, method), idempotent, pin)
-            if idempotent is None and pin is None:
-                _CLASS_OF[(service, method)] = rclass
+        rclass = _class_of(service, method) if idempotent is None and pin is None else \
+            _rclass(_qualified(service, method), idempotent, pin)
         if rclass is RetryClass.IDEMPOTENT:  # no wait for a leader: inline pick
             conn = self.pool.pick()
         else:
@@ -535,12 +531,9 @@ _SESSIONS_LOCK = threading.Lock()
 def _session_key(endpoints: Sequence[Endpoint], tls: TlsConfig | None, options: list[tuple[str, Any]],
                  health: HealthPolicy, user: str | None, password: str | None) -> tuple[Any, ...]:
     """Everything that makes two clients' connections interchangeable (secrets only as a digest)."""
-    secret = hashlib.sha256()
-    for part in (tls.ca, tls.key, tls.cert) if tls is not None else ():
-        secret.update(part or b"-")
-        secret.update(b"\0")
-    secret.update((password or "").encode())
-    return (tuple(e.target for e in endpoints), tls is not None, repr(options), health, user, secret.digest())
+    pem = (tls.ca, tls.key, tls.cert) if tls is not None else ()
+    secret = digest((*pem, (password or "").encode()))
+    return (tuple(e.target for e in endpoints), tls is not None, repr(options), health, user, secret)
 
 
 def _acquire(key: tuple[Any, ...] | None, make: Callable[[], _Session]) -> _Session:
@@ -612,13 +605,15 @@ class _Attempt(NamedTuple):
         return tuple(kv for kv in self.md if kv[0] == "token")
 
 
-# (stub attribute, method) -> retry class, for the hot path (no name built per call)
-_CLASS_OF: dict[tuple[str, str], RetryClass] = {}
-
-
 @functools.cache
 def _qualified(service: str, method: str) -> str:
     return f"{_SERVICE_NAMES[service]}.{method}"
+
+
+@functools.cache
+def _class_of(service: str, method: str) -> RetryClass:
+    """The retry table's class of ``service.method`` (stub attribute names), cached for the hot path."""
+    return retry_class(_qualified(service, method))
 
 
 def _rclass(name: str, idempotent: bool | None, pin: Connection | None) -> RetryClass:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import resilient_etcd as etcd3
-from resilient_etcd.testing import EtcdCluster, find_binary
+from resilient_etcd.testing import EtcdCluster, find_binary, wait_until
 
 from . import checks
 from .checks import Delivery, Segment
@@ -174,10 +174,7 @@ def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, *, workers:
                                                                     random.Random(wrng.random())))
                     for how, who, c in ((LOCK, "lock-a", client), (LOCK, "lock-b", other),
                                         (ELECTION, "leader-a", client), (ELECTION, "leader-b", other))]
-        # the canary outlives the workers: their last calls, made after ``stop``, are timed too
-        watching = threading.Event()
-        watcher_thread = threading.Thread(target=canary, args=(history, watching), name="robustness-canary")
-        watcher_thread.start()
+        watched = _Canary(history)
         scheduler = Scheduler(cluster, client, recorder, random.Random(rng.random()), stop, t0, kinds=faults,
                               hold=hold)
         # a watch started in the past, a third of the way in
@@ -193,8 +190,7 @@ def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, *, workers:
         late.cancel()
         for t in threads:
             t.join(60)
-        watching.set()
-        watcher_thread.join()
+        watched.stop()
         scheduler.join()
         if child is not None:
             _join_child(child, history, out, seed, duration)
@@ -291,23 +287,40 @@ def _second_process(cluster: EtcdCluster, seed: int, duration: float, out: Path,
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+class _Canary:
+    """:func:`.traffic.canary` (stall meter, stack sampler) on its own thread from construction until
+    :meth:`stop`, called after the workers are joined: their last calls, made after ``stop``, are timed too."""
+
+    def __init__(self, history: History) -> None:
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=canary, args=(history, self._done), name="robustness-canary")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def _wait_ready(child: subprocess.Popen[bytes], out: Path, seed: int, timeout: float = 60.0) -> None:
     """Wait (poll with a deadline) until the second process has its client: constructing one authenticates,
     and a fault injected before that (a paused leader at t=0) failed the child's construction, not a promise."""
     ready = out / f"second-{seed}.ready"
-    end = time.monotonic() + timeout
-    while not ready.exists():
-        if child.poll() is not None or time.monotonic() > end:
-            tail = (out / f"second-{seed}.log").read_text(errors="replace")[-2000:]
-            raise AssertionError(f"the second traffic process never got its client (exit {child.poll()}):\n{tail}")
-        time.sleep(0.05)
+    wait_until(lambda: ready.exists() or child.poll() is not None, timeout=timeout, interval=0.05,
+               what="the second traffic process's client", on_timeout=lambda: _child_log(out, seed))
+    if not ready.exists():
+        raise AssertionError(f"the second traffic process exited ({child.poll()}) before it had its client:\n"
+                             f"{_child_log(out, seed)}")
+
+
+def _child_log(out: Path, seed: int) -> str:
+    """The end of the second process's output (its traceback, when it died)."""
+    return (out / f"second-{seed}.log").read_text(errors="replace")[-2000:]
 
 
 def _join_child(child: subprocess.Popen[bytes], history: History, out: Path, seed: int, duration: float) -> None:
     code = child.wait(timeout=duration + 120)
     if code != 0:
-        tail = (out / f"second-{seed}.log").read_text(errors="replace")[-2000:]
-        raise AssertionError(f"the second traffic process exited with {code}:\n{tail}")
+        raise AssertionError(f"the second traffic process exited with {code}:\n{_child_log(out, seed)}")
     history.merge(json.loads((out / f"second-{seed}.json").read_text()))
 
 
@@ -336,17 +349,14 @@ def _child_main(argv: list[str]) -> None:
                                                                    random.Random(rng.random()))))
         threads.append(threading.Thread(target=exclusion_worker, args=(LOCK, client, history, f"rob-{args.seed}",
                                                                        "lock-p2", stop, random.Random(rng.random()))))
-        watching = threading.Event()  # the canary outlives the workers (their last calls are timed too)
-        watcher_thread = threading.Thread(target=canary, args=(history, watching))
-        watcher_thread.start()
+        watched = _Canary(history)
         for t in threads:
             t.start()
         stop.wait(args.duration)
         stop.set()
         for t in threads:
             t.join(60)
-        watching.set()
-        watcher_thread.join()
+        watched.stop()
     args.out.write_text(json.dumps(history.to_json()))
 
 

@@ -91,6 +91,7 @@ class Prober:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()  # None: a worker ends
         self._workers = 0
         self._idle_workers = 0
+        self._pending = 0  # jobs queued and not yet taken by a worker
 
     def register(self, driver: Driver) -> Registration:
         reg = Registration(self, driver)
@@ -119,9 +120,11 @@ class Prober:
 
     def run_blocking(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on one of at most :data:`WORKERS` daemon threads (a blocking probe)."""
-        self._jobs.put(fn)
         with self._lock:
-            if self._idle_workers == 0 and self._workers < WORKERS:
+            self._jobs.put(fn)
+            self._pending += 1
+            # an idle worker may be about to take another queued job: count jobs, not idle workers alone
+            if self._pending > self._idle_workers and self._workers < WORKERS:
                 self._workers += 1
                 threading.Thread(target=self._work, name=f"{self.name}-worker", daemon=True).start()
 
@@ -143,6 +146,7 @@ class Prober:
                 if job is None:
                     self._workers -= 1
                     return
+                self._pending -= 1
             try:
                 job()
             except Exception:  # a probe's failure is its driver's to report; never the thread's end

@@ -185,3 +185,22 @@ def test_the_thread_ends_with_the_last_driver_and_blocking_probes_are_bounded() 
     wait_until(lambda: any(t.name == "test-prober-2" for t in threading.enumerate()), timeout=5,
                what="a new thread for a new driver")
     reg2.close()
+
+
+def test_a_blocking_probe_never_waits_behind_another_while_a_worker_could_start() -> None:
+    prober = Prober(name="test-prober-3")
+    driver = Driver()  # (held: the prober holds drivers weakly, and its workers end with the last one)
+    reg = prober.register(driver)
+    warmed = threading.Event()
+    prober.run_blocking(warmed.set)
+    assert warmed.wait(5)
+    wait_until(lambda: prober._idle_workers == 1, timeout=5, what="the one worker idle")
+    release, second = threading.Event(), threading.Event()
+    # two jobs back to back: the idle worker takes one of them, the other needs a worker of its own
+    prober.run_blocking(lambda: release.wait(10))
+    prober.run_blocking(second.set)
+    try:
+        assert second.wait(5), "the second job waited behind a blocked one while fewer than WORKERS ran"
+    finally:
+        release.set()
+        reg.close()

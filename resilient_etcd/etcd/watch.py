@@ -38,9 +38,10 @@ import grpc
 from tenacity import wait_random_exponential
 
 from .._proto import rpc_pb2
+from ..balancer.retrying import delay_after
 from ..exceptions import ClientClosedError, Etcd3Exception, NoLeaderError, RevisionCompactedError, WatchTimedOut
 from ..metrics import METRICS
-from ..transport.retry import Failure, classify, delay_after, is_hard
+from ..transport.retry import Failure, classify, is_hard
 from .events import WatchResponse, new_event
 
 if TYPE_CHECKING:
@@ -270,13 +271,14 @@ class WatchManager:
                 self._reauth()
             elif self._stalled:
                 self._avoid = conn
-                self._t.pool.report_failure(conn, gen, "watch stream stalled", hard=False)
+                self._t.pool.report_failure(conn, "watch stream stalled", hard=False, generation=gen)
             elif "no leader" in details:
                 self._avoid = conn
                 self._notify_no_leader(f"{details} [{conn.name}]")
             elif code != grpc.StatusCode.CANCELLED:
                 self._avoid = conn
-                self._t.pool.report_failure(conn, gen, f"watch: {code.name}: {details}", hard=is_hard(failure))
+                self._t.pool.report_failure(conn, f"watch: {code.name}: {details}", hard=is_hard(failure),
+                                            generation=gen)
             log.info("watch stream on %s ended (%s: %s); resuming", conn.name, code.name, details,
                      extra={"endpoint": conn.name, "event": "watch_resume"})
         except _StreamEnded:

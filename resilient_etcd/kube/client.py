@@ -47,17 +47,16 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client import rest
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_base, wait_random_exponential
+from tenacity import RetryCallState
 
 from .. import _lifecycle, deadlines
-from ..balancer.choice import Balancer
-from ..balancer.health import EndpointHealth, Transition
+from ..balancer.driver import BasePeer, Cleanup, HealthDriver
+from ..balancer.health import State, Transition
 from ..balancer.prober import PROBER, Registration, Waker
+from ..balancer.retrying import make_retrying
 from ..exceptions import ClientClosedError, ConfigurationError, DeadlineExceeded
 from ..metrics import METRICS
 from ..policies import HealthPolicy, _count, _seconds
-from ..transport.retry import stop_when
 from .h2pool import H2PoolManager, StreamRefused, ssl_context_for
 
 log = logging.getLogger("resilient_etcd.kube")
@@ -148,24 +147,6 @@ class _Retryable(Exception):
         super().__init__(str(error) if error else f"HTTP {getattr(response, 'status', '?')}")
 
 
-class _wait_retry_after(wait_base):
-    """Honour the server's Retry-After when it gave one, else jittered exponential backoff."""
-
-    def __init__(self, cap: float, deadline: float | None) -> None:
-        self.cap, self.deadline = cap, deadline
-        self.fallback = wait_random_exponential(multiplier=0.05, max=1.0)
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, _Retryable) and exc.retry_after is not None:
-            wait = min(exc.retry_after, self.cap)
-        else:
-            wait = float(self.fallback(retry_state))
-        if self.deadline is not None:  # never sleep past the deadline
-            wait = max(0.0, min(wait, self.deadline - time.monotonic()))
-        return wait
-
-
 class ApiClient(k8s.ApiClient):
     """Drop-in for ``kubernetes.client.ApiClient``; extra apiservers in ``endpoints`` share its credentials."""
 
@@ -184,28 +165,23 @@ class ApiClient(k8s.ApiClient):
             path = getattr(cfg, name, None)
             if path and not Path(path).is_file():
                 raise ConfigurationError(f"{name} {path!r} does not exist or is not a file")
-        self._lock = threading.Lock()
-        now = time.monotonic()
-        hp = self.policy.health_policy()
-        self._servers = {ep: _ApiServer(ep, EndpointHealth(hp, now)) for ep in self.endpoints}
-        self.health = {ep: srv.health for ep, srv in self._servers.items()}
-        self._balancer: Balancer[_ApiServer] = Balancer(list(self._servers.values()), on_move=_moved)
-        self._waker = Waker()
         super().__init__(cfg, **kwargs)
         self._h2: H2PoolManager | None = None
+        servers = _ApiServers(self, self.endpoints, self.policy)
         if self.policy.http2:
             ctx, server_name = ssl_context_for(cfg)
-            me = weakref.WeakMethod(self._connection_closed)
+            on_close = weakref.WeakMethod(servers.connection_closed)
             self._h2 = H2PoolManager(
                 self.rest_client.pool_manager, ssl_context=ctx, server_hostname=server_name,
                 connect_timeout=self.policy.connect_timeout, read_idle_timeout=self.policy.ping_idle,
                 ping_timeout=self.policy.ping_timeout, socket_options=self.policy.socket_options(),
-                on_close=lambda origin, reason, broken: (m := me()) and m(origin, reason, broken))
+                on_close=lambda origin, reason, broken: (m := on_close()) and m(origin, reason, broken))
             self.rest_client.pool_manager = self._h2  # type: ignore[assignment]
-        self._stop = threading.Event()
-        self._reg: Registration | None = PROBER.register(self) if self.policy.probe_interval else None
-        self._waker.reg = self._reg
-        self._finalizer = weakref.finalize(self, _shutdown, self._stop, self.rest_client.pool_manager, self._reg)
+        servers.h2 = self._h2
+        self._servers = servers
+        self.health = {srv.name: srv.health for srv in servers.peers}
+        reg = servers._register() if self.policy.probe_interval else None
+        self._finalizer = weakref.finalize(self, _shutdown, servers._closed, self.rest_client.pool_manager, reg)
         _lifecycle.register(self)
 
     def close(self) -> None:
@@ -217,11 +193,11 @@ class ApiClient(k8s.ApiClient):
     @property
     def closed(self) -> bool:
         """True once :meth:`close` ran (or the client was collected): calls raise ``ClientClosedError``."""
-        return self._stop.is_set()
+        return self._servers.closed
 
     def _sleep(self, seconds: float) -> None:
         """Wait between attempts; close() ends the wait."""
-        self._stop.wait(seconds)
+        self._servers._closed.wait(seconds)
 
     @classmethod
     def from_kubeconfig(cls, path: str | Path, context: str | None = None, **kwargs: Any) -> ApiClient:
@@ -241,7 +217,7 @@ class ApiClient(k8s.ApiClient):
     @property
     def active_endpoint(self) -> str:
         """The apiserver URL calls go to now."""
-        return self._balancer.active.name
+        return self._servers.active.name
 
     def auth_headers(self) -> dict[str, str]:
         """The configuration's credential headers (bearer token), for requests made outside ``*Api`` classes.
@@ -255,14 +231,6 @@ class ApiClient(k8s.ApiClient):
     def endpoint_states(self) -> dict[str, str]:
         """``{endpoint: "healthy" | "suspect" | "ejected" | "probing"}``."""
         return {ep: h.state.value for ep, h in self.health.items()}
-
-    def _pick(self, avoid: _ApiServer | None = None) -> _ApiServer:
-        """The apiserver in use while it is usable, else the next usable one (see :class:`Balancer`)."""
-        return self._balancer.pick(avoid) or self._choose(avoid)
-
-    def _choose(self, avoid: _ApiServer | None) -> _ApiServer:
-        with self._lock:
-            return self._balancer.choose(avoid)
 
     def _timeouts(self, watch: bool, explicit: Any) -> tuple[float | None, tuple[float, float | None]]:
         """(total budget, (connect, read)) for one call."""
@@ -305,7 +273,7 @@ class ApiClient(k8s.ApiClient):
         failed: list[_ApiServer] = []  # apiservers whose connection failed this call: tried last
 
         def attempt() -> rest.RESTResponse:
-            srv = self._pick(failed[-1] if failed else None)
+            srv = self._servers.pick(failed[-1] if failed else None)
             endpoint = srv.name
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -313,7 +281,7 @@ class ApiClient(k8s.ApiClient):
             connect, read = timeout
             t = (min(connect, left) if left else connect, (min(read, left) if left and read else read))
             if counted:
-                self._begin(srv)
+                srv.begin()
             answered = False
             try:
                 # the scope bounds the whole response as it is read, not only each read (a LIST that keeps
@@ -327,24 +295,23 @@ class ApiClient(k8s.ApiClient):
                     answered = True
             except _NEVER_SENT as e:  # never sent: safe to retry anything, elsewhere
                 failed.append(srv)
-                self._failover(endpoint, e)
+                self._failover(srv, e)
                 raise _Retryable(e) from e
             except _BROKEN_ERRORS as e:
                 failed.append(srv)
                 if _never_sent(e):
-                    self._failover(endpoint, e)
+                    self._failover(srv, e)
                     raise _Retryable(e) from e
                 if not safe:
                     raise
-                self._failover(endpoint, e)
+                self._failover(srv, e)
                 raise _Retryable(e) from e
             finally:
                 if counted:
-                    self._end(srv, answered)
-            with self._lock:
-                srv.health.last_heard = time.monotonic()
-                ok = srv.health.succeeded(time.monotonic())
-            self._note(endpoint, ok)
+                    srv.end(answered)
+            srv.heard()
+            if srv.health.state is not State.HEALTHY:
+                self._servers.report_success(srv)
             if resp.status in _RETRY_STATUS and (safe or resp.status == 429):
                 METRICS.inc("retries", endpoint)
                 log.info("apiserver %s answered %s to %s %s; retrying", endpoint, resp.status, method, path,
@@ -364,11 +331,11 @@ class ApiClient(k8s.ApiClient):
                                                  "retry_after": getattr(exc, "retry_after", None)})
 
         # client-go retries a Retry-After answer up to 10 times; connection failures get a few per apiserver
-        attempts = max(_MAX_ATTEMPTS, 4 * len(self.endpoints) + 2)
-        retrying = Retrying(stop=stop_after_attempt(attempts) | stop_when(out_of_time) | stop_when(lambda: self.closed),
-                            wait=_wait_retry_after(self.policy.max_retry_after, deadline), before_sleep=before_sleep,
-                            retry=retry_if_exception_type(_Retryable), reraise=True,
-                            sleep=self._sleep)
+        retrying = make_retrying(
+            _Retryable, lambda: None if deadline is None else deadline - time.monotonic(),
+            attempts=max(_MAX_ATTEMPTS, 4 * len(self.endpoints) + 2), backoff_initial=0.05, backoff_max=1.0,
+            closed=lambda: self.closed, retry_after=lambda e: getattr(e, "retry_after", None),
+            retry_after_max=self.policy.max_retry_after, before_sleep=before_sleep, sleep=self._sleep)
         try:
             result: rest.RESTResponse = retrying(attempt)
         except _Retryable as e:
@@ -380,125 +347,92 @@ class ApiClient(k8s.ApiClient):
             raise e.error from None  # type: ignore[misc]
         return result
 
-    def _failover(self, endpoint: str, error: BaseException) -> None:
-        """A call's connection to ``endpoint`` failed or hung: eject it (the next attempt goes elsewhere)."""
-        METRICS.inc("retries", endpoint)
-        with self._lock:
-            t = self.health[endpoint].fail(time.monotonic(), f"{type(error).__name__}: {error}", hard=True)
-        self._note(endpoint, t)  # the next attempt avoids it (panic included: every apiserver gets its turn)
-
-    def _note(self, endpoint: str, t: Transition | None) -> None:
-        if t is None:
-            return
-        METRICS.set_state(endpoint, t.new.value)
-        log.warning("apiserver %s: %s -> %s (%s)", endpoint, t.old.value, t.new.value, t.reason,
-                    extra={"endpoint": endpoint, "event": "state", "old": t.old.value, "new": t.new.value,
-                           "reason": t.reason})
-        if t.ejected:
-            METRICS.inc("ejections", endpoint)
-            if self._h2 is not None:  # streams stuck there (quiet watches) fail now and resume elsewhere
-                self._h2.close_origin(_origin(endpoint), f"apiserver ejected: {t.reason}")
-
-    def _connection_closed(self, origin: str, reason: str, broken: bool) -> None:
-        for ep in self.endpoints:
-            if _origin(ep) == origin:
-                METRICS.inc("redials", ep)
-                if broken:
-                    with self._lock:
-                        t = self.health[ep].fail(time.monotonic(), reason, hard=True)
-                    self._note(ep, t)
-
-    def _begin(self, srv: _ApiServer) -> None:
-        with self._lock:
-            srv.outstanding += 1
-            first = srv.outstanding == 1
-        if first:
-            self._waker()
-
-    def _end(self, srv: _ApiServer, answered: bool) -> None:
-        with self._lock:
-            srv.outstanding -= 1
-            if answered:
-                srv.health.last_heard = time.monotonic()
-
-    def probe_step(self, now: float) -> float:
-        """Called by the process's prober: send the ``/readyz`` probes due, return when to be called next."""
-        tick = min(self.policy.probe_interval / 2, 0.25)
-        self._waker.dozing = True  # first: a request starting while the next time is worked out still wakes us
-        with self._lock:
-            if self._stop.is_set():
-                return float("inf")
-            moves, send = self._balancer.probe_round(now)
-            at = self._balancer.next_wake(now, tick)
-        if at <= now + tick:
-            self._waker.dozing = False
-        for srv, t in moves:
-            self._note(srv.name, t)
-        me = weakref.ref(self)
-        for srv in send:
-            PROBER.run_blocking(functools.partial(_probe, me, srv))
-        return at
-
-    def _probe(self, srv: _ApiServer) -> None:
-        """One ``/readyz`` probe, already marked sent by the balancer (on a prober worker thread)."""
-        endpoint, h = srv.name, srv.health
-        METRICS.inc("probes", endpoint)
-        now = time.monotonic()
-        try:
-            resp = self.rest_client.pool_manager.request(
-                "GET", endpoint + "/readyz", headers=self.auth_headers(), preload_content=True,
-                timeout=urllib3.Timeout(connect=min(self.policy.connect_timeout, h.dead_time()), read=h.dead_time()))
-        except Exception as e:  # any failure of the probe is the endpoint's
-            timed_out = isinstance(e, (urllib3.exceptions.TimeoutError,))
-            with self._lock:
-                # a probe queued behind a large answer still arriving on the same HTTP/2 connection is no
-                # verdict: the silence that counts runs from the last frame the connection delivered
-                h.last_heard = max([h.last_heard, *self._frames_heard(endpoint)])
-                t = h.probe_failed(time.monotonic(), f"/readyz: {type(e).__name__}: {e}", timed_out=timed_out)
-        else:
-            done = time.monotonic()
-            METRICS.observe_probe(endpoint, done - now)
-            with self._lock:
-                t = (h.probe_answered(done) if resp.status == 200
-                     else h.probe_failed(done, f"/readyz answered {resp.status}"))
-                self._balancer.compare_round_trips(done)
-        self._note(endpoint, t)
-        if self._reg is not None:
-            self._reg.wake()  # an ejection or a re-admission changes the schedule
-
-    def _frames_heard(self, endpoint: str) -> list[float]:
-        """When each HTTP/2 connection to ``endpoint`` last received bytes (none on HTTP/1.1)."""
-        pool = self.rest_client.pool_manager
-        if not isinstance(pool, H2PoolManager):
-            return []
-        return [c.last_heard for c in pool.connections(_origin(endpoint))]
+    def _failover(self, srv: _ApiServer, error: BaseException) -> None:
+        """A call's connection to ``srv`` failed or hung: eject it (the next attempt goes elsewhere, panic
+        included: every apiserver gets its turn)."""
+        METRICS.inc("retries", srv.name)
+        self._servers.report_failure(srv, f"{type(error).__name__}: {error}", hard=True)
 
 
-def _probe(ref: weakref.ReferenceType[ApiClient], srv: _ApiServer) -> None:
-    client = ref()
-    if client is not None:
-        client._probe(srv)
-
-
-class _ApiServer:
+class _ApiServer(BasePeer):
     """One apiserver in the balancer."""
-
-    __slots__ = ("health", "name", "outstanding", "want_probe")
-
-    def __init__(self, url: str, health: EndpointHealth) -> None:
-        self.name = url
-        self.health = health
-        self.outstanding = 0
-        self.want_probe = False
 
     def __repr__(self) -> str:
         return f"_ApiServer({self.name}, {self.health.state.value})"
 
 
-def _moved(old: _ApiServer, new: _ApiServer, why: str) -> None:
-    METRICS.inc("failovers", old.name)
-    log.warning("apiserver %s: %s; now using %s", old.name, why, new.name,
-                extra={"endpoint": old.name, "event": "failover", "next": new.name})
+class _ApiServers(HealthDriver[_ApiServer]):
+    """The apiservers of one ``ApiClient``: their health, the choice, and their ``/readyz`` probes, sent by
+    the process's prober on its workers (over the client's own connections, with its credentials)."""
+
+    kind = "apiserver"
+
+    def __init__(self, client: ApiClient, endpoints: list[str], policy: KubePolicy) -> None:
+        hp = policy.health_policy()
+        waker = Waker()
+        super().__init__([_ApiServer(ep, hp, waker) for ep in endpoints], hp, waker, log=log, tick_cap=0.25)
+        self.kube_policy = policy
+        self._client = weakref.ref(client)  # the prober holds us weakly, we hold the client weakly
+        self.h2: H2PoolManager | None = None
+
+    def _changed(self, srv: _ApiServer, t: Transition) -> Cleanup | None:
+        if t.ejected and self.h2 is not None:  # streams stuck there (quiet watches) fail now and resume elsewhere
+            return functools.partial(self.h2.close_origin, _origin(srv.name), f"apiserver ejected: {t.reason}")
+        return None
+
+    def connection_closed(self, origin: str, reason: str, broken: bool) -> None:
+        """An HTTP/2 connection to ``origin`` closed (``broken``: it failed, it was not ours to close)."""
+        for srv in self.peers:
+            if _origin(srv.name) == origin:
+                METRICS.inc("redials", srv.name)
+                if broken:
+                    self.report_failure(srv, reason, hard=True)
+
+    def _send_probe(self, srv: _ApiServer) -> None:
+        PROBER.run_blocking(functools.partial(_probe, weakref.ref(self), srv))
+
+    def probe(self, srv: _ApiServer) -> None:
+        """One ``/readyz`` probe, already marked sent by the balancer (on a prober worker thread)."""
+        client = self._client()
+        if client is None:
+            return
+        endpoint, h = srv.name, srv.health
+        METRICS.inc("probes", endpoint)
+        try:
+            resp = client.rest_client.pool_manager.request(
+                "GET", endpoint + "/readyz", headers=client.auth_headers(), preload_content=True,
+                timeout=urllib3.Timeout(connect=min(self.kube_policy.connect_timeout, h.dead_time()),
+                                        read=h.dead_time()))
+        except Exception as e:  # any failure of the probe is the endpoint's
+            del client
+            with self._lock:
+                # a probe queued behind a large answer still arriving on the same HTTP/2 connection is no
+                # verdict: the silence that counts runs from the last frame the connection delivered
+                h.last_heard = max([h.last_heard, *self._frames_heard(endpoint)])
+                t = self.probe_result(srv, time.monotonic(), f"/readyz: {type(e).__name__}: {e}",
+                                      timed_out=isinstance(e, urllib3.exceptions.TimeoutError))
+                cleanup = self._apply(srv, t)
+        else:
+            del client
+            done = time.monotonic()
+            with self._lock:
+                t = self.probe_result(srv, done, None if resp.status == 200 else f"/readyz answered {resp.status}")
+                cleanup = self._apply(srv, t)
+        if cleanup is not None:
+            cleanup()
+        self.wake()  # an ejection or a re-admission changes the schedule
+
+    def _frames_heard(self, endpoint: str) -> list[float]:
+        """When each HTTP/2 connection to ``endpoint`` last received bytes (none on HTTP/1.1)."""
+        if self.h2 is None:
+            return []
+        return [c.last_heard for c in self.h2.connections(_origin(endpoint))]
+
+
+def _probe(ref: weakref.ReferenceType[_ApiServers], srv: _ApiServer) -> None:
+    servers = ref()
+    if servers is not None:
+        servers.probe(srv)
 
 
 def _shutdown(stop: threading.Event, pool: Any, reg: Registration | None) -> None:

@@ -33,7 +33,7 @@ from kubernetes.client.exceptions import ApiException
 from tenacity import wait_random_exponential
 
 from .. import _lifecycle
-from ..transport.retry import delay_after
+from ..balancer.retrying import delay_after
 
 log = logging.getLogger("resilient_etcd.kube.watch")
 

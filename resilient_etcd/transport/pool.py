@@ -31,8 +31,9 @@ from typing import Any
 import grpc
 
 from .._proto import rpc_pb2, rpc_pb2_grpc
-from ..balancer.choice import SLOW_MARGIN, Balancer
-from ..balancer.health import EndpointHealth, State, Transition
+from ..balancer.choice import Balancer
+from ..balancer.driver import BasePeer, Cleanup, HealthDriver
+from ..balancer.health import State, Transition
 from ..balancer.hedge import CallTimes, HedgeBudget
 from ..balancer.prober import PROBER, Registration, Waker
 from ..metrics import METRICS
@@ -83,47 +84,20 @@ class EndpointStatus:
     last_error: str | None
 
 
-class Connection:
-    """One endpoint: its channel, stubs and health. ``generation`` counts redials; ``outstanding``
-    counts the calls waiting on it (:meth:`begin` / :meth:`end`)."""
+class Connection(BasePeer):
+    """One endpoint: its channel, stubs and health (``generation`` counts redials)."""
 
     def __init__(self, endpoint: Endpoint, dial: Callable[[Endpoint], grpc.Channel], policy: HealthPolicy,
                  wake: Callable[[], None] = lambda: None) -> None:
+        super().__init__(endpoint.target, policy, wake)
         self.endpoint = endpoint
-        self.outstanding = 0
-        self._count = threading.Lock()
-        self._wake = wake
-        self.name = endpoint.target
         self._dial = dial
         self.channel = dial(endpoint)
         self.stubs = Stubs(self.channel)
-        self.generation = 0
-        self.health = EndpointHealth(policy, time.monotonic())
         self.server_version: tuple[int, str] | None = None  # (generation, etcd version) once asked
         self.member_id: int | None = None  # the etcd member behind this endpoint, from its Status answers
-        self.want_probe = False  # a call took long: measure this connection's round trip (latency-aware choice)
         self.call_times = CallTimes()  # of its single-key reads: when to hedge one
         self.permanent_error: str | None = None  # why this endpoint can never work as configured (diagnose)
-
-    def begin(self) -> None:
-        """A call starts on this connection (the first one on an idle connection wakes the prober)."""
-        with self._count:
-            self.outstanding += 1
-            first = self.outstanding == 1
-        if first:
-            self._wake()
-
-    def end(self, answered: bool) -> None:
-        """The call ended; ``answered``: the server answered it (proof of life, no probe needed)."""
-        with self._count:
-            self.outstanding -= 1
-        if answered:
-            self.heard()
-
-    def heard(self) -> None:
-        """Something arrived from the server on this connection (an answer, a watch event, a chunk of
-        a stream): it is alive, and a probe queued behind it is no verdict."""
-        self.health.last_heard = time.monotonic()
 
     def transport_ready(self) -> bool:
         """Does the channel have a READY connection right now? (True when grpcio does not say: a
@@ -142,7 +116,7 @@ class Connection:
         return old
 
 
-class EndpointPool:
+class EndpointPool(HealthDriver[Connection]):
     """All endpoints of one client. ``pick()`` is the hot path: one attribute read when healthy."""
 
     def __init__(
@@ -153,15 +127,11 @@ class EndpointPool:
         probe_metadata: Callable[[], Any],
         secure: bool = False,
     ) -> None:
-        self.policy = policy
         self._dial = dial
         self._secure = secure  # which of a member's advertised URLs auto-sync may use
-        self._waker = Waker()  # wakes the process's prober when a call starts on an idle connection
-        conns = [Connection(e, dial, policy, self._waker) for e in endpoints]
-        for c in conns:
-            METRICS.set_state(c.name, c.health.state.value)
-        self.balancer: Balancer[Connection] = Balancer(conns, on_move=_moved)
-        self._lock = threading.RLock()
+        waker = Waker()
+        super().__init__([Connection(e, dial, policy, waker) for e in endpoints], policy, waker, log=log,
+                         tick_cap=0.05)
         # the raft leader, from Status answers (probes): writes go there while its connection is usable
         self.leader: Connection | None = None
         self._leader_id = 0
@@ -170,8 +140,6 @@ class EndpointPool:
         self._hunting = False  # the leader's connection is out: probe every endpoint until one names another
         self._hunt_since = 0.0
         self._calm_until = 0.0  # a fruitless hunt ended: no new one before this (except on the leader's ejection)
-        # a call slower than this asks for a probe of its connection (then compared with the others)
-        self.slow_call = SLOW_MARGIN
         self._unreachable_leader: tuple[int, int] | None = None  # (term, id): raft follows it, we cannot reach it
         self._asking_leader = False  # a read through another member is out to learn whether the leader is alive
         # (leader, member): our link to that leader is slow, writes go to that member (None: to the leader)
@@ -181,24 +149,14 @@ class EndpointPool:
         sync = policy.auto_sync_interval
         self._sync_at = float("inf") if sync is None else time.monotonic() + sync
         self._syncing = False
-        self._closed = threading.Event()
         # the prober holds the pool weakly: a pool nobody uses any more is collected, and its
         # finalizer leaves the prober and closes the channels
-        self._reg: Registration = PROBER.register(self)
-        self._waker.reg = self._reg
+        self._reg: Registration = self._register()
         self._finalizer = weakref.finalize(self, _shut, self._closed, self._reg, self.balancer)
 
     @property
     def conns(self) -> list[Connection]:
         return self.balancer.peers
-
-    @property
-    def active(self) -> Connection:
-        return self.balancer.active
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
 
     @contextlib.contextmanager
     def maintenance(self, conn: Connection) -> Iterator[None]:
@@ -216,17 +174,6 @@ class EndpointPool:
                 conn.health.last_probe_at = time.monotonic()
 
     # ---- choosing ----
-    def pick(self, avoid: Connection | None = None) -> Connection:
-        a = self.balancer.active
-        if a is not avoid and a.health.usable:
-            return a
-        with self._lock:
-            return self.balancer.choose(avoid)
-
-    def wake(self) -> None:
-        """Let the prober look now (a connection wants a probe)."""
-        self._reg.wake()
-
     def hedge_target(self, conn: Connection) -> Connection | None:
         """Where a hedge of a read on ``conn`` goes — or a question that must not go to ``conn`` (the
         leader-liveness read): the healthy other endpoint with the shortest recent round trip (the
@@ -337,21 +284,12 @@ class EndpointPool:
         self._leader_news.notify_all()
 
     # ---- outcomes ----
-    def report_failure(self, conn: Connection, generation: int, error: str, *, hard: bool) -> None:
-        """A real call failed on ``conn`` (as of ``generation``). Hard failures eject now."""
-        with self._lock:
-            if generation != conn.generation:
-                return  # already redialled since that call started
-            was_ejected = conn.health.state is State.EJECTED
-            t = conn.health.fail(time.monotonic(), error, hard=hard)
-            old = self._apply(conn, t)
-            if hard and was_ejected:
-                # panic mode sends traffic to ejected endpoints; a failed dial leaves the channel in
-                # gRPC's reconnect backoff, so the next try gets a fresh channel that dials at once
-                METRICS.inc("redials", conn.name)
-                old = conn.redial()
-        if old is not None:
-            old.close()
+    def _failed_while_out(self, conn: Connection) -> Cleanup:
+        # panic mode sends traffic to ejected endpoints; a failed dial leaves the channel in gRPC's
+        # reconnect backoff, so the next try gets a fresh channel that dials at once
+        METRICS.inc("redials", conn.name)
+        old = conn.redial()
+        return lambda: old.close()
 
     def misconfigured(self) -> dict[str, str] | None:
         """``{endpoint: cause}`` when *every* endpoint failed in a way waiting cannot heal, else None."""
@@ -360,33 +298,21 @@ class EndpointPool:
             return {k: v for k, v in causes.items() if v}
         return None
 
-    def report_success(self, conn: Connection, generation: int) -> None:
-        """A real call succeeded on a connection that was not marked healthy (the rare path)."""
+    def report_success(self, conn: Connection, generation: int | None = None) -> None:
         conn.permanent_error = None
-        with self._lock:
-            if generation == conn.generation:
-                self._apply(conn, conn.health.succeeded(time.monotonic()))
+        super().report_success(conn, generation)
 
-    def _apply(self, conn: Connection, t: Transition | None) -> grpc.Channel | None:
-        """Log a transition; on ejection swap in a fresh channel and return the old one to close."""
-        if t is None:
-            return None
-        METRICS.set_state(conn.name, t.new.value)
-        level = logging.WARNING if t.new in (State.EJECTED, State.SUSPECT) else logging.INFO
-        if State.PROBING in (t.old, t.new) and t.new is not State.HEALTHY:
-            level = logging.DEBUG  # re-admission attempts of an endpoint already known to be out
-        log.log(
-            level, "endpoint %s %s -> %s: %s", conn.name, t.old.value, t.new.value, t.reason,
-            extra={"endpoint": conn.name, "from_state": t.old.value, "to_state": t.new.value, "reason": t.reason},
-        )
+    def _changed(self, conn: Connection, t: Transition) -> Cleanup | None:
+        """The leader's connection changed state: writes waiting for it look again (and its ejection
+        starts the hunt for the next leader); an ejection swaps in a fresh channel (lock held)."""
         if conn is self.leader:
             if t.ejected and self.policy.prefer_leader:
                 self._hunt(force=True)  # start learning the next leader now, not at the next write
             self._leader_news.notify_all()
         if t.ejected:
-            METRICS.inc("ejections", conn.name)
             METRICS.inc("redials", conn.name)
-            return conn.redial()
+            old = conn.redial()
+            return lambda: old.close()
         return None
 
     def status(self) -> list[EndpointStatus]:
@@ -405,42 +331,23 @@ class EndpointPool:
             ]
 
     # ---- the prober ----
-    @property
-    def _tick(self) -> float:
-        """The prober's step while anything is waiting, out or unwell (suspect marking needs it)."""
-        return min(self.policy.probe_interval / 2, 0.05)
+    def _before_round(self, now: float) -> bool:
+        if self._hunting and now - self._hunt_since > 2 * self.policy.leader_wait:
+            # no member named a usable leader (quorum lost, Status refused): back to the usual schedule
+            # rather than ten probes a second per endpoint for as long as that lasts; only a leader's
+            # ejection starts another hunt within the next 30 s
+            self._hunting = False
+            self._calm_until = now + 30.0
+            self._leader_news.notify_all()
+        return self._hunting
 
-    def probe_step(self, now: float) -> float:
-        """Called by the process's prober: send the probes due, return when to be called next."""
-        self._waker.dozing = True  # first: a call starting while the next time is worked out still wakes us
-        to_close = []
-        with self._lock:
-            if self._closed.is_set():
-                return float("inf")
-            if self._hunting and now - self._hunt_since > 2 * self.policy.leader_wait:
-                # no member named a usable leader (quorum lost, Status refused): back to the usual schedule
-                # rather than ten probes a second per endpoint for as long as that lasts; only a leader's
-                # ejection starts another hunt within the next 30 s
-                self._hunting = False
-                self._calm_until = now + 30.0
-                self._leader_news.notify_all()
-            moves, send = self.balancer.probe_round(now, hunting=self._hunting)
-            for c, t in moves:
-                to_close.append(self._apply(c, t))
-            for c in send:
-                self._send_probe(c, c.health.dead_time())
-            if self._hunting and not self._asking_leader:
-                self._ask_leader()
-            if now >= self._sync_at and not self._syncing:
-                self._syncing = True
-                PROBER.run_blocking(functools.partial(_sync, weakref.ref(self)))
-            at = min(self.balancer.next_wake(now, self._tick, hunting=self._hunting), self._sync_at)
-        if at <= now + self._tick:
-            self._waker.dozing = False  # ticking anyway: calls starting need not wake us
-        for ch in to_close:
-            if ch is not None:
-                ch.close()
-        return at
+    def _after_round(self, now: float) -> float:
+        if self._hunting and not self._asking_leader:
+            self._ask_leader()
+        if now >= self._sync_at and not self._syncing:
+            self._syncing = True
+            PROBER.run_blocking(functools.partial(_sync, weakref.ref(self)))
+        return self._sync_at
 
     # ---- endpoint sync (HealthPolicy.auto_sync_interval) ----
     def sync_endpoints(self) -> bool:
@@ -484,7 +391,7 @@ class EndpointPool:
             # a member may already be behind an endpoint not yet probed (a proxy's address names no member):
             # add connections only once every endpoint's member is known (the next sync)
             unsure = any(not c.member_id for c in keep)
-            added = [] if unsure else [Connection(e, self._dial, self.policy, self._waker)
+            added = [] if unsure else [Connection(e, self._dial, self.policy, self.waker)
                                        for mid, e in wanted.items() if mid not in known and e.target not in targets]
             if not keep and not added:
                 return False
@@ -547,11 +454,11 @@ class EndpointPool:
         log.warning("raft leader %s is alive (%s) but unreachable from here; writes go through the other members",
                     lead.name if lead else self._leader_id, evidence, extra={"event": "leader_unreachable"})
 
-    def _send_probe(self, c: Connection, timeout: float) -> None:
+    def _send_probe(self, c: Connection) -> None:
         gen = c.generation
         METRICS.inc("probes", c.name)
         try:
-            fut = c.stubs.maintenance.Status.future(_STATUS_REQUEST, timeout=timeout,
+            fut = c.stubs.maintenance.Status.future(_STATUS_REQUEST, timeout=c.health.dead_time(),
                                                     metadata=self._probe_metadata())
         except ValueError:  # channel closed between redial and send; the next round probes again
             c.health.probe_sent_at = None
@@ -572,20 +479,17 @@ class EndpointPool:
                 return
             # any answer from the server — even an error status — proves the connection carries data
             if code in NOT_ANSWERS:
-                t = c.health.probe_failed(now, f"probe: {code.name}: {fut.details()}",
-                                          timed_out=code == grpc.StatusCode.DEADLINE_EXCEEDED)
+                t = self.probe_result(c, now, f"probe: {code.name}: {fut.details()}",
+                                      timed_out=code == grpc.StatusCode.DEADLINE_EXCEEDED)
             else:
                 c.permanent_error = None
-                t = c.health.probe_answered(now)
-                if c.health.latencies:
-                    METRICS.observe_probe(c.name, c.health.latencies[-1])
+                t = self.probe_result(c, now)
                 if code == grpc.StatusCode.OK:
                     self._learn_leader(c, fut.result())
-                self.slow_call = self.balancer.compare_round_trips(now)
                 self._compare_leader()
-            old = self._apply(c, t)
-        if old is not None:
-            old.close()
+            cleanup = self._apply(c, t)
+        if cleanup is not None:
+            cleanup()
 
     def close(self) -> None:
         self._finalizer()
@@ -608,12 +512,6 @@ def _sync(ref: weakref.ReferenceType[EndpointPool]) -> None:
         interval = pool.policy.auto_sync_interval
         pool._sync_at = time.monotonic() + (interval or 0.0)
         pool._syncing = False
-
-
-def _moved(old: Connection, new: Connection, why: str) -> None:
-    METRICS.inc("failovers", new.name)
-    log.info("active endpoint %s -> %s: %s", old.name, new.name, why,
-             extra={"endpoint": new.name, "previous": old.name, "event": "failover", "reason": why})
 
 
 def _shut(closed: threading.Event, reg: Registration, balancer: Balancer[Connection]) -> None:

@@ -1,4 +1,4 @@
-"""Which RPCs may be retried, how a gRPC failure is classified, and the tenacity policy.
+"""Which RPCs may be retried and how a gRPC failure is classified (the loop itself: :mod:`..balancer.retrying`).
 
 One table (:data:`RETRY_CLASSES`) gives every RPC its retry class:
 
@@ -14,23 +14,13 @@ One table (:data:`RETRY_CLASSES`) gives every RPC its retry class:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
 import grpc
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
-from tenacity.stop import stop_base
-from tenacity.wait import wait_base
 
 from .. import exceptions as exc
-from ..policies import RetryPolicy
 
 
 class RetryClass(enum.Enum):
@@ -123,24 +113,6 @@ def may_retry(failure: Failure, rclass: RetryClass) -> bool:
     return False
 
 
-def delay_after(wait: wait_base, failures: int) -> float:
-    """What a tenacity ``wait`` strategy says to wait after ``failures`` failures in a row, for loops
-    that retry by themselves (a watch stream) rather than through ``Retrying``."""
-    state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-    state.attempt_number = failures
-    return float(wait(state))
-
-
-class stop_when(stop_base):
-    """Stop retrying when ``predicate()`` is true (here: the call's deadline has passed)."""
-
-    def __init__(self, predicate: Callable[[], bool]) -> None:
-        self.predicate = predicate
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.predicate()
-
-
 class RetryableError(Exception):
     """Internal: one attempt failed in a way the retry loop may try again."""
 
@@ -152,36 +124,6 @@ class RetryableError(Exception):
         else:
             text = " ".join(str(error).split())
         super().__init__(f"{endpoint}: {failure.value}: {text}")
-
-
-def deadline_gone(left: Callable[[], float | None]) -> bool:
-    """Is the deadline ``left`` measures (seconds left of it, None without one) gone?"""
-    remaining = left()
-    return remaining is not None and remaining <= 0
-
-
-def make_retrying(policy: RetryPolicy, left: Callable[[], float | None]) -> Retrying:
-    """A tenacity ``Retrying`` for the attempts *after* the first (which runs outside it).
-
-    Stops when the call's deadline is gone or after ``max_attempts`` tries in all; never waits past
-    the deadline (``left``: the seconds left of it, None without one).
-    """
-
-    stop: stop_base = stop_when(lambda: deadline_gone(left))
-    if policy.max_attempts is not None:
-        stop = stop_after_attempt(policy.max_attempts - 1) | stop
-    backoff = wait_random_exponential(multiplier=policy.backoff_initial, max=policy.backoff_max)
-
-    def wait(state: RetryCallState) -> float:
-        seconds, remaining = backoff(state), left()
-        return seconds if remaining is None else max(0.0, min(seconds, remaining))
-
-    return Retrying(
-        stop=stop,
-        wait=wait,
-        retry=retry_if_exception(lambda e: isinstance(e, RetryableError)),
-        reraise=True,
-    )
 
 
 def to_exception(error: grpc.RpcError | BaseException, endpoint: str | None = None) -> exc.Etcd3Exception:

@@ -21,6 +21,7 @@ import grpc
 from .. import deadlines
 from .._proto import rpc_pb2
 from ..balancer.health import State
+from ..balancer.retrying import deadline_gone, make_retrying
 from ..deadlines import retries_enabled
 from ..exceptions import (
     AuthenticationError,
@@ -41,9 +42,7 @@ from .retry import (
     RetryableError,
     RetryClass,
     classify,
-    deadline_gone,
     is_hard,
-    make_retrying,
     may_retry,
     retry_class,
     to_exception,
@@ -393,7 +392,7 @@ class Transport:
                 if left > 0.01:
                     conn.permanent_error = permanent_cause(conn.endpoint, self.tls is not None, details,
                                                            probe_timeout=left)
-            self.pool.report_failure(conn, a.gen, f"{code.name}: {short(details)}", hard=is_hard(failure))
+            self.pool.report_failure(conn, f"{code.name}: {short(details)}", hard=is_hard(failure), generation=a.gen)
         elif isinstance(error, ValueError) and _is_closed_channel(error):
             # proof of "never sent": grpcio refuses a call on a closed channel before creating it
             failure, details = Failure.NOT_SENT, str(error)
@@ -471,7 +470,11 @@ class Transport:
             return result
 
         try:
-            result: T = make_retrying(self.retry_policy, left)(attempt)
+            policy = self.retry_policy
+            retrying = make_retrying(RetryableError, left, backoff_initial=policy.backoff_initial,
+                                     backoff_max=policy.backoff_max,  # (the first attempt ran outside it)
+                                     attempts=None if policy.max_attempts is None else policy.max_attempts - 1)
+            result: T = retrying(attempt)
         except RetryableError as e:
             if deadline_gone(left):
                 raise self._out_of_time(e) from e.error

@@ -1,0 +1,226 @@
+"""The health side of one client, for every transport: its endpoints, their health, the choice, the probes.
+
+A client's endpoints (the gRPC transport's connections, the Kubernetes client's apiservers) are
+:class:`BasePeer` objects; a :class:`HealthDriver` holds them with their :class:`Balancer`, one lock,
+and a place in the process's prober. What is the same for every transport lives here, once:
+
+* the calls waiting on each endpoint (:meth:`BasePeer.begin` / :meth:`BasePeer.end`), the first of
+  which wakes the prober, and the proof of life an answer gives;
+* the outcome of a real call (:meth:`HealthDriver.report_failure` / :meth:`HealthDriver.report_success`)
+  and of a probe (:meth:`HealthDriver.probe_result`) fed to the health state machine, and every
+  transition logged and counted the same way;
+* the prober's step (:meth:`HealthDriver.probe_step`): late probes marked, the probes that buy
+  something sent, the next wake-up worked out.
+
+What differs is I/O, left to the subclass: how a probe is sent (:meth:`HealthDriver._send_probe`),
+what an ejection closes (:meth:`HealthDriver._changed`, returning the closing work to run outside the
+lock), and, for the etcd pool, the raft leader (:meth:`HealthDriver._before_round`,
+:meth:`HealthDriver._after_round`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+from ..metrics import METRICS
+from ..policies import HealthPolicy
+from .choice import SLOW_MARGIN, Balancer
+from .health import EndpointHealth, State, Transition
+from .prober import PROBER, Registration, Waker
+
+Cleanup = Callable[[], None]
+"""Work a transition leaves to be done outside the driver's lock (close a channel, close a connection)."""
+
+
+class BasePeer:
+    """One endpoint of a client: its health record and the calls waiting on it. ``generation`` counts
+    the fresh connections dialled to it (a failure seen on an older one says nothing of the new)."""
+
+    def __init__(self, name: str, policy: HealthPolicy, wake: Callable[[], None] = lambda: None) -> None:
+        self.name = name
+        self.health = EndpointHealth(policy, time.monotonic())
+        self.outstanding = 0  # calls waiting on it now
+        self.want_probe = False  # a call took long: measure its round trip against the others
+        self.generation = 0
+        self._count = threading.Lock()
+        self._wake = wake
+
+    def begin(self) -> None:
+        """A call starts on this endpoint (the first one on an idle endpoint wakes the prober)."""
+        with self._count:
+            self.outstanding += 1
+            first = self.outstanding == 1
+        if first:
+            self._wake()
+
+    def end(self, answered: bool) -> None:
+        """The call ended; ``answered``: the server answered it (proof of life, no probe needed)."""
+        with self._count:
+            self.outstanding -= 1
+        if answered:
+            self.heard()
+
+    def heard(self) -> None:
+        """Something arrived from the server (an answer, an event, a chunk of a stream): it is alive,
+        and a probe queued behind it is no verdict."""
+        self.health.last_heard = time.monotonic()
+
+
+P = TypeVar("P", bound=BasePeer)
+
+
+class HealthDriver(Generic[P]):
+    """The endpoints of one client, their health and the choice among them (see the module docstring).
+
+    The subclass builds its peers with :attr:`waker` as their ``wake``, then calls :meth:`_register`
+    once everything its :meth:`probe_step` hooks read exists."""
+
+    kind = "endpoint"  # what log lines call an endpoint
+
+    def __init__(self, peers: Sequence[P], policy: HealthPolicy, waker: Waker, *, log: logging.Logger,
+                 tick_cap: float) -> None:
+        self.policy = policy
+        self.waker = waker  # wakes the process's prober when a call starts on an idle endpoint
+        self._log = log
+        self.balancer: Balancer[P] = Balancer(peers, on_move=self._moved)
+        self._lock = threading.RLock()
+        self._closed = threading.Event()
+        self.slow_call = SLOW_MARGIN  # a call slower than this asks for a probe of its endpoint
+        # the prober's step while anything waits, is out or is unwell (suspect marking needs it)
+        self._tick = min(policy.probe_interval / 2, tick_cap)
+        self._reg: Registration | None = None
+        for p in peers:
+            METRICS.set_state(p.name, p.health.state.value)
+
+    def _register(self) -> Registration:
+        """Take a place in the process's prober (held weakly: a driver nobody holds is collected)."""
+        self._reg = PROBER.register(self)
+        self.waker.reg = self._reg
+        return self._reg
+
+    @property
+    def peers(self) -> list[P]:
+        return self.balancer.peers
+
+    @property
+    def active(self) -> P:
+        return self.balancer.active
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def wake(self) -> None:
+        """Let the prober look now (a probe was asked for, or the schedule changed)."""
+        if self._reg is not None:
+            self._reg.wake()
+
+    # ---- choosing ----
+    def pick(self, avoid: P | None = None) -> P:
+        """The endpoint in use while it is usable and not ``avoid``, else the balancer's next choice."""
+        a = self.balancer.active
+        if a is not avoid and a.health.usable:
+            return a
+        with self._lock:
+            return self.balancer.choose(avoid)
+
+    # ---- outcomes of real calls ----
+    def report_failure(self, peer: P, error: str, *, hard: bool, generation: int | None = None) -> None:
+        """A real call failed on ``peer`` (on its connection of ``generation``, if given: a failure of a
+        connection already replaced says nothing). ``hard``: the connection is gone or hung — eject now."""
+        with self._lock:
+            if generation is not None and generation != peer.generation:
+                return
+            was_out = peer.health.state is State.EJECTED
+            cleanup = self._apply(peer, peer.health.fail(time.monotonic(), error, hard=hard))
+            if hard and was_out:
+                cleanup = self._failed_while_out(peer) or cleanup
+        if cleanup is not None:
+            cleanup()
+
+    def report_success(self, peer: P, generation: int | None = None) -> None:
+        """A real call was answered on an endpoint not marked healthy (the rare path)."""
+        with self._lock:
+            if generation is not None and generation != peer.generation:
+                return
+            cleanup = self._apply(peer, peer.health.succeeded(time.monotonic()))
+        if cleanup is not None:
+            cleanup()
+
+    # ---- transitions ----
+    def _apply(self, peer: P, t: Transition | None) -> Cleanup | None:
+        """Log and count a transition and act on it (lock held); returns work to do outside the lock."""
+        if t is None:
+            return None
+        METRICS.set_state(peer.name, t.new.value)
+        level = logging.WARNING if t.new in (State.EJECTED, State.SUSPECT) else logging.INFO
+        if State.PROBING in (t.old, t.new) and t.new is not State.HEALTHY:
+            level = logging.DEBUG  # re-admission attempts of an endpoint already known to be out
+        self._log.log(level, "%s %s %s -> %s: %s", self.kind, peer.name, t.old.value, t.new.value, t.reason,
+                      extra={"endpoint": peer.name, "event": "state", "from_state": t.old.value,
+                             "to_state": t.new.value, "reason": t.reason})
+        if t.ejected:
+            METRICS.inc("ejections", peer.name)
+        return self._changed(peer, t)
+
+    def _changed(self, peer: P, t: Transition) -> Cleanup | None:
+        """Act on a transition (lock held): e.g. an ejection closes the endpoint's connection."""
+        return None
+
+    def _failed_while_out(self, peer: P) -> Cleanup | None:
+        """A hard failure of an endpoint already ejected (panic mode sends traffic there; lock held)."""
+        return None
+
+    def _moved(self, old: P, new: P, why: str) -> None:
+        METRICS.inc("failovers", new.name)
+        self._log.info("active %s %s -> %s: %s", self.kind, old.name, new.name, why,
+                       extra={"endpoint": new.name, "previous": old.name, "event": "failover", "reason": why})
+
+    # ---- probes ----
+    def probe_step(self, now: float) -> float:
+        """Called by the process's prober: send the probes due, return when to be called next."""
+        self.waker.dozing = True  # first: a call starting while the next time is worked out still wakes us
+        with self._lock:
+            if self._closed.is_set():
+                return float("inf")
+            hunting = self._before_round(now)
+            moves, send = self.balancer.probe_round(now, hunting=hunting)
+            cleanups = [self._apply(p, t) for p, t in moves]
+            for p in send:
+                self._send_probe(p)
+            at = min(self.balancer.next_wake(now, self._tick, hunting=hunting), self._after_round(now))
+        if at <= now + self._tick:
+            self.waker.dozing = False  # ticking anyway: calls starting need not wake us
+        for cleanup in cleanups:
+            if cleanup is not None:
+                cleanup()
+        return at
+
+    def _before_round(self, now: float) -> bool:
+        """Before a probe round (lock held); True: probe every endpoint at the busy rate (a hunt)."""
+        return False
+
+    def _after_round(self, now: float) -> float:
+        """After a probe round (lock held); returns the latest time the next step may come."""
+        return float("inf")
+
+    def _send_probe(self, peer: P) -> None:
+        """Send one probe of ``peer``, already marked sent (lock held: must not block)."""
+        raise NotImplementedError
+
+    def probe_result(self, peer: P, now: float, error: str | None = None, *,
+                     timed_out: bool = False) -> Transition | None:
+        """A probe of ``peer`` ended (lock held): answered (``error`` None) or failed. An answer feeds the
+        latency-aware choice. Returns the transition for :meth:`_apply`."""
+        h = peer.health
+        if error is not None:
+            return h.probe_failed(now, error, timed_out=timed_out)
+        t = h.probe_answered(now)
+        if h.latencies:
+            METRICS.observe_probe(peer.name, h.latencies[-1])
+        self.slow_call = self.balancer.compare_round_trips(now)
+        return t

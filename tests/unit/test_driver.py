@@ -1,0 +1,114 @@
+"""The shared health driver and retry loop, without servers: what every transport gets from balancer/."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from resilient_etcd.balancer.driver import BasePeer, Cleanup, HealthDriver
+from resilient_etcd.balancer.health import State, Transition
+from resilient_etcd.balancer.prober import Waker
+from resilient_etcd.balancer.retrying import make_retrying
+from resilient_etcd.policies import HealthPolicy
+
+P = HealthPolicy(probe_interval=0.1, dead_after=0.8, idle_probe_interval=10.0)
+
+
+class Driver(HealthDriver[BasePeer]):
+    def __init__(self, n: int = 3) -> None:
+        waker = Waker()
+        super().__init__([BasePeer(f"m{i}", P, waker) for i in range(n)], P, waker,
+                         log=logging.getLogger("test"), tick_cap=0.05)
+        self.sent: list[str] = []
+        self.closed_under_lock: list[bool] = []
+
+    def _send_probe(self, peer: BasePeer) -> None:
+        self.sent.append(peer.name)
+
+    def _changed(self, peer: BasePeer, t: Transition) -> Cleanup | None:
+        if not t.ejected:
+            return None
+
+        def close() -> None:  # the driver runs it after letting go of its lock
+            self.closed_under_lock.append(_owned(self._lock))
+        return close
+
+
+def _owned(lock: threading.RLock) -> bool:
+    """Is ``lock`` held by this thread? (An RLock acquired again here succeeds either way: ask it.)"""
+    return bool(lock._is_owned())  # type: ignore[attr-defined]
+
+
+def test_a_hard_failure_ejects_and_its_closing_runs_outside_the_lock() -> None:
+    d = Driver()
+    a, b, _ = d.peers
+    d.report_failure(a, "reset", hard=True)
+    assert a.health.state is State.EJECTED and d.closed_under_lock == [False]
+    assert d.pick() is b, "the next usable endpoint takes the traffic"
+
+
+def test_a_failure_of_a_connection_already_replaced_says_nothing() -> None:
+    d = Driver()
+    a = d.peers[0]
+    a.generation = 2
+    d.report_failure(a, "reset", hard=True, generation=1)
+    assert a.health.state is State.HEALTHY and d.closed_under_lock == []
+
+
+def test_the_first_call_on_an_idle_endpoint_asks_for_a_probe_round_and_an_answer_is_proof_of_life() -> None:
+    d = Driver(1)
+    (a,) = d.peers
+    d.probe_step(0.0)  # a new endpoint: probed at once
+    with d._lock:
+        d.probe_result(a, 0.005)
+    d.sent.clear()
+    idle_at = d.probe_step(0.05)
+    assert d.sent == [] and idle_at >= P.idle_probe_interval, "idle: only the heartbeat"
+    a.begin()  # a call waits, and nothing came back for probe_interval: the next round probes it
+    busy_at = d.probe_step(0.11)
+    assert d.sent == ["m0"] and busy_at <= 0.11 + P.probe_interval
+    a.end(answered=True)
+    assert a.outstanding == 0 and a.health.last_heard > 0
+
+
+def test_retry_after_is_honoured_up_to_its_cap_and_never_past_the_deadline() -> None:
+    class Busy(Exception):
+        retry_after = 7.0
+
+    waits: list[float] = []
+    remaining = [100.0]
+    attempts = 0
+
+    def attempt() -> None:
+        nonlocal attempts
+        attempts += 1
+        remaining[0] = {1: 100.0, 2: 2.0}.get(attempts, -1.0)  # the deadline nears, then passes
+        raise Busy()
+
+    r = make_retrying(Busy, lambda: remaining[0], attempts=None, backoff_initial=0.05, backoff_max=1.0,
+                      retry_after=lambda e: getattr(e, "retry_after", None), retry_after_max=5.0,
+                      sleep=waits.append)
+    with pytest.raises(Busy):
+        r(attempt)
+    assert waits == [5.0, 2.0], "7 s asked: capped at retry_after_max, then cut to what is left of the deadline"
+    assert attempts == 3, "the deadline gone: no more attempts"
+
+
+def test_close_stops_the_retries() -> None:
+    closed = threading.Event()
+    calls = 0
+
+    def attempt() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            closed.set()
+        raise ValueError("again")
+
+    r = make_retrying(ValueError, lambda: None, attempts=10, backoff_initial=0.0, backoff_max=0.0,
+                      closed=closed.is_set, sleep=lambda s: None)
+    with pytest.raises(ValueError):
+        r(attempt)
+    assert calls == 2

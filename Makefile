@@ -29,7 +29,7 @@ deps:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[testing,dev,kube,metrics]'
+	$(PY) -m pip install -q -e '.[testing,dev,kube,metrics,srv]'
 	@touch $@
 
 venv: $(STAMP)

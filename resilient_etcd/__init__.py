@@ -15,7 +15,7 @@ _os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from . import etcdrpc, events, exceptions, leases, locks, members, transactions, utils, watch
 from ._compat import install_as_etcd3, uninstall_as_etcd3
-from .client import DEFAULT_TIMEOUT, Etcd3Client, MultiEndpointEtcd3Client, client
+from .client import DEFAULT_TIMEOUT, Etcd3Client, MultiEndpointEtcd3Client, SRVDiscoveryEtcd3Client, client
 from .deadlines import current_deadline, deadline, no_retry, remaining
 from .etcd.election import Election, NotLeaderError
 from .etcd.events import DeleteEvent, Event, PutEvent, WatchResponse
@@ -37,6 +37,7 @@ from .exceptions import (
     LeaseLostError,
     LockLostError,
     NoLeaderError,
+    NoServerAvailableError,
     PreconditionFailedError,
     RevisionCompactedError,
     WatchTimedOut,
@@ -79,11 +80,13 @@ __all__ = [
     "Member",
     "MultiEndpointEtcd3Client",
     "NoLeaderError",
+    "NoServerAvailableError",
     "NotLeaderError",
     "PreconditionFailedError",
     "PutEvent",
     "RetryPolicy",
     "RevisionCompactedError",
+    "SRVDiscoveryEtcd3Client",
     "Status",
     "Transactions",
     "WatchResponse",

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from . import _lifecycle, deadlines
 from ._proto import rpc_pb2
+from .discovery import resolve_srv
 from .etcd import paging
 from .etcd.election import Election
 from .etcd.events import Event, WatchResponse
@@ -705,3 +706,64 @@ class MultiEndpointEtcd3Client(Etcd3Client):
         if endpoints is None:
             raise ConfigurationError("MultiEndpointEtcd3Client needs endpoints=[...]")
         super().__init__(endpoints=endpoints, timeout=timeout, **kwargs)
+        self.failover = failover
+
+    @property
+    def endpoints(self) -> dict[str, Endpoint]:
+        """python-etcd3 master's ``{"host:port": Endpoint}`` of the client's endpoints."""
+        return {c.endpoint.target: c.endpoint for c in self._transport.pool.conns}
+
+    @property
+    def endpoint_in_use(self) -> Endpoint:
+        """The endpoint reads go to now (writes go to the raft leader's)."""
+        return self._transport.pool.active.endpoint
+
+    def get_watcher(self) -> Watcher:
+        """python-etcd3 master's ``get_watcher()``: the same as :attr:`watcher`."""
+        return self.watcher
+
+
+class EtcdTokenCallCredentials:
+    """python-etcd3 master's token call credentials (a ``grpc.AuthMetadataPlugin``), kept for imports:
+    clients here carry the token themselves (``user``/``password``) and refuse ``call_credentials``."""
+
+    def __init__(self, access_token: str) -> None:
+        self._access_token = access_token
+
+    def __call__(self, context: Any, callback: Callable[[Metadata, Exception | None], None]) -> None:
+        callback((("token", self._access_token),), None)
+
+    def __repr__(self) -> str:
+        return "EtcdTokenCallCredentials(<token>)"  # never the token
+
+
+class SRVDiscoveryEtcd3Client(MultiEndpointEtcd3Client):
+    """python-etcd3 master's DNS SRV client: ``SRVDiscoveryEtcd3Client(srv, ca_cert=None, cert_key=None,
+    cert_cert=None, timeout=None, user=None, password=None, grpc_options=None)``. The endpoints are the
+    targets of the SRV records of ``srv`` (e.g. ``_etcd-client._tcp.example.com``; see
+    :mod:`resilient_etcd.discovery`); :meth:`refresh_endpoints` looks them up again and follows the
+    answer. Needs dnspython (``pip install 'resilient-etcd[srv]'``). Keyword-only extras: ``resolver``
+    (a ``dns.resolver.Resolver``; default: the system's), and :class:`Etcd3Client`'s ``keepalive``,
+    ``health``, ``retry``. A name that does not exist or has no SRV record is a ``ConfigurationError``
+    at construction."""
+
+    def __init__(self, srv: str, ca_cert: str | None = None, cert_key: str | None = None,
+                 cert_cert: str | None = None, timeout: float | None = None, user: str | None = None,
+                 password: str | None = None, grpc_options: Sequence[tuple[str, Any]] | None = None, *,
+                 resolver: Any = None, **kwargs: Any) -> None:
+        self.srv = srv
+        self._resolver = resolver
+        endpoints = resolve_srv(srv, lifetime=deadlines.validate_timeout("timeout", timeout), resolver=resolver)
+        super().__init__(endpoints=endpoints, timeout=timeout, ca_cert=ca_cert, cert_key=cert_key,
+                         cert_cert=cert_cert, user=user, password=password, grpc_options=grpc_options, **kwargs)
+
+    def refresh_endpoints(self) -> list[Endpoint]:
+        """Look the SRV records up again and make them the endpoint set: connections to members still
+        listed keep their health, new members get connections, the others are closed (calls in flight
+        there fail over like after an ejection). Returns the endpoints now in use. A failed lookup raises
+        (``ConnectionFailedError``, or ``ConfigurationError`` when the name is gone) and changes nothing."""
+        if not self._finalizer.alive:
+            raise ClientClosedError("the client was closed; its endpoints were not refreshed")
+        endpoints = resolve_srv(self.srv, lifetime=self.timeout, resolver=self._resolver)
+        self._transport.pool.follow_endpoints(endpoints, f"SRV refresh of {self.srv}")
+        return endpoints

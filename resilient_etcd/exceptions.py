@@ -73,10 +73,15 @@ class DeadlineExceeded(ConnectionTimeoutError):
     """The deadline for the call (scope, per-call ``timeout`` or client default) ran out."""
 
 
-class EndpointsUnavailable(ConnectionFailedError, DeadlineExceeded):
+class NoServerAvailableError(Etcd3Exception):
+    """python-etcd3 master's "no endpoint available": here raised as :class:`EndpointsUnavailable`,
+    which this catches."""
+
+
+class EndpointsUnavailable(ConnectionFailedError, DeadlineExceeded, NoServerAvailableError):
     """The deadline ran out with no endpoint answering (refused, unreachable, or silent); ``errors`` maps
-    each endpoint to its last error. Both python-etcd3's ``ConnectionFailedError`` and our
-    :class:`DeadlineExceeded` catch it."""
+    each endpoint to its last error. python-etcd3's ``ConnectionFailedError`` (and master's
+    ``NoServerAvailableError``) and our :class:`DeadlineExceeded` all catch it."""
 
     def __init__(self, detail_message: str, errors: dict[str, str] | None = None) -> None:
         self.errors = dict(errors or {})
@@ -131,6 +136,7 @@ __all__ = [
     "LeaseLostError",
     "LockLostError",
     "NoLeaderError",
+    "NoServerAvailableError",
     "PreconditionFailedError",
     "RevisionCompactedError",
     "WatchTimedOut",

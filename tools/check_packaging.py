@@ -34,7 +34,9 @@ EXTRAS = {
     "": CORE_MODULES,
     "kube": [*CORE_MODULES, "resilient_etcd.kube"],
     "metrics": [*CORE_MODULES, "prometheus_client"],
-    "testing": [*CORE_MODULES, "resilient_etcd.testing.plugin", "resilient_etcd.testing.tls"],
+    "srv": [*CORE_MODULES, "resilient_etcd.discovery", "dns.resolver"],
+    "testing": [*CORE_MODULES, "resilient_etcd.testing.plugin", "resilient_etcd.testing.tls",
+                "resilient_etcd.testing.dns"],
 }
 WHEEL_MUST_HOLD = ["resilient_etcd/py.typed", "resilient_etcd/_proto/rpc.proto", "resilient_etcd/_proto/kv.proto",
                    "resilient_etcd/_proto/auth.proto", "resilient_etcd/_proto/rpc_pb2.py",

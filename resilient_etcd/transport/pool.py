@@ -381,20 +381,47 @@ class EndpointPool(HealthDriver[Connection]):
             log.warning("endpoint sync: the member list names no usable client URL; endpoints unchanged",
                         extra={"event": "sync_ignored"})
             return False
-        with self._lock:
-            if self._closed.is_set():
-                return False
-            known = {c.member_id for c in self.conns if c.member_id}
-            keep = [c for c in self.conns if not c.member_id or c.member_id in wanted]
-            gone = [c for c in self.conns if c not in keep]
+
+        def choose(conns: list[Connection]) -> tuple[list[Connection], list[Endpoint]]:
+            known = {c.member_id for c in conns if c.member_id}
+            keep = [c for c in conns if not c.member_id or c.member_id in wanted]
             targets = {c.endpoint.target for c in keep}
             # a member may already be behind an endpoint not yet probed (a proxy's address names no member):
             # add connections only once every endpoint's member is known (the next sync)
-            unsure = any(not c.member_id for c in keep)
-            added = [] if unsure else [Connection(e, self._dial, self.policy, self.waker)
-                                       for mid, e in wanted.items() if mid not in known and e.target not in targets]
+            if any(not c.member_id for c in keep):
+                return keep, []
+            return keep, [e for mid, e in wanted.items() if mid not in known and e.target not in targets]
+
+        return self._replace(choose, "endpoint sync")
+
+    def follow_endpoints(self, endpoints: Sequence[Endpoint], source: str) -> bool:
+        """Make ``endpoints`` the endpoint set (a DNS SRV refresh): connections to endpoints still named
+        are kept with their health, new ones dialled, the others closed; True when the set changed. An
+        empty list changes nothing."""
+        if not endpoints:
+            log.warning("%s: no endpoints named; endpoints unchanged", source, extra={"event": "sync_ignored"})
+            return False
+        wanted = {e.target: e for e in endpoints}
+
+        def choose(conns: list[Connection]) -> tuple[list[Connection], list[Endpoint]]:
+            keep = [c for c in conns if c.endpoint.target in wanted]
+            targets = {c.endpoint.target for c in keep}
+            return keep, [e for t, e in wanted.items() if t not in targets]
+
+        return self._replace(choose, source)
+
+    def _replace(self, choose: Callable[[list[Connection]], tuple[list[Connection], list[Endpoint]]],
+                 source: str) -> bool:
+        """A new endpoint set: ``choose(current)`` says (under the lock) which connections stay and which
+        endpoints are new; the rest are closed. Never empty: an empty choice changes nothing."""
+        with self._lock:
+            if self._closed.is_set():
+                return False
+            keep, new = choose(self.conns)
+            added = [Connection(e, self._dial, self.policy, self.waker) for e in new]
             if not keep and not added:
                 return False
+            gone = [c for c in self.conns if c not in keep]
             self.balancer.replace(keep + added)
             if self.leader in gone:
                 self.leader = None
@@ -403,7 +430,7 @@ class EndpointPool(HealthDriver[Connection]):
         for c in gone:
             c.channel.close()
         if added or gone:
-            log.info("endpoint sync: added %s, removed %s", [c.name for c in added], [c.name for c in gone],
+            log.info("%s: added %s, removed %s", source, [c.name for c in added], [c.name for c in gone],
                      extra={"event": "sync", "added": [c.name for c in added], "removed": [c.name for c in gone]})
             self._reg.wake()  # new connections get their first probe now
         return bool(added or gone)

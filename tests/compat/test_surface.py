@@ -1,6 +1,8 @@
 """resilient_etcd as ``etcd3``: python-etcd3 0.12's module paths and public names, one test per name,
-and the behaviour of its helpers. (The names were listed from python-etcd3 0.12.0's source, plus master's
-top-level ``Endpoint`` and ``MultiEndpointEtcd3Client``; see docs/compatibility.md.)"""
+and the behaviour of its helpers. (The names were listed from python-etcd3 0.12.0's source, plus what its
+master branch adds — ``Endpoint``, ``MultiEndpointEtcd3Client``, ``SRVDiscoveryEtcd3Client``,
+``EtcdTokenCallCredentials``, ``NoServerAvailableError``, ``utils.prefix_range_end`` and the
+multi-endpoint client's public attributes; see docs/compatibility.md.)"""
 
 from __future__ import annotations
 
@@ -14,13 +16,16 @@ import resilient_etcd
 
 PUBLIC: dict[str, list[str]] = {
     "etcd3": ["etcdrpc", "Etcd3Client", "Etcd3Exception", "Transactions", "client", "Lease", "Lock", "Member",
-              "Endpoint", "MultiEndpointEtcd3Client"],  # the last two: python-etcd3 master
-    "etcd3.client": ["Etcd3Client", "Transactions", "KVMetadata", "Status", "Alarm", "client"],
-    "etcd3.utils": ["increment_last_byte", "to_bytes", "lease_to_id", "response_to_event_iterator"],
+              "Endpoint", "MultiEndpointEtcd3Client", "SRVDiscoveryEtcd3Client"],  # the last three: master
+    "etcd3.client": ["Etcd3Client", "Transactions", "KVMetadata", "Status", "Alarm", "client",
+                     "Endpoint", "EtcdTokenCallCredentials", "MultiEndpointEtcd3Client", "SRVDiscoveryEtcd3Client"],
+    "etcd3.utils": ["increment_last_byte", "to_bytes", "lease_to_id", "response_to_event_iterator",
+                    "prefix_range_end"],
     "etcd3.members": ["Member"],
     "etcd3.events": ["Event", "PutEvent", "DeleteEvent", "new_event"],
     "etcd3.exceptions": ["Etcd3Exception", "WatchTimedOut", "InternalServerError", "ConnectionFailedError",
-                         "ConnectionTimeoutError", "PreconditionFailedError", "RevisionCompactedError"],
+                         "ConnectionTimeoutError", "PreconditionFailedError", "RevisionCompactedError",
+                         "NoServerAvailableError"],
     "etcd3.leases": ["Lease"],
     "etcd3.locks": ["Lock"],
     "etcd3.transactions": ["BaseCompare", "Value", "Version", "Create", "Mod", "Put", "Get", "Delete", "Txn"],
@@ -51,6 +56,13 @@ CLIENT = ["close", "get_response", "get", "get_prefix_response", "get_prefix", "
           "disarm_alarm", "snapshot", "transactions", "watcher", "uses_secure_channel"]
 
 
+# python-etcd3 master's MultiEndpointEtcd3Client (and so SRVDiscoveryEtcd3Client): its public attributes
+# beyond Etcd3Client's (the stub properties kvstub, leasestub … are internals: docs/compatibility.md)
+MULTI = ["endpoints", "endpoint_in_use", "failover", "get_watcher", "watcher", "timeout", "transactions", "close",
+         "__enter__", "__exit__"]
+SRV = ["srv", "refresh_endpoints"]
+
+
 @pytest.mark.parametrize(("module", "name"), [(m, n) for m, names in PUBLIC.items() for n in names])
 def test_public_name(etcd3: ModuleType, module: str, name: str) -> None:
     mod = importlib.import_module(module)
@@ -63,6 +75,33 @@ def test_client_name(etcd3: ModuleType, name: str) -> None:
     try:
         # a property such as ``members`` makes a call when read: look it up, do not read it
         assert name in dir(type(client)) or name in vars(client), f"Etcd3Client.{name} is missing"
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("name", MULTI)
+def test_multi_endpoint_client_name(etcd3: ModuleType, name: str) -> None:
+    client = etcd3.MultiEndpointEtcd3Client(endpoints=[etcd3.Endpoint("127.0.0.1", 1, secure=False)], failover=True)
+    try:
+        assert name in dir(type(client)) or name in vars(client), f"MultiEndpointEtcd3Client.{name} is missing"
+        assert client.failover is True and list(client.endpoints) == ["127.0.0.1:1"]
+        assert client.endpoint_in_use.port == 1
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("name", SRV)
+def test_srv_discovery_client_name(etcd3: ModuleType, name: str) -> None:
+    cls = etcd3.SRVDiscoveryEtcd3Client
+    assert issubclass(cls, etcd3.MultiEndpointEtcd3Client)
+    assert name in dir(cls) or name in inspect.signature(cls).parameters, f"SRVDiscoveryEtcd3Client.{name} is missing"
+
+
+def test_no_endpoint_answering_is_masters_no_server_available(etcd3: ModuleType) -> None:
+    client = etcd3.client(host="127.0.0.1", port=1, timeout=0.5)  # nothing listens there
+    try:
+        with pytest.raises(etcd3.exceptions.NoServerAvailableError):
+            client.get("/nobody")
     finally:
         client.close()
 

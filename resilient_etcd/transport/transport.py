@@ -411,7 +411,13 @@ class Transport:
                     f"endpoint {conn.name} was ejected while the call was in flight ({why}); {outcome}") from error
             if isinstance(error, ValueError):
                 raise to_exception(ConnectionFailedError(f"channel closed before the call: {error}"), conn.name)
-            raise to_exception(error, conn.name) from error
+            result = to_exception(error, conn.name)
+            if failure is Failure.BROKEN and rclass is not RetryClass.IDEMPOTENT:
+                # the connection broke with the request out: say what that means for a write
+                result.detail_message = (f"{result.detail_message}: the connection broke with the call in flight; "
+                                         "the call may or may not have been applied and was not retried")
+                result.args = (result.detail_message,)
+            raise result from error
         broken = self.pool.misconfigured()
         if broken is not None:
             lines = "; ".join(f"{ep}: {why}" for ep, why in broken.items())

@@ -18,11 +18,16 @@ from resilient_etcd.testing.tls import issue_client_cert, other_ca
 OLD_CERT_LIFE = 20.0  # seconds: the first client certificate expires during the test
 
 
-class Reader:
-    """Reads in a loop on a thread; every failure is kept."""
+# what a write may say when the leader it went to is killed under it (the test restarts every member):
+# its outcome is unknown, so it is reported, never retried — the restart's doing, not the rotation's
+AMBIGUOUS = ("may or may not have been applied", "leader changed", "request timed out")
 
-    def __init__(self, client: etcd3.Etcd3Client) -> None:
-        self.client, self.ok, self.errors = client, 0, []  # type: ignore[var-annotated]
+
+class Load:
+    """Reads (or writes) in a loop on a thread; every failure is kept."""
+
+    def __init__(self, client: etcd3.Etcd3Client, write: bool = False) -> None:
+        self.client, self.write, self.ok, self.errors = client, write, 0, []  # type: ignore[var-annotated]
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -30,7 +35,10 @@ class Reader:
     def _run(self) -> None:
         while not self.stop.is_set():
             try:
-                self.client.get("/rot/k", timeout=5)
+                if self.write:
+                    self.client.put("/rot/w", str(self.ok), timeout=5)
+                else:
+                    self.client.get("/rot/k", timeout=5)
                 self.ok += 1
             except etcd3.Etcd3Exception as e:
                 self.errors.append(f"{type(e).__name__}: {e}")
@@ -67,7 +75,7 @@ def test_rotated_certificate_files_are_used_by_new_connections(etcd_cluster: Etc
         rotation = c._transport.tls.rotation  # type: ignore[union-attr]
         assert rotation is not None
         c.put("/rot/k", "v")
-        reader = Reader(c)
+        reader, writer = Load(c), Load(c, write=True)
         try:
             # a certificate caught half-written when a connection is dialled: the old files stay in use
             cert.write_bytes(new_cert[: len(new_cert) // 2])
@@ -86,8 +94,12 @@ def test_rotated_certificate_files_are_used_by_new_connections(etcd_cluster: Etc
             c.put("/rot/k", "through new connections")
         finally:
             reader.close()
+            writer.close()
         assert rotation.reloads == 1, "the complete new files are loaded once"
         assert all(h.state == "healthy" for h in c.endpoint_health()), c.endpoint_health()
     assert not reader.errors, reader.errors[:5]
-    assert reader.ok > 100, "the load proves nothing"
+    assert reader.ok > 100 and writer.ok > 100, "the load proves nothing"
+    unexplained = [e for e in writer.errors if not any(m in e for m in AMBIGUOUS)]
+    assert not unexplained, unexplained[:5]
+    assert len(writer.errors) <= len(etcd_cluster.members), f"more failed writes than restarts: {writer.errors}"
     assert b"BEGIN" not in caplog.text.encode(), "key material never reaches a log"

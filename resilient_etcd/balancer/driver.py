@@ -82,13 +82,13 @@ class HealthDriver(Generic[P]):
     kind = "endpoint"  # what log lines call an endpoint
 
     def __init__(self, peers: Sequence[P], policy: HealthPolicy, waker: Waker, *, log: logging.Logger,
-                 tick_cap: float) -> None:
+                 tick_cap: float, closed: threading.Event | None = None) -> None:
         self.policy = policy
         self.waker = waker  # wakes the process's prober when a call starts on an idle endpoint
         self._log = log
         self.balancer: Balancer[P] = Balancer(peers, on_move=self._moved)
         self._lock = threading.RLock()
-        self._closed = threading.Event()
+        self._closed = closed or threading.Event()  # (the owner's, when it has one)
         self.slow_call = SLOW_MARGIN  # a call slower than this asks for a probe of its endpoint
         # the prober's step while anything waits, is out or is unwell (suspect marking needs it)
         self._tick = min(policy.probe_interval / 2, tick_cap)

@@ -7,8 +7,9 @@ Usage (docs/kubernetes.md; its samples run against a real kube-apiserver in test
     kubernetes.client.CoreV1Api(api).list_namespace()
 """
 
-from .client import ApiClient, KubePolicy
+from .client import ApiClient, ApiDeadlineExceeded, KubePolicy
 from .informer import Informer
+from .install import install, installed, uninstall
 from .watches import watch
 
-__all__ = ["ApiClient", "Informer", "KubePolicy", "watch"]
+__all__ = ["ApiClient", "ApiDeadlineExceeded", "Informer", "KubePolicy", "install", "installed", "uninstall", "watch"]

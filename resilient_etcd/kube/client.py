@@ -129,6 +129,47 @@ class KubePolicy:
         return opts
 
 
+class ApiDeadlineExceeded(DeadlineExceeded, urllib3.exceptions.MaxRetryError):
+    """A Kubernetes call's deadline ran out: our :class:`~resilient_etcd.DeadlineExceeded`, and urllib3's
+    ``MaxRetryError`` (what the official client raises when it gives up), so either ``except`` catches it.
+    ``reason``: the last error seen, if any."""
+
+    def __init__(self, message: str, url: str, reason: Exception | None = None) -> None:
+        Exception.__init__(self, message)  # (both bases' __init__ would call the other's with their arguments)
+        self.detail_message = message
+        self.pool, self.url, self.reason = None, url, reason  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self), self.url, None)
+
+    def __str__(self) -> str:
+        return self.detail_message or type(self).__name__
+
+
+def _as_official(error: BaseException, url: str) -> BaseException:
+    """The error the official client raises for ``error``: urllib3 wraps connection, timeout and proxy
+    failures in ``MaxRetryError`` once its retries are spent (ours are, by now)."""
+    if isinstance(error, urllib3.exceptions.MaxRetryError):
+        return error
+    if isinstance(error, DeadlineExceeded):
+        cause = error.__cause__ if isinstance(error.__cause__, Exception) else None
+        return ApiDeadlineExceeded(str(error), url, cause)
+    if isinstance(error, urllib3.exceptions.HTTPError):
+        return urllib3.exceptions.MaxRetryError(None, url, error)  # type: ignore[arg-type]
+    return error
+
+
+class _Installed:
+    """The defaults :func:`resilient_etcd.kube.install` gives every ``ApiClient`` built without its own."""
+
+    def __init__(self) -> None:
+        self.endpoints: list[str] = []
+        self.policy: KubePolicy | None = None
+
+
+INSTALLED = _Installed()
+
+
 def _check_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -148,27 +189,41 @@ class _Retryable(Exception):
 
 
 class ApiClient(k8s.ApiClient):
-    """Drop-in for ``kubernetes.client.ApiClient``; extra apiservers in ``endpoints`` share its credentials."""
+    """Drop-in for ``kubernetes.client.ApiClient`` (same arguments); extra apiservers in ``endpoints`` share
+    its credentials. Constructs whenever the official class does: an empty ``Configuration.host`` (no
+    kubeconfig loaded yet) is fine until the first request, which then raises ``ConfigurationError``; a
+    malformed host given explicitly fails here. ``endpoints``/``policy`` default to those given to
+    :func:`resilient_etcd.kube.install`. Probes start with the first request: a client only used to
+    deserialize (the official ``Watch()`` builds one) costs the apiserver nothing."""
 
-    def __init__(self, configuration: k8s.Configuration | None = None, *, endpoints: list[str] | None = None,
-                 policy: KubePolicy | None = None, **kwargs: Any) -> None:
+    def __init__(self, configuration: k8s.Configuration | None = None, header_name: str | None = None,
+                 header_value: str | None = None, cookie: str | None = None, pool_threads: int = 1, *,
+                 endpoints: list[str] | None = None, policy: KubePolicy | None = None) -> None:
         cfg = copy.copy(configuration) if configuration is not None else k8s.Configuration.get_default_copy()
         if policy is not None and not isinstance(policy, KubePolicy):
             raise ConfigurationError(f"policy must be a KubePolicy, got {type(policy).__name__}")
-        self.policy = policy or KubePolicy()
+        self.policy = policy or INSTALLED.policy or KubePolicy()
         cfg.socket_options = self.policy.socket_options()
         cfg.retries = False  # retries are ours, inside the deadline
-        self.endpoints = [_check_url(cfg.host)] + [_check_url(e) for e in (endpoints or [])]
+        host = _check_url(cfg.host) if cfg.host else None
+        extra = [_check_url(e) for e in (endpoints if endpoints is not None else INSTALLED.endpoints)]
+        if endpoints is None:  # install()'s endpoints: the configured host may be one of them
+            extra = [e for e in extra if e != host]
+        self.endpoints = ([host] if host else []) + extra
         if len(set(self.endpoints)) != len(self.endpoints):
             raise ConfigurationError(f"duplicate apiserver endpoints: {self.endpoints}")
         for name in ("ssl_ca_cert", "cert_file", "key_file"):
             path = getattr(cfg, name, None)
             if path and not Path(path).is_file():
                 raise ConfigurationError(f"{name} {path!r} does not exist or is not a file")
-        super().__init__(cfg, **kwargs)
+        super().__init__(cfg, header_name, header_value, cookie, pool_threads)
+        self._stop = threading.Event()
         self._h2: H2PoolManager | None = None
-        servers = _ApiServers(self, self.endpoints, self.policy)
-        if self.policy.http2:
+        # (no apiserver configured yet: the first request says so)
+        servers = _ApiServers(self, self.endpoints, self.policy, self._stop) if self.endpoints else None
+        # through a proxy, HTTP/1.1 only: HTTP/2 here dials the apiserver itself (no CONNECT tunnel)
+        proxied = bool(cfg.proxy) and not rest.should_bypass_proxies(cfg.host or "", cfg.no_proxy or "")
+        if self.policy.http2 and servers is not None and not proxied:
             ctx, server_name = ssl_context_for(cfg)
             on_close = weakref.WeakMethod(servers.connection_closed)
             self._h2 = H2PoolManager(
@@ -177,11 +232,10 @@ class ApiClient(k8s.ApiClient):
                 ping_timeout=self.policy.ping_timeout, socket_options=self.policy.socket_options(),
                 on_close=lambda origin, reason, broken: (m := on_close()) and m(origin, reason, broken))
             self.rest_client.pool_manager = self._h2  # type: ignore[assignment]
-        servers.h2 = self._h2
+            servers.h2 = self._h2
         self._servers = servers
-        self.health = {srv.name: srv.health for srv in servers.peers}
-        reg = servers._register() if self.policy.probe_interval else None
-        self._finalizer = weakref.finalize(self, _shutdown, servers._closed, self.rest_client.pool_manager, reg)
+        self.health = {srv.name: srv.health for srv in servers.peers} if servers else {}
+        self._finalizer = weakref.finalize(self, _shutdown, self._stop, self.rest_client.pool_manager, servers)
         _lifecycle.register(self)
 
     def close(self) -> None:
@@ -193,11 +247,21 @@ class ApiClient(k8s.ApiClient):
     @property
     def closed(self) -> bool:
         """True once :meth:`close` ran (or the client was collected): calls raise ``ClientClosedError``."""
-        return self._servers.closed
+        return self._stop.is_set()
 
     def _sleep(self, seconds: float) -> None:
         """Wait between attempts; close() ends the wait."""
-        self._servers._closed.wait(seconds)
+        self._stop.wait(seconds)
+
+    def _apiservers(self) -> _ApiServers:
+        """The apiservers, probed from the first request on; a clear error when none is configured."""
+        servers = self._servers
+        if servers is None:
+            raise ConfigurationError("no apiserver configured: Configuration.host is empty (load a kubeconfig with "
+                                     "kubernetes.config.load_kube_config() or load_incluster_config() first)")
+        if servers.registration is None and self.policy.probe_interval:
+            servers.start()
+        return servers
 
     @classmethod
     def from_kubeconfig(cls, path: str | Path, context: str | None = None, **kwargs: Any) -> ApiClient:
@@ -216,8 +280,8 @@ class ApiClient(k8s.ApiClient):
 
     @property
     def active_endpoint(self) -> str:
-        """The apiserver URL calls go to now."""
-        return self._servers.active.name
+        """The apiserver URL calls go to now ("" while none is configured)."""
+        return self._servers.active.name if self._servers is not None else ""
 
     def auth_headers(self) -> dict[str, str]:
         """The configuration's credential headers (bearer token), for requests made outside ``*Api`` classes.
@@ -248,9 +312,17 @@ class ApiClient(k8s.ApiClient):
 
     def call_api(self, method: str, url: str, header_params: Any = None, body: Any = None,
                  post_params: Any = None, _request_timeout: Any = None) -> rest.RESTResponse:
-        """The generated code's entry point: deadline, apiserver pick, retries and failover around one request."""
+        """The generated code's entry point: deadline, apiserver pick, retries and failover around one request.
+        Failures keep the official client's types: a connection or proxy failure that outlasts the retries
+        is urllib3's ``MaxRetryError`` (reason: the last error), and so is a deadline (:class:`ApiDeadlineExceeded`)."""
         with _lifecycle.busy():  # at process exit, a call in flight is waited for (briefly) once clients close
-            return self._call_api(method, url, header_params, body, post_params, _request_timeout)
+            try:
+                return self._call_api(method, url, header_params, body, post_params, _request_timeout)
+            except (DeadlineExceeded, urllib3.exceptions.HTTPError) as e:
+                official = _as_official(e, url)
+                if official is e:
+                    raise
+                raise official from e
 
     def _call_api(self, method: str, url: str, header_params: Any, body: Any, post_params: Any,
                   _request_timeout: Any) -> rest.RESTResponse:
@@ -262,6 +334,7 @@ class ApiClient(k8s.ApiClient):
             plain: rest.RESTResponse = super().call_api(method, url, header_params, body, post_params,
                                                         _request_timeout)
             return plain
+        servers = self._apiservers()
         watch = "watch=true" in url.split("?", 1)[-1].lower()
         budget, timeout = self._timeouts(watch, _request_timeout)
         deadline = None if budget is None else time.monotonic() + budget
@@ -273,7 +346,7 @@ class ApiClient(k8s.ApiClient):
         failed: list[_ApiServer] = []  # apiservers whose connection failed this call: tried last
 
         def attempt() -> rest.RESTResponse:
-            srv = self._servers.pick(failed[-1] if failed else None)
+            srv = servers.pick(failed[-1] if failed else None)
             endpoint = srv.name
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -311,7 +384,7 @@ class ApiClient(k8s.ApiClient):
                     srv.end(answered)
             srv.heard()
             if srv.health.state is not State.HEALTHY:
-                self._servers.report_success(srv)
+                servers.report_success(srv)
             if resp.status in _RETRY_STATUS and (safe or resp.status == 429):
                 METRICS.inc("retries", endpoint)
                 log.info("apiserver %s answered %s to %s %s; retrying", endpoint, resp.status, method, path,
@@ -351,7 +424,7 @@ class ApiClient(k8s.ApiClient):
         """A call's connection to ``srv`` failed or hung: eject it (the next attempt goes elsewhere, panic
         included: every apiserver gets its turn)."""
         METRICS.inc("retries", srv.name)
-        self._servers.report_failure(srv, f"{type(error).__name__}: {error}", hard=True)
+        self._apiservers().report_failure(srv, f"{type(error).__name__}: {error}", hard=True)
 
 
 class _ApiServer(BasePeer):
@@ -367,13 +440,25 @@ class _ApiServers(HealthDriver[_ApiServer]):
 
     kind = "apiserver"
 
-    def __init__(self, client: ApiClient, endpoints: list[str], policy: KubePolicy) -> None:
+    def __init__(self, client: ApiClient, endpoints: list[str], policy: KubePolicy, closed: threading.Event) -> None:
         hp = policy.health_policy()
         waker = Waker()
-        super().__init__([_ApiServer(ep, hp, waker) for ep in endpoints], hp, waker, log=log, tick_cap=0.25)
+        super().__init__([_ApiServer(ep, hp, waker) for ep in endpoints], hp, waker, log=log, tick_cap=0.25,
+                         closed=closed)
+        self._start_lock = threading.Lock()
         self.kube_policy = policy
         self._client = weakref.ref(client)  # the prober holds us weakly, we hold the client weakly
         self.h2: H2PoolManager | None = None
+
+    @property
+    def registration(self) -> Registration | None:
+        return self._reg
+
+    def start(self) -> None:
+        """Take a place in the process's prober (once; at the client's first request)."""
+        with self._start_lock:
+            if self._reg is None and not self.closed:
+                self._register()
 
     def _changed(self, srv: _ApiServer, t: Transition) -> Cleanup | None:
         if t.ejected and self.h2 is not None:  # streams stuck there (quiet watches) fail now and resume elsewhere
@@ -435,10 +520,12 @@ def _probe(ref: weakref.ReferenceType[_ApiServers], srv: _ApiServer) -> None:
         servers.probe(srv)
 
 
-def _shutdown(stop: threading.Event, pool: Any, reg: Registration | None) -> None:
+def _shutdown(stop: threading.Event, pool: Any, servers: _ApiServers | None) -> None:
     stop.set()
-    if reg is not None:
-        reg.close()
+    if servers is not None:
+        with servers._start_lock:  # a request starting the probes now sees the stop
+            if servers.registration is not None:
+                servers.registration.close()
     (pool.close if isinstance(pool, H2PoolManager) else pool.clear)()
 
 

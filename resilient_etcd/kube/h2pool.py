@@ -464,6 +464,12 @@ class H2Response:
     def closed(self) -> bool:
         return self._done
 
+    @property
+    def connection(self) -> _StreamShutdown:
+        """What the official ``Watch.stop()`` reaches for to unblock a reader from another thread
+        (``resp.connection.sock.shutdown()``): here it ends this stream only — the connection is shared."""
+        return _StreamShutdown(self)
+
     def getheaders(self) -> urllib3.HTTPHeaderDict:
         return self.headers
 
@@ -472,6 +478,20 @@ class H2Response:
 
     def __repr__(self) -> str:
         return f"<H2Response {self.status} {self._stream.url}>"
+
+
+class _StreamShutdown:
+    """``connection.sock.shutdown(how)`` of one :class:`H2Response`: aborts that response's stream."""
+
+    def __init__(self, resp: H2Response) -> None:
+        self._resp = resp
+
+    @property
+    def sock(self) -> _StreamShutdown:
+        return self
+
+    def shutdown(self, how: int) -> None:
+        self._resp.abort()
 
 
 class H2PoolManager:

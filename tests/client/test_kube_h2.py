@@ -170,6 +170,8 @@ def test_readyz_probes_eject_a_paused_apiserver_and_readmit_it(two_apiservers: l
     # an idle client probes every 10 s by default; here the heartbeat is what finds the paused apiserver
     api = ApiClient.from_kubeconfig(a.kubeconfig(), endpoints=[b.url], policy=KubePolicy(idle_probe_interval=0.5))
     try:
+        assert not api._servers.registration, "no request yet: no probes (a client may only deserialize)"  # type: ignore[union-attr]
+        k8s.CoreV1Api(api).list_namespace()  # probes start with the first request; idle from here on
         wait_until(lambda: set(api.endpoint_states().values()) == {"healthy"}, timeout=5, what="all healthy")
         a.pause()
         started = time.monotonic()

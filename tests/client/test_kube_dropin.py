@@ -181,10 +181,16 @@ def test_a_deadline_is_ours_and_the_official_type() -> None:
     assert isinstance(caught.value, etcd3.DeadlineExceeded) and isinstance(caught.value, kube.ApiDeadlineExceeded)
 
 
-def test_proxies_work_as_with_the_official_client(kube_apiserver: KubeApiServer, tmp_path: Path) -> None:
+def test_proxies_work_as_with_the_official_client(kube_apiserver: KubeApiServer, tmp_path: Path,
+                                                   installed: None) -> None:
     """HTTP/1.1 through ``configuration.proxy`` (a real CONNECT proxy), and an ``https://`` proxy whose
     certificate does not verify (``MaxRetryError`` naming the reason) until ``proxy_ssl_context`` trusts it."""
-    kinds: dict[str, Callable[[k8s.Configuration], Any]] = {"official": k8s.ApiClient, "ours": kube.ApiClient}
+    def through_install(cfg: k8s.Configuration) -> Any:  # unmodified code: the default configuration, no client
+        k8s.Configuration.set_default(cfg)
+        return k8s.ApiClient()  # (installed: ours)
+
+    kinds: dict[str, Callable[[k8s.Configuration], Any]] = {
+        "official": k8s.api_client.ApiClient, "ours": kube.ApiClient, "installed": through_install}
 
     def list_through(proxy_url: str, make: Callable[[k8s.Configuration], Any],
                      ctx: ssl.SSLContext | None = None) -> bool:
@@ -212,9 +218,12 @@ def test_proxies_work_as_with_the_official_client(kube_apiserver: KubeApiServer,
             assert proxy.tunnels, f"{name}: nothing went through the https proxy"
 
 
-def test_the_official_watch_and_informer_notice_a_frozen_apiserver(two_apiservers: list[KubeApiServer]) -> None:
-    """Over our transport a frozen apiserver ends the official ``Watch().stream()`` in seconds (the official
-    client waits for the kernel), and the official informer's loop re-opens it on the next apiserver."""
+@pytest.mark.parametrize("fault", ["pause", "blackhole"])
+def test_the_official_watch_and_informer_notice_a_dead_apiserver(two_apiservers: list[KubeApiServer],
+                                                                 fault: str) -> None:
+    """Over our transport a frozen (SIGSTOP) or blackholed apiserver ends the official ``Watch().stream()``
+    in seconds (the official client waits for the kernel), and the official informer's loop re-opens it
+    on the next apiserver."""
     a, b = two_apiservers
     saved = k8s.Configuration.get_default_copy()
     kube.install(endpoints=[b.url])
@@ -244,14 +253,20 @@ def test_the_official_watch_and_informer_notice_a_frozen_apiserver(two_apiserver
             writer.create_namespaced_config_map("default", k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="opened")))
             wait_until(lambda: "opened" in arrived and "opened" in watched, timeout=20,
                        what="both watches delivering before the freeze")
-            a.pause()
+            if fault == "pause":
+                a.pause()
+            else:
+                a.require_proxy().blackhole()
             frozen = time.monotonic()
             writer.create_namespaced_config_map("default", k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="during")))
             wait_until(lambda: "during" in arrived, timeout=20, what="the informer resumed on the other apiserver")
             t.join(20)
         finally:
             a.resume()
+            a.require_proxy().heal()
             inf.stop()
+        print(f"{fault}: the official watch ended after {ended[0][0] - frozen if ended else -1:.2f} s, "
+              f"the informer delivered the next event after {arrived['during'] - frozen:.2f} s")
         assert arrived["during"] - frozen < 8, f"the informer resumed after {arrived['during'] - frozen:.1f} s"
         assert ended, "the official watch never noticed the frozen apiserver"
         assert ended[0][0] - frozen < 8, f"the official watch ended {ended[0][0] - frozen:.1f} s after the freeze"

@@ -1,8 +1,8 @@
-"""A real DNS server for tests of SRV discovery: UDP on loopback, answering from records a test changes.
+"""A real DNS server for tests of SRV discovery: UDP on loopback, answering from records a test changes::
 
->>> with SrvServer() as dns_server:                                        # doctest: +SKIP
-...     dns_server.publish("_etcd-client._tcp.test.", [(0, 0, 2379, "localhost.")])
-...     client = SRVDiscoveryEtcd3Client("_etcd-client._tcp.test.", resolver=dns_server.resolver())
+    with SrvServer() as dns_server:
+        dns_server.publish("_etcd-client._tcp.test.", [(0, 0, 2379, "localhost.")])
+        client = SRVDiscoveryEtcd3Client("_etcd-client._tcp.test.", resolver=dns_server.resolver())
 
 Names with records get them (an SRV question; any other type gets an empty answer), every other name
 NXDOMAIN. ``resolver()`` is a dnspython resolver that asks this server only; ``install()`` makes it

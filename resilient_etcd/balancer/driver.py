@@ -4,8 +4,9 @@ A client's endpoints (the gRPC transport's connections, the Kubernetes client's 
 :class:`BasePeer` objects; a :class:`HealthDriver` holds them with their :class:`Balancer`, one lock,
 and a place in the process's prober. What is the same for every transport lives here, once:
 
-* the calls waiting on each endpoint (:meth:`BasePeer.begin` / :meth:`BasePeer.end`), the first of
-  which wakes the prober, and the proof of life an answer gives;
+* one real call on an endpoint (:meth:`HealthDriver.run`): counted as waiting there
+  (:meth:`BasePeer.begin` / :meth:`BasePeer.end`; the first on an idle endpoint wakes the prober), its
+  answer taken as proof of life, an endpoint not marked healthy re-admitted by it;
 * the outcome of a real call (:meth:`HealthDriver.report_failure` / :meth:`HealthDriver.report_success`)
   and of a probe (:meth:`HealthDriver.probe_result`) fed to the health state machine, and every
   transition logged and counted the same way;
@@ -71,6 +72,7 @@ class BasePeer:
 
 
 P = TypeVar("P", bound=BasePeer)
+T = TypeVar("T")
 
 
 class HealthDriver(Generic[P]):
@@ -128,7 +130,29 @@ class HealthDriver(Generic[P]):
         with self._lock:
             return self.balancer.choose(avoid)
 
-    # ---- outcomes of real calls ----
+    # ---- real calls ----
+    def run(self, peer: P, call: Callable[[P], T], *, generation: int | None = None, counted: bool = True,
+            answered: Callable[[BaseException], bool] = lambda error: False) -> T:
+        """One real call on ``peer``: it counts as waiting there while it runs (``counted``: a quiet stream
+        that its connection's own check covers does not), an answer is proof of life, and an endpoint not
+        marked healthy is re-admitted by it. A failure propagates for the caller to classify and report
+        (``answered(error)``: the server's own error status, which still proves the connection alive)."""
+        if counted:
+            peer.begin()
+        try:
+            result = call(peer)
+        except BaseException as e:
+            if counted:
+                peer.end(answered(e))
+            raise
+        if counted:
+            peer.end(True)
+        else:
+            peer.heard()
+        if peer.health.state is not State.HEALTHY:
+            self.report_success(peer, generation)
+        return result
+
     def report_failure(self, peer: P, error: str, *, hard: bool, generation: int | None = None) -> None:
         """A real call failed on ``peer`` (on its connection of ``generation``, if given: a failure of a
         connection already replaced says nothing). ``hard``: the connection is gone or hung — eject now."""

@@ -51,7 +51,7 @@ from tenacity import RetryCallState
 
 from .. import _lifecycle, deadlines
 from ..balancer.driver import BasePeer, Cleanup, HealthDriver
-from ..balancer.health import State, Transition
+from ..balancer.health import Transition
 from ..balancer.prober import PROBER, Registration, Waker
 from ..balancer.retrying import make_retrying
 from ..exceptions import ClientClosedError, ConfigurationError, DeadlineExceeded
@@ -353,10 +353,8 @@ class ApiClient(k8s.ApiClient):
                 raise DeadlineExceeded(f"deadline exceeded before {method} {path}")
             connect, read = timeout
             t = (min(connect, left) if left else connect, (min(read, left) if left and read else read))
-            if counted:
-                srv.begin()
-            answered = False
-            try:
+
+            def send(srv: _ApiServer) -> rest.RESTResponse:
                 # the scope bounds the whole response as it is read, not only each read (a LIST that keeps
                 # trickling in must still end at the deadline); a watch without a deadline streams on
                 with deadlines.deadline(left) if left else contextlib.nullcontext():
@@ -365,7 +363,10 @@ class ApiClient(k8s.ApiClient):
                         _request_timeout=t)
                     if not watch:  # read the body here: inside the deadline, and retried if it breaks
                         resp.response.data  # noqa: B018
-                    answered = True
+                return resp
+
+            try:
+                resp = servers.run(srv, send, counted=counted)
             except _NEVER_SENT as e:  # never sent: safe to retry anything, elsewhere
                 failed.append(srv)
                 self._failover(srv, e)
@@ -379,12 +380,6 @@ class ApiClient(k8s.ApiClient):
                     raise
                 self._failover(srv, e)
                 raise _Retryable(e) from e
-            finally:
-                if counted:
-                    srv.end(answered)
-            srv.heard()
-            if srv.health.state is not State.HEALTHY:
-                servers.report_success(srv)
             if resp.status in _RETRY_STATUS and (safe or resp.status == 429):
                 METRICS.inc("retries", endpoint)
                 log.info("apiserver %s answered %s to %s %s; retrying", endpoint, resp.status, method, path,

@@ -292,17 +292,11 @@ class Transport:
         gen = conn.generation
         ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
         md = (self._token_md + metadata) if with_token else metadata
-        conn.begin()
         try:
-            result = invoke(conn.stubs, budget, md)
+            return self.pool.run(conn, lambda peer: invoke(peer.stubs, budget, md), generation=gen,
+                                 answered=_answered)
         except (grpc.RpcError, ValueError) as e:
-            conn.end(_answered(e))
             first: BaseException = e
-        else:
-            conn.end(True)
-            if conn.health.state is not State.HEALTHY:
-                self.pool.report_success(conn, gen)
-            return result
         return self._recover(invoke, deadline, rclass, with_token, metadata, _Attempt(conn, gen, ready, md), first)
 
     def _hedge(self, service: str, method: str, request: Any, conn: Connection, deadline: float | None,
@@ -463,17 +457,12 @@ class Transport:
             current = c
             ready = True if rclass is RetryClass.IDEMPOTENT else c.transport_ready()
             md = (self._token_md + metadata) if with_token else metadata
-            c.begin()
             try:
-                result = invoke(c.stubs, remaining, md)
+                return self.pool.run(c, lambda peer: invoke(peer.stubs, remaining, md), generation=g,
+                                     answered=_answered)
             except (grpc.RpcError, ValueError) as e:
-                c.end(_answered(e))
                 last = self._attempt_failed(_Attempt(c, g, ready, md), e, rclass, deadline)
                 raise last from e
-            c.end(True)
-            if c.health.state is not State.HEALTHY:
-                self.pool.report_success(c, g)
-            return result
 
         try:
             policy = self.retry_policy

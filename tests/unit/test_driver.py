@@ -112,3 +112,17 @@ def test_close_stops_the_retries() -> None:
     with pytest.raises(ValueError):
         r(attempt)
     assert calls == 2
+
+
+def test_a_real_call_counts_while_it_runs_and_an_answer_readmits_its_endpoint() -> None:
+    d = Driver()
+    a = d.peers[0]
+    seen: list[int] = []
+    assert d.run(a, lambda p: seen.append(p.outstanding) or "ok") == "ok"
+    assert seen == [1] and a.outstanding == 0
+    with pytest.raises(KeyError):  # any failure ends the count, whatever its type
+        d.run(a, lambda p: {}["missing"])
+    assert a.outstanding == 0
+    d.report_failure(a, "reset", hard=True)
+    d.run(a, lambda p: None, counted=False)  # a stream's answer (not counted) re-admits it too
+    assert a.health.state is State.HEALTHY and a.outstanding == 0 and a.health.last_heard > 0

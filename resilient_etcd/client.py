@@ -44,8 +44,9 @@ from .exceptions import (
     WatchTimedOut,
 )
 from .policies import HealthPolicy, KeepalivePolicy, RetryPolicy
+from .transport.channels import Stubs
 from .transport.endpoints import Endpoint, TlsConfig, parse_endpoint
-from .transport.pool import Connection, EndpointStatus, Stubs
+from .transport.pool import Connection, EndpointStatus
 from .transport.transport import Metadata, Transport
 from .watch import Watcher
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import grpc
 
-from .._proto import rpc_pb2, rpc_pb2_grpc
+from .._proto import rpc_pb2
 from ..balancer.choice import Balancer
 from ..balancer.driver import BasePeer, Cleanup, HealthDriver
 from ..balancer.health import State, Transition
@@ -38,6 +38,7 @@ from ..balancer.hedge import CallTimes, HedgeBudget
 from ..balancer.prober import PROBER, Registration, Waker
 from ..metrics import METRICS
 from ..policies import HealthPolicy
+from .channels import Channels, Outcome, Stubs
 from .endpoints import Endpoint, parse_endpoint
 
 log = logging.getLogger("resilient_etcd.health")
@@ -48,21 +49,6 @@ _LEADER_READ = rpc_pb2.RangeRequest(key=b"\0", count_only=True)
 # the codes grpc gives a call the server never answered; any other status, even an error, is an answer
 # from the server: proof that the connection carries data
 NOT_ANSWERS = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
-_READY = 2  # grpc_connectivity_state GRPC_CHANNEL_READY, as cygrpc reports it
-
-
-class Stubs:
-    """The generated stubs bound to one channel."""
-
-    __slots__ = ("auth", "cluster", "kv", "lease", "maintenance", "watch")
-
-    def __init__(self, channel: grpc.Channel) -> None:
-        self.kv = rpc_pb2_grpc.KVStub(channel)
-        self.watch = rpc_pb2_grpc.WatchStub(channel)
-        self.lease = rpc_pb2_grpc.LeaseStub(channel)
-        self.cluster = rpc_pb2_grpc.ClusterStub(channel)
-        self.maintenance = rpc_pb2_grpc.MaintenanceStub(channel)
-        self.auth = rpc_pb2_grpc.AuthStub(channel)
 
 
 @dataclass(frozen=True)
@@ -87,13 +73,13 @@ class EndpointStatus:
 class Connection(BasePeer):
     """One endpoint: its channel, stubs and health (``generation`` counts redials)."""
 
-    def __init__(self, endpoint: Endpoint, dial: Callable[[Endpoint], grpc.Channel], policy: HealthPolicy,
+    def __init__(self, endpoint: Endpoint, io: Channels, policy: HealthPolicy,
                  wake: Callable[[], None] = lambda: None) -> None:
         super().__init__(endpoint.target, policy, wake)
         self.endpoint = endpoint
-        self._dial = dial
-        self.channel = dial(endpoint)
-        self.stubs = Stubs(self.channel)
+        self.io = io
+        self.channel = io.dial(endpoint)
+        self.stubs = io.stubs(self.channel)
         self.server_version: tuple[int, str] | None = None  # (generation, etcd version) once asked
         self.member_id: int | None = None  # the etcd member behind this endpoint, from its Status answers
         self.call_times = CallTimes()  # of its single-key reads: when to hedge one
@@ -102,18 +88,23 @@ class Connection(BasePeer):
     def transport_ready(self) -> bool:
         """Does the channel have a READY connection right now? (True when grpcio does not say: a
         caller uses False as proof that a failed call was never sent, so unknown must not be False.)"""
-        try:
-            return bool(self.channel._channel.check_connectivity_state(False) == _READY)
-        except (AttributeError, ValueError):  # ValueError: closed; the call itself will say so
-            return True
+        return self.io.ready(self.channel)
 
-    def redial(self) -> grpc.Channel:
-        """Swap in a fresh channel; returns the old one for the caller to close."""
-        old = self.channel
-        self.channel = self._dial(self.endpoint)
-        self.stubs = Stubs(self.channel)
+    def redial(self) -> Cleanup:
+        """Swap in a fresh channel; returns the closing of the old one, for the caller to run."""
+        old, io = self.channel, self.io
+        self.channel = io.dial(self.endpoint)
+        self.stubs = io.stubs(self.channel)
         self.generation += 1
-        return old
+        return lambda: io.close(old)
+
+    def start(self, method: Callable[[Stubs], Any], request: Any, timeout: float, metadata: Any,
+              done: Callable[[Outcome], None]) -> None:
+        """Start a call on this connection without blocking; ``done(outcome)`` runs when it ends."""
+        self.io.start(self.channel, self.stubs, method, request, timeout, metadata, done)
+
+    def close(self) -> None:
+        self.io.close(self.channel)
 
 
 class EndpointPool(HealthDriver[Connection]):
@@ -122,15 +113,15 @@ class EndpointPool(HealthDriver[Connection]):
     def __init__(
         self,
         endpoints: Sequence[Endpoint],
-        dial: Callable[[Endpoint], grpc.Channel],
+        io: Channels,
         policy: HealthPolicy,
         probe_metadata: Callable[[], Any],
         secure: bool = False,
     ) -> None:
-        self._dial = dial
+        self._io = io
         self._secure = secure  # which of a member's advertised URLs auto-sync may use
         waker = Waker()
-        super().__init__([Connection(e, dial, policy, waker) for e in endpoints], policy, waker, log=log,
+        super().__init__([Connection(e, io, policy, waker) for e in endpoints], policy, waker, log=log,
                          tick_cap=0.05)
         # the raft leader, from Status answers (probes): writes go there while its connection is usable
         self.leader: Connection | None = None
@@ -288,8 +279,7 @@ class EndpointPool(HealthDriver[Connection]):
         # panic mode sends traffic to ejected endpoints; a failed dial leaves the channel in gRPC's
         # reconnect backoff, so the next try gets a fresh channel that dials at once
         METRICS.inc("redials", conn.name)
-        old = conn.redial()
-        return lambda: old.close()
+        return conn.redial()
 
     def misconfigured(self) -> dict[str, str] | None:
         """``{endpoint: cause}`` when *every* endpoint failed in a way waiting cannot heal, else None."""
@@ -311,8 +301,7 @@ class EndpointPool(HealthDriver[Connection]):
             self._leader_news.notify_all()
         if t.ejected:
             METRICS.inc("redials", conn.name)
-            old = conn.redial()
-            return lambda: old.close()
+            return conn.redial()
         return None
 
     def status(self) -> list[EndpointStatus]:
@@ -355,8 +344,8 @@ class EndpointPool(HealthDriver[Connection]):
         True when the endpoint set changed. Errors and answers naming no usable member change nothing."""
         c = self.pick()
         try:
-            resp = c.stubs.cluster.MemberList(rpc_pb2.MemberListRequest(linearizable=True),
-                                              timeout=max(self.policy.dead_after, 2.0), metadata=self._probe_metadata())
+            resp = self._io.call(c.channel, c.stubs, _member_list, rpc_pb2.MemberListRequest(linearizable=True),
+                                 max(self.policy.dead_after, 2.0), self._probe_metadata())
         except (grpc.RpcError, ValueError) as e:
             why = e.code().name if isinstance(e, grpc.RpcError) else str(e)
             log.info("endpoint sync: MemberList on %s failed (%s); endpoints unchanged", c.name, why,
@@ -418,7 +407,7 @@ class EndpointPool(HealthDriver[Connection]):
             if self._closed.is_set():
                 return False
             keep, new = choose(self.conns)
-            added = [Connection(e, self._dial, self.policy, self.waker) for e in new]
+            added = [Connection(e, self._io, self.policy, self.waker) for e in new]
             if not keep and not added:
                 return False
             gone = [c for c in self.conns if c not in keep]
@@ -428,7 +417,7 @@ class EndpointPool(HealthDriver[Connection]):
         for c in added:
             METRICS.set_state(c.name, c.health.state.value)
         for c in gone:
-            c.channel.close()
+            c.close()
         if added or gone:
             log.info("%s: added %s, removed %s", source, [c.name for c in added], [c.name for c in gone],
                      extra={"event": "sync", "added": [c.name for c in added], "removed": [c.name for c in gone]})
@@ -449,17 +438,15 @@ class EndpointPool(HealthDriver[Connection]):
             return
         self._asking_leader = True
         asked = (self._term, self._leader_id)
+        reg, me = self._reg, weakref.ref(self)
         try:
-            fut = via.stubs.kv.Range.future(_LEADER_READ, timeout=self.policy.dead_after,
-                                            metadata=self._probe_metadata())
+            via.start(_range, _LEADER_READ, self.policy.dead_after, self._probe_metadata(),
+                      lambda f: PROBER.post(reg, functools.partial(
+                          _if_alive, me, EndpointPool._on_leader_answer, via, asked, f)))
         except ValueError:  # the channel closed under us; the next round asks again
             self._asking_leader = False
-            return
-        reg, me = self._reg, weakref.ref(self)
-        fut.add_done_callback(lambda f: PROBER.post(reg, functools.partial(
-            _if_alive, me, EndpointPool._on_leader_answer, via, asked, f)))
 
-    def _on_leader_answer(self, via: Connection, asked: tuple[int, int], fut: grpc.Future) -> None:
+    def _on_leader_answer(self, via: Connection, asked: tuple[int, int], fut: Outcome) -> None:
         with self._lock:
             self._asking_leader = False
             if fut.code() != grpc.StatusCode.OK:
@@ -484,17 +471,15 @@ class EndpointPool(HealthDriver[Connection]):
     def _send_probe(self, c: Connection) -> None:
         gen = c.generation
         METRICS.inc("probes", c.name)
+        reg, me = self._reg, weakref.ref(self)
         try:
-            fut = c.stubs.maintenance.Status.future(_STATUS_REQUEST, timeout=c.health.dead_time(),
-                                                    metadata=self._probe_metadata())
+            c.start(_status, _STATUS_REQUEST, c.health.dead_time(), self._probe_metadata(),
+                    lambda f: PROBER.post(reg, functools.partial(
+                        _if_alive, me, EndpointPool._on_probe_done, c, gen, f)))
         except ValueError:  # channel closed between redial and send; the next round probes again
             c.health.probe_sent_at = None
-            return
-        reg, me = self._reg, weakref.ref(self)
-        fut.add_done_callback(lambda f, c=c, gen=gen: PROBER.post(reg, functools.partial(
-            _if_alive, me, EndpointPool._on_probe_done, c, gen, f)))
 
-    def _on_probe_done(self, c: Connection, gen: int, fut: grpc.Future) -> None:
+    def _on_probe_done(self, c: Connection, gen: int, fut: Outcome) -> None:
         now = time.monotonic()
         code = fut.code()
         with self._lock:
@@ -522,6 +507,18 @@ class EndpointPool(HealthDriver[Connection]):
         self._finalizer()
 
 
+def _status(stubs: Stubs) -> Any:
+    return stubs.maintenance.Status
+
+
+def _range(stubs: Stubs) -> Any:
+    return stubs.kv.Range
+
+
+def _member_list(stubs: Stubs) -> Any:
+    return stubs.cluster.MemberList
+
+
 def _if_alive(ref: weakref.ReferenceType[EndpointPool], method: Callable[..., None], *args: Any) -> None:
     """A completion posted to the prober: ``method(pool, *args)`` unless the pool was collected meanwhile."""
     pool = ref()
@@ -545,4 +542,4 @@ def _shut(closed: threading.Event, reg: Registration, balancer: Balancer[Connect
     closed.set()
     reg.close()
     for c in balancer.peers:
-        c.channel.close()
+        c.close()

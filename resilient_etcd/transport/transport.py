@@ -34,9 +34,10 @@ from ..exceptions import (
 )
 from ..metrics import METRICS
 from ..policies import HealthPolicy, KeepalivePolicy, RetryPolicy
+from .channels import BlockingChannels, Stubs
 from .diagnose import permanent_cause, short
 from .endpoints import Endpoint, TlsConfig, digest
-from .pool import NOT_ANSWERS, Connection, EndpointPool, Stubs
+from .pool import NOT_ANSWERS, Connection, EndpointPool
 from .retry import (
     Failure,
     RetryableError,
@@ -509,7 +510,7 @@ class _Session:
         self.token_lock = threading.RLock()
         self.users = 0
         # the dial function holds no reference to this object, so the pool's finalizer does not either
-        self.pool = EndpointPool(endpoints, functools.partial(_dial, tls, options), health,
+        self.pool = EndpointPool(endpoints, BlockingChannels(tls, options), health,
                                  self._probe_metadata, secure=tls is not None)
 
     def _probe_metadata(self) -> Metadata:
@@ -562,12 +563,6 @@ def _forget_sessions() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_sessions)
-
-
-def _dial(tls: TlsConfig | None, options: list[tuple[str, Any]], endpoint: Endpoint) -> grpc.Channel:
-    if tls is not None:  # the credentials of now: certificate files that rotated are used from the next dial
-        return grpc.secure_channel(endpoint.target, tls.credentials(), options=options)
-    return grpc.insecure_channel(endpoint.target, options=options)
 
 
 class _NoHedge(Exception):

@@ -9,9 +9,19 @@ deadline.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from tenacity import RetryCallState, Retrying, nap, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    nap,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
@@ -56,6 +66,23 @@ def make_retrying(
     ``retry_after(error)`` when it gave one (at most ``retry_after_max``) — never past the deadline.
     ``sleep``: the wait itself (a client's close may end it early).
     """
+    return Retrying(**_policy(retry_on, left, attempts, backoff_initial, backoff_max, closed, retry_after,
+                              retry_after_max), before_sleep=before_sleep, sleep=sleep or nap.sleep)
+
+
+def make_async_retrying(
+    retry_on: type[BaseException], left: Left, *, attempts: int | None, backoff_initial: float,
+    backoff_max: float, closed: Callable[[], bool] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> AsyncRetrying:
+    """:func:`make_retrying` for coroutines: the same stops and waits, the wait an ``asyncio.sleep``."""
+    return AsyncRetrying(**_policy(retry_on, left, attempts, backoff_initial, backoff_max, closed, None,
+                                   float("inf")), sleep=sleep)
+
+
+def _policy(retry_on: type[BaseException], left: Left, attempts: int | None, backoff_initial: float,
+            backoff_max: float, closed: Callable[[], bool] | None,
+            retry_after: Callable[[BaseException], float | None] | None, retry_after_max: float) -> dict[str, Any]:
     stop: stop_base = stop_when(lambda: deadline_gone(left))
     if attempts is not None:
         stop = stop_after_attempt(attempts) | stop
@@ -70,5 +97,4 @@ def make_retrying(
         remaining = left()
         return seconds if remaining is None else max(0.0, min(seconds, remaining))
 
-    return Retrying(stop=stop, wait=wait, retry=retry_if_exception_type(retry_on), reraise=True,
-                    before_sleep=before_sleep, sleep=sleep or nap.sleep)
+    return {"stop": stop, "wait": wait, "retry": retry_if_exception_type(retry_on), "reraise": True}

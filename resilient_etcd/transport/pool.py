@@ -128,6 +128,7 @@ class EndpointPool(HealthDriver[Connection]):
         self._leader_id = 0
         self._term = 0
         self._leader_news = threading.Condition(self._lock)
+        self._news_listeners: list[Callable[[], None]] = []
         self._hunting = False  # the leader's connection is out: probe every endpoint until one names another
         self._hunt_since = 0.0
         self._calm_until = 0.0  # a fruitless hunt ended: no new one before this (except on the leader's ejection)
@@ -187,6 +188,19 @@ class EndpointPool(HealthDriver[Connection]):
         When the leader's connection is out, wait (up to ``leader_wait`` and ``deadline``) for the other
         members to name a new leader rather than hand the write to a follower that would hold it until
         etcd's request timeout."""
+        got = self.writer_now(avoid)
+        if got is not None:
+            return got
+        with self._lock:
+            give_up = self.hunt_for_writer()
+            while True:
+                step = self.writer_or_wait(avoid, give_up, deadline)
+                if isinstance(step, Connection):
+                    return step
+                self._leader_news.wait(step - time.monotonic())
+
+    def writer_now(self, avoid: Connection | None) -> Connection | None:
+        """The write connection when no wait can be needed (the hot path: no lock), else None."""
         lead = self.leader
         if not self.policy.prefer_leader or lead is None:
             return self.pick(avoid)
@@ -195,26 +209,45 @@ class EndpointPool(HealthDriver[Connection]):
             if slow is not lead or via is None or via is avoid or not via.health.usable:
                 return lead
             return via  # our link to the leader is slow: a follower forwards over raft's own links
-        with self._lock:
-            self._hunt()
-            give_up = self._hunt_since + self.policy.leader_wait  # one clock for every write that waits
-            while True:
-                if self._unreachable_leader == (self._term, self._leader_id):
-                    return self.pick(avoid)  # raft follows a leader we cannot reach: go through the others
-                lead = self.leader
-                if lead is not None and lead is not avoid and lead.health.usable:
-                    return lead
-                if not any(c.health.usable for c in self.conns if c is not lead) or (
-                        lead is None and all(x.member_id for x in self.conns)):
-                    return self.pick(avoid)  # nobody left to ask, or a leader we have no endpoint for
-                now = time.monotonic()
-                if now >= give_up:
-                    # the members still follow it after an election's time: it is alive, our path is not
-                    self._leader_unreachable("the members still name it after leader_wait")
-                    return self.pick(avoid)
-                if deadline is not None and now >= deadline:
-                    return self.pick(avoid)  # the caller's deadline says the rest
-                self._leader_news.wait(min(give_up, deadline or give_up) - now)
+        return None
+
+    def hunt_for_writer(self) -> float:
+        """A write waits for a leader (lock held): start the hunt; returns when the wait gives up."""
+        self._hunt()
+        return self._hunt_since + self.policy.leader_wait  # one clock for every write that waits
+
+    def writer_or_wait(self, avoid: Connection | None, give_up: float,
+                       deadline: float | None) -> Connection | float:
+        """One look at the leader for a waiting write (lock held): the connection to use, or the time
+        until which to wait for news of the leader (:meth:`on_leader_news`)."""
+        if self._unreachable_leader == (self._term, self._leader_id):
+            return self.pick(avoid)  # raft follows a leader we cannot reach: go through the others
+        lead = self.leader
+        if lead is not None and lead is not avoid and lead.health.usable:
+            return lead
+        if not any(c.health.usable for c in self.conns if c is not lead) or (
+                lead is None and all(x.member_id for x in self.conns)):
+            return self.pick(avoid)  # nobody left to ask, or a leader we have no endpoint for
+        now = time.monotonic()
+        if now >= give_up:
+            # the members still follow it after an election's time: it is alive, our path is not
+            self._leader_unreachable("the members still name it after leader_wait")
+            return self.pick(avoid)
+        if deadline is not None and now >= deadline:
+            return self.pick(avoid)  # the caller's deadline says the rest
+        return min(give_up, deadline or give_up)
+
+    def on_leader_news(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, from whichever thread, at the next news of the leader (lock held): how a
+        write waiting on an event loop learns what :attr:`_leader_news` tells waiting threads."""
+        self._news_listeners.append(callback)
+
+    def _news(self) -> None:
+        """The leader, or its connection's state, changed (lock held): waiting writes look again."""
+        self._leader_news.notify_all()
+        listeners, self._news_listeners = self._news_listeners, []
+        for callback in listeners:
+            callback()
 
     def _compare_leader(self) -> None:
         """Latency-aware writes (lock held): while our link to the leader answers much slower than another
@@ -252,7 +285,7 @@ class EndpointPool(HealthDriver[Connection]):
                     c.member_id = header.member_id
                     if c.member_id == self._leader_id and self.leader is not c:
                         self.leader = c
-                        self._leader_news.notify_all()
+                        self._news()
                 if header.raft_term > self._term and self.policy.prefer_leader:
                     self._hunt()
 
@@ -272,7 +305,7 @@ class EndpointPool(HealthDriver[Connection]):
                      extra={"event": "leader", "endpoint": None if lead is None else lead.name, "term": term})
         if (lead is not None and lead.health.usable) or (lead is None and all(x.member_id for x in self.conns)):
             self._hunting = False  # found; or led by a member none of our endpoints names
-        self._leader_news.notify_all()
+        self._news()
 
     # ---- outcomes ----
     def _failed_while_out(self, conn: Connection) -> Cleanup:
@@ -298,7 +331,7 @@ class EndpointPool(HealthDriver[Connection]):
         if conn is self.leader:
             if t.ejected and self.policy.prefer_leader:
                 self._hunt(force=True)  # start learning the next leader now, not at the next write
-            self._leader_news.notify_all()
+            self._news()
         if t.ejected:
             METRICS.inc("redials", conn.name)
             return conn.redial()
@@ -327,7 +360,7 @@ class EndpointPool(HealthDriver[Connection]):
             # ejection starts another hunt within the next 30 s
             self._hunting = False
             self._calm_until = now + 30.0
-            self._leader_news.notify_all()
+            self._news()
         return self._hunting
 
     def _after_round(self, now: float) -> float:
@@ -463,7 +496,7 @@ class EndpointPool(HealthDriver[Connection]):
         members until its connection is re-admitted; the hunt ends, and writes waiting for it go now."""
         self._unreachable_leader = (self._term, self._leader_id)
         self._hunting = False
-        self._leader_news.notify_all()
+        self._news()
         lead = self.leader
         log.warning("raft leader %s is alive (%s) but unreachable from here; writes go through the other members",
                     lead.name if lead else self._leader_id, evidence, extra={"event": "leader_unreachable"})

@@ -9,149 +9,56 @@ call's absolute deadline.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import time
-import weakref
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 from .. import deadlines
-from .._proto import rpc_pb2
 from ..balancer.health import State
-from ..balancer.retrying import deadline_gone, make_retrying
-from ..deadlines import retries_enabled
-from ..exceptions import (
-    AuthenticationError,
-    ClientClosedError,
-    ConfigurationError,
-    ConnectionFailedError,
-    DeadlineExceeded,
-    EndpointConfigurationError,
-    EndpointsUnavailable,
-)
+from ..balancer.retrying import make_retrying
+from ..exceptions import ClientClosedError, DeadlineExceeded
 from ..metrics import METRICS
-from ..policies import HealthPolicy, KeepalivePolicy, RetryPolicy
-from .channels import BlockingChannels, Stubs
-from .diagnose import permanent_cause, short
-from .endpoints import Endpoint, TlsConfig, digest
-from .pool import NOT_ANSWERS, Connection, EndpointPool
-from .retry import (
-    Failure,
-    RetryableError,
-    RetryClass,
-    classify,
-    is_hard,
-    may_retry,
-    retry_class,
-    to_exception,
+from .channels import BlockingChannels, Channels, Stubs
+from .core import (
+    _BASE_OPTIONS,
+    _PLANTED,
+    _UNSET,
+    Authenticate,
+    Invoke,
+    Metadata,
+    PickWriter,
+    Step,
+    Steps,
+    T,
+    TransportCore,
+    _answered,
+    _Attempt,
+    _class_of,
+    _qualified,
+    _rclass,
+    _Retry,
+    _session_key,
+    _Unset,
 )
+from .diagnose import permanent_cause
+from .endpoints import TlsConfig
+from .pool import NOT_ANSWERS, Connection
+from .retry import RetryableError, RetryClass
 
-Metadata = tuple[tuple[str, str], ...]
-T = TypeVar("T")
-
-_BASE_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.use_local_subchannel_pool", 1),     # a new channel must mean a new TCP connection
-    ("grpc.max_receive_message_length", -1),    # large ranges; etcd bounds requests itself
-    # gRPC's own reconnect backoff (1 s, growing to 120 s) would be the gap after a member
-    # returns; ours is short. (Not grpc.min_reconnect_backoff_ms: that is the *connect timeout*,
-    # and a short one never lets a handshake over a slow path complete.)
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.enable_retries", 0),                 # retries are ours, inside the caller's deadline
-    # No bandwidth-probe PINGs: with the ping timeout enforced (KeepalivePolicy), a probe's ack queued
-    # behind a large response on a slow link would close a working connection. A fixed 16 MiB stream
-    # window gives the throughput the probes found (8 MiB range at 100 ms latency: 0.21 s either way;
-    # 1.8 s with the default window and no probes).
-    ("grpc.http2.bdp_probe", 0),
-    ("grpc.http2.lookahead_bytes", 16 << 20),
-]
+__all__ = ["_BASE_OPTIONS", "_PLANTED", "Metadata", "Transport", "_session_key"]
 
 
-def _check_user_options(options: Sequence[tuple[str, Any]], keepalive: KeepalivePolicy) -> list[tuple[str, Any]]:
-    checked = []
-    for item in options:
-        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
-            raise ConfigurationError(f"grpc_options entries must be (name, value) pairs, got {item!r}")
-        name, value = item
-        if name == "grpc.keepalive_time_ms" and not keepalive.allow_below_server_minimum:
-            KeepalivePolicy(time=value / 1000, timeout=keepalive.timeout)  # raises when below etcd's minimum
-        checked.append((name, value))
-    return checked
+class Transport(TransportCore):
+    """Endpoints, health, auth token and retries for one client: the blocking face."""
 
+    def _channels(self, tls: TlsConfig | None, options: list[tuple[str, Any]]) -> Channels:
+        return BlockingChannels(tls, options)
 
-# Known bugs the robustness tests plant, to show their checks catch them. Never set outside those tests.
-_PLANTED = {"retry_ambiguous_writes": False}
-
-# grpc's words for a call that failed while its channel was dialing (the pick or the resolver failed);
-# used only to decide whether to diagnose the endpoint, never to decide a retry
-_DIAL_FAILED = ("failed to connect to all addresses", "errors resolving", "dns resolution failed")
-
-
-class _Unset:
-    """The type of :data:`_UNSET`: "argument not given" where None means something."""
-
-
-_UNSET = _Unset()
-
-
-class Transport:
-    """Endpoints, health, auth token and retries for one client."""
-
-    def __init__(
-        self,
-        endpoints: Sequence[Endpoint],
-        *,
-        tls: TlsConfig | None,
-        default_timeout: float | None,
-        keepalive: KeepalivePolicy,
-        health: HealthPolicy,
-        retry: RetryPolicy,
-        grpc_options: Sequence[tuple[str, Any]] = (),
-        user: str | None = None,
-        password: str | None = None,
-    ) -> None:
-        for e in endpoints:
-            if e.secure is True and tls is None:
-                tls = TlsConfig(None, None, None)  # https:// with system roots
-            if e.secure is False and tls is not None:
-                raise ConfigurationError(f"endpoint http://{e.target} given together with TLS certificates")
-        self.tls = tls
-        self.default_timeout = default_timeout
-        self.retry_policy = retry
-        options = _BASE_OPTIONS + keepalive.channel_options() + _check_user_options(grpc_options, keepalive)
-        self._closed = False
-        key = _session_key(endpoints, tls, options, health, user, password) if health.share_connections else None
-        self._session = _acquire(key, lambda: _Session(endpoints, tls, options, health, user, password))
-        self._release = weakref.finalize(self, _release, key, self._session)
-        self.pool = self._session.pool
-        self._hedge_floor = health.hedge_delay_min
-
-    def close(self) -> None:
-        """This client is done: its calls fail at once from now on; the connections close with the
-        last client that shares them."""
-        self._closed = True
-        self._release()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed or self.pool.closed
-
-    @property
-    def shared_by(self) -> int:
-        """How many clients use this client's connections and health records (1: none other)."""
-        return self._session.users
-
-    # ---- auth ----
-    @property
-    def has_credentials(self) -> bool:
-        return self._session.user is not None
-
-    @property
-    def _token_md(self) -> Metadata:
-        return self._session.token_md
+    def _token_lock(self) -> Any:
+        return threading.RLock()
 
     def authenticate(self, timeout: float | None = None, *, stale: Metadata | None = None) -> None:
         """Fetch a fresh token within ``timeout`` (and the scope), single-flight.
@@ -367,202 +274,43 @@ class Transport:
             raise DeadlineExceeded("deadline exceeded waiting for the cluster to name a new leader")
         return conn, left
 
-    def _attempt_failed(self, a: _Attempt, error: BaseException, rclass: RetryClass,
-                        deadline: float | None) -> RetryableError:
-        """Classify one failed attempt, feed the health machine, and decide: retry or raise."""
-        conn = a.conn
-        if self.closed:
-            raise ClientClosedError(f"the client was closed; the call to {conn.name} was not completed") from error
-        code: grpc.StatusCode | None = None
-        if isinstance(error, grpc.RpcError):
-            code, details = error.code(), error.details() or ""
-            failure = classify(code, details, transport_ready=a.ready)
-            if code == grpc.StatusCode.CANCELLED and a.gen != conn.generation:
-                failure = Failure.EJECTED  # we closed the channel under this call
-            if code == grpc.StatusCode.UNAVAILABLE and conn.permanent_error is None and (
-                    not a.ready or any(m in details.lower() for m in _DIAL_FAILED)):
-                # a dial failed: is it one that waiting cannot heal? (asked once until the next success; a
-                # handshake of our own may be needed, bounded by what is left of the call's deadline)
-                left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
-                if left > 0.01:
-                    conn.permanent_error = permanent_cause(conn.endpoint, self.tls is not None, details,
-                                                           probe_timeout=left)
-            self.pool.report_failure(conn, f"{code.name}: {short(details)}", hard=is_hard(failure), generation=a.gen)
-        elif isinstance(error, ValueError) and _is_closed_channel(error):
-            # proof of "never sent": grpcio refuses a call on a closed channel before creating it
-            failure, details = Failure.NOT_SENT, str(error)
-        else:
-            raise error
-        if _PLANTED["retry_ambiguous_writes"] and failure in (Failure.BROKEN, Failure.EJECTED):
-            rclass = RetryClass.IDEMPOTENT  # the planted bug: a write whose outcome is unknown sent again
-        if failure is Failure.AUTH_TOKEN and not self.has_credentials:
-            raise AuthenticationError(f"{details} (no user/password configured) [{conn.name}]")
-        if not may_retry(failure, rclass) or self.retry_policy.max_attempts == 1 or not retries_enabled():
-            if failure is Failure.EJECTED:
-                why = conn.health.last_error or "it stopped answering health probes"
-                outcome = ("the call was abandoned" if rclass is RetryClass.IDEMPOTENT
-                           else "the call may or may not have been applied and was not retried")
-                raise ConnectionFailedError(
-                    f"endpoint {conn.name} was ejected while the call was in flight ({why}); {outcome}") from error
-            if isinstance(error, ValueError):
-                raise to_exception(ConnectionFailedError(f"channel closed before the call: {error}"), conn.name)
-            result = to_exception(error, conn.name)
-            if failure is Failure.BROKEN and rclass is not RetryClass.IDEMPOTENT:
-                # the connection broke with the request out: say what that means for a write
-                result.detail_message = (f"{result.detail_message}: the connection broke with the call in flight; "
-                                         "the call may or may not have been applied and was not retried")
-                result.args = (result.detail_message,)
-            raise result from error
-        broken = self.pool.misconfigured()
-        if broken is not None:
-            lines = "; ".join(f"{ep}: {why}" for ep, why in broken.items())
-            raise EndpointConfigurationError(f"no endpoint can work as configured: {lines}", broken) from error
-        return RetryableError(failure, error, conn.name, a.token)
-
     def _recover(
         self, invoke: Callable[[Stubs, float | None, Metadata], T], deadline: float | None,
         rclass: RetryClass, with_token: bool, metadata: Metadata, first_attempt: _Attempt, first: BaseException,
     ) -> T:
-        last = self._attempt_failed(first_attempt, first, rclass, deadline)
-        current = first_attempt.conn
-        reauthed = False
-
-        def left() -> float | None:
-            return None if deadline is None else deadline - time.monotonic()
-
-        def attempt() -> T:
-            nonlocal last, current, reauthed
-            remaining = left()
-            if remaining is not None and remaining <= 0:
-                raise self._out_of_time(last)
-            if last.failure is Failure.AUTH_TOKEN:
-                if reauthed:
-                    raise AuthenticationError(f"token rejected again after re-authentication [{last.endpoint}]")
-                reauthed = True
-                self.authenticate(remaining, stale=last.token)
-                remaining = left()
-                if remaining is not None and remaining <= 0:
-                    raise DeadlineExceeded(f"deadline exceeded during re-authentication; last error: {last}")
-            avoid = None if last.failure is Failure.AUTH_TOKEN else current  # a stale token is not the endpoint's
-            if rclass is RetryClass.PINNED:
-                c = current  # an answer about, or an action on, this member: never another one
-            elif rclass is RetryClass.MUTATION:
-                c = self.pool.pick_writer(deadline, avoid=avoid)
-                remaining = left()  # the wait for a new leader used some of it
-                if remaining is not None and remaining <= 0:
-                    raise self._out_of_time(last)
-            else:  # move off the endpoint that failed
-                c = self.pool.pick(avoid=avoid)
-            g = c.generation
-            METRICS.inc("retries", c.name)
-            current = c
-            ready = True if rclass is RetryClass.IDEMPOTENT else c.transport_ready()
-            md = (self._token_md + metadata) if with_token else metadata
-            try:
-                return self.pool.run(c, lambda peer: invoke(peer.stubs, remaining, md), generation=g,
-                                     answered=_answered)
-            except (grpc.RpcError, ValueError) as e:
-                last = self._attempt_failed(_Attempt(c, g, ready, md), e, rclass, deadline)
-                raise last from e
-
+        """The first attempt failed: classify it, and retry as the core's steps decide."""
+        r = _Retry(deadline, rclass, with_token, metadata, first_attempt.conn)
+        r.last = self._run_steps(self._failure_steps(first_attempt, first, rclass, deadline), invoke)
+        retrying = make_retrying(RetryableError, r.left, **self._retrying_args(r))
         try:
-            policy = self.retry_policy
-            retrying = make_retrying(RetryableError, left, backoff_initial=policy.backoff_initial,
-                                     backoff_max=policy.backoff_max,  # (the first attempt ran outside it)
-                                     attempts=None if policy.max_attempts is None else policy.max_attempts - 1)
-            result: T = retrying(attempt)
+            result: T = retrying(lambda: self._run_steps(self._attempt_steps(r), invoke))
         except RetryableError as e:
-            if deadline_gone(left):
-                raise self._out_of_time(e) from e.error
-            raise to_exception(e.error, e.endpoint) from e.error
+            raise self._gave_up(r, e) from e.error
         return result
 
-    def _out_of_time(self, last: RetryableError) -> DeadlineExceeded:
-        """The error for a deadline that ran out while retrying: when the endpoints were failing as
-        connections (refused, unreachable, silent), :class:`EndpointsUnavailable` with one line each."""
-        if last.failure not in (Failure.NOT_SENT, Failure.BROKEN, Failure.EJECTED, Failure.TIMEOUT):
-            return DeadlineExceeded(f"deadline exceeded; last error: {last}")
-        errors = {c.name: c.health.last_error or "no answer" for c in self.pool.conns}
-        lines = "; ".join(f"{ep}: {why}" for ep, why in errors.items())
-        return EndpointsUnavailable(f"deadline exceeded, no endpoint answered: {lines}", errors)
+    def _run_steps(self, steps: Steps[T], invoke: Callable[[Stubs, float | None, Metadata], Any]) -> T:
+        """Do each step's I/O on this thread and hand the result (or the error) back, until the steps end."""
+        reply: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = steps.send(reply) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            try:
+                reply, error = self._do(step, invoke), None
+            except BaseException as e:  # the steps classify it, or let it out
+                reply, error = None, e
 
-    # ---- streams ----
-    def stubs(self) -> tuple[Connection, Stubs]:
-        c = self.pool.pick()
-        return c, c.stubs
-
-    @property
-    def token_metadata(self) -> Metadata:
-        return self._token_md
-
-
-class _Session:
-    """What clients naming the same endpoints with the same credentials, TLS material, channel options
-    and health policy share in one process: the connections with their health records (one prober's
-    worth of probes), and the auth token. The password is kept here only, never shown."""
-
-    def __init__(self, endpoints: Sequence[Endpoint], tls: TlsConfig | None, options: list[tuple[str, Any]],
-                 health: HealthPolicy, user: str | None, password: str | None) -> None:
-        self.tls = tls
-        self.user = user
-        self.__password = password
-        self.token_md: Metadata = ()
-        self.token_lock = threading.RLock()
-        self.users = 0
-        # the dial function holds no reference to this object, so the pool's finalizer does not either
-        self.pool = EndpointPool(endpoints, BlockingChannels(tls, options), health,
-                                 self._probe_metadata, secure=tls is not None)
-
-    def _probe_metadata(self) -> Metadata:
-        return self.token_md
-
-    def auth_request(self) -> rpc_pb2.AuthenticateRequest:
-        return rpc_pb2.AuthenticateRequest(name=self.user or "", password=self.__password or "")
-
-    def __repr__(self) -> str:
-        return f"_Session({[c.name for c in self.pool.conns]}, user={self.user!r}, users={self.users})"
-
-
-_SESSIONS: dict[tuple[Any, ...], _Session] = {}
-_SESSIONS_LOCK = threading.Lock()
-
-
-def _session_key(endpoints: Sequence[Endpoint], tls: TlsConfig | None, options: list[tuple[str, Any]],
-                 health: HealthPolicy, user: str | None, password: str | None) -> tuple[Any, ...]:
-    """Everything that makes two clients' connections interchangeable (secrets only as a digest)."""
-    pem = (tls.ca, tls.key, tls.cert) if tls is not None else ()
-    secret = digest((*pem, (password or "").encode()))
-    return (tuple(e.target for e in endpoints), tls is not None, repr(options), health, user, secret)
-
-
-def _acquire(key: tuple[Any, ...] | None, make: Callable[[], _Session]) -> _Session:
-    """The session for ``key`` (None: not shared, a new one)."""
-    with _SESSIONS_LOCK:
-        session = None if key is None else _SESSIONS.get(key)
-        if session is None or session.pool.closed:
-            session = make()
-            if key is not None:
-                _SESSIONS[key] = session
-        session.users += 1
-        return session
-
-
-def _release(key: tuple[Any, ...] | None, session: _Session) -> None:
-    with _SESSIONS_LOCK:
-        session.users -= 1
-        last = session.users == 0
-        if last and key is not None and _SESSIONS.get(key) is session:
-            del _SESSIONS[key]
-    if last:
-        session.pool.close()
-
-
-def _forget_sessions() -> None:
-    _SESSIONS.clear()  # a forked child starts with no connections (grpc's are not usable there)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_sessions)
+    def _do(self, step: Step, invoke: Callable[[Stubs, float | None, Metadata], Any]) -> Any:
+        if isinstance(step, Invoke):
+            return self.pool.run(step.conn, lambda peer: invoke(peer.stubs, step.remaining, step.md),
+                                 generation=step.gen, answered=_answered)
+        if isinstance(step, PickWriter):
+            return self.pool.pick_writer(step.deadline, avoid=step.avoid)
+        if isinstance(step, Authenticate):
+            return self.authenticate(step.remaining, stale=step.stale)
+        return permanent_cause(step.conn.endpoint, self.tls is not None, step.details, probe_timeout=step.timeout)
 
 
 class _NoHedge(Exception):
@@ -584,50 +332,3 @@ def _copy_done(conn: Connection, done: threading.Event, f: Any) -> None:
     done.set()
 
 
-class _Attempt(NamedTuple):
-    """One attempt: the connection and its generation, whether its transport was READY when the
-    call started (the proof a mutation's "never sent" needs), and the metadata it carried."""
-
-    conn: Connection
-    gen: int
-    ready: bool
-    md: Metadata
-
-    @property
-    def token(self) -> Metadata:
-        return tuple(kv for kv in self.md if kv[0] == "token")
-
-
-@functools.cache
-def _qualified(service: str, method: str) -> str:
-    return f"{_SERVICE_NAMES[service]}.{method}"
-
-
-@functools.cache
-def _class_of(service: str, method: str) -> RetryClass:
-    """The retry table's class of ``service.method`` (stub attribute names), cached for the hot path."""
-    return retry_class(_qualified(service, method))
-
-
-def _rclass(name: str, idempotent: bool | None, pin: Connection | None) -> RetryClass:
-    if pin is not None:
-        return RetryClass.PINNED
-    if idempotent is not None:
-        return RetryClass.IDEMPOTENT if idempotent else RetryClass.MUTATION
-    return retry_class(name)
-
-
-def _answered(error: BaseException) -> bool:
-    """Did the server answer (an error status of its own: proof the connection carries data)?"""
-    code = getattr(error, "code", None)
-    return isinstance(error, grpc.RpcError) and code is not None and code() not in NOT_ANSWERS
-
-
-def _is_closed_channel(error: ValueError) -> bool:
-    """grpcio's words for "this channel was closed before the call started" (unary and stream paths)."""
-    text = str(error).lower()
-    return "closed channel" in text or "channel closed" in text
-
-
-_SERVICE_NAMES = {"kv": "KV", "watch": "Watch", "lease": "Lease", "cluster": "Cluster",
-                  "maintenance": "Maintenance", "auth": "Auth"}

@@ -21,18 +21,16 @@ from typing import IO, Any
 from . import _lifecycle, deadlines
 from ._proto import rpc_pb2
 from .discovery import resolve_srv
-from .etcd import paging
+from .etcd import paging, shapes
 from .etcd.election import Election
 from .etcd.events import Event, WatchResponse
-from .etcd.lease import Lease
+from .etcd.lease import Lease, LeaseState
 from .etcd.lock import Lock
 from .etcd.models import Alarm, Key, KVMetadata, Member, Status, prefix_range_end, to_bytes
 from .etcd.transactions import (
     BaseCompare,
     Transactions,
-    build_txn,
     is_read_only,
-    lease_id,
 )
 from .etcd.watch import WatchManager
 from .exceptions import (
@@ -54,35 +52,6 @@ log = logging.getLogger("resilient_etcd")
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds a call may take when neither a scope nor ``timeout`` says otherwise (python-etcd3 has none)."""
-
-_SORT_ORDERS = {None: rpc_pb2.RangeRequest.NONE, "ascend": rpc_pb2.RangeRequest.ASCEND,
-                "descend": rpc_pb2.RangeRequest.DESCEND}
-_SORT_TARGETS = {"key": rpc_pb2.RangeRequest.KEY, "version": rpc_pb2.RangeRequest.VERSION,
-                 "create": rpc_pb2.RangeRequest.CREATE, "mod": rpc_pb2.RangeRequest.MOD,
-                 "value": rpc_pb2.RangeRequest.VALUE}
-_ALARM_TYPES = {"none": rpc_pb2.NONE, "no_space": rpc_pb2.NOSPACE, "nospace": rpc_pb2.NOSPACE,
-                "corrupt": rpc_pb2.CORRUPT}
-
-
-def _range_request(
-    key: bytes, range_end: bytes | None = None, limit: int | None = None, revision: int | None = None,
-    sort_order: str | None = None, sort_target: str = "key", serializable: bool = False,
-    keys_only: bool = False, count_only: bool = False, min_mod_revision: int | None = None,
-    max_mod_revision: int | None = None, min_create_revision: int | None = None,
-    max_create_revision: int | None = None,
-) -> rpc_pb2.RangeRequest:
-    if sort_order not in _SORT_ORDERS:
-        raise ValueError(f'sort_order must be "ascend", "descend" or None, got {sort_order!r}')
-    if sort_target not in _SORT_TARGETS:
-        raise ValueError(f"sort_target must be one of {sorted(_SORT_TARGETS)}, got {sort_target!r}")
-    return rpc_pb2.RangeRequest(
-        key=key, range_end=range_end or b"", limit=limit or 0, revision=revision or 0,
-        sort_order=_SORT_ORDERS[sort_order], sort_target=_SORT_TARGETS[sort_target],
-        serializable=serializable, keys_only=keys_only, count_only=count_only,
-        min_mod_revision=min_mod_revision or 0, max_mod_revision=max_mod_revision or 0,
-        min_create_revision=min_create_revision or 0, max_create_revision=max_create_revision or 0,
-    )
-
 
 class Etcd3Client:
     """An etcd v3 client with python-etcd3's API that survives member restarts and hung connections.
@@ -112,16 +81,9 @@ class Etcd3Client:
         health: HealthPolicy | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self._endpoints = self._parse_endpoints(host, port, endpoints)
+        self._endpoints = shapes.parse_endpoints(host, port, endpoints)
         self.timeout = deadlines.validate_timeout("timeout", timeout) or DEFAULT_TIMEOUT
-        if (user is None) != (password is None):
-            raise ConfigurationError("user and password must be given together")
-        if user is not None and not user:
-            raise ConfigurationError("user must not be empty")
-        for name, policy, cls in (("keepalive", keepalive, KeepalivePolicy), ("health", health, HealthPolicy),
-                                  ("retry", retry, RetryPolicy)):
-            if policy is not None and not isinstance(policy, cls):
-                raise ConfigurationError(f"{name} must be a {cls.__name__}, got {type(policy).__name__}")
+        shapes.check_client_args(user, password, keepalive, health, retry)
         self._user = user
         self.transactions = Transactions()
         self._watch_lock = threading.Lock()
@@ -152,25 +114,6 @@ class Etcd3Client:
             except BaseException:
                 self._finalizer()
                 raise
-
-    @staticmethod
-    def _parse_endpoints(host: str, port: int | str, endpoints: Sequence[str | Endpoint] | None) -> list[Endpoint]:
-        if endpoints is not None:
-            if isinstance(endpoints, (str, bytes)):
-                raise ConfigurationError("endpoints must be a list of addresses, not a single string")
-            if (host, port) != ("localhost", 2379):
-                raise ConfigurationError("give either host/port or endpoints, not both")
-            parsed = [parse_endpoint(e) for e in endpoints]
-            if not parsed:
-                raise ConfigurationError("endpoints must not be empty")
-            if len({e.target for e in parsed}) != len(parsed):
-                raise ConfigurationError(f"duplicate endpoints in {[e.target for e in parsed]}")
-            return parsed
-        if isinstance(port, str) and port.strip().isdigit():  # python-etcd3 accepts "2379"
-            port = int(port)
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ConfigurationError(f"port must be an integer 1-65535, got {port!r}")
-        return [parse_endpoint(f"{host}:{port}" if ":" not in host or host.startswith("[") else f"[{host}]:{port}")]
 
     def __repr__(self) -> str:
         eps = ", ".join(e.target for e in self._endpoints)
@@ -207,8 +150,7 @@ class Etcd3Client:
 
     def get_response(self, key: Key, *, timeout: float | None = None, **kwargs: Any) -> rpc_pb2.RangeResponse:
         """The raw ``RangeResponse`` for ``key`` (kwargs: revision, serializable, keys_only, …)."""
-        req = _range_request(to_bytes(key), **kwargs) if kwargs else rpc_pb2.RangeRequest(key=to_bytes(key))
-        return self._range(req, timeout)
+        return self._range(shapes.get_request(key, kwargs), timeout)
 
     def get(self, key: Key, *, timeout: float | None = None,
             **kwargs: Any) -> tuple[bytes, KVMetadata] | tuple[None, None]:
@@ -217,79 +159,57 @@ class Etcd3Client:
             resp = self.get_response(key, timeout=timeout, **kwargs)
         else:  # the hot path: one key is never paged, straight to the transport
             resp = self._transport.unary("kv", "Range", rpc_pb2.RangeRequest(key=to_bytes(key)), timeout=timeout)
-        if not resp.kvs:
-            return None, None
-        kv = resp.kvs[0]
-        return kv.value, KVMetadata(kv, resp.header)
+        return shapes.value_of(resp)
 
     def get_prefix_response(self, key_prefix: Key, *, timeout: float | None = None,
                             **kwargs: Any) -> rpc_pb2.RangeResponse:
         """The raw ``RangeResponse`` for every key under ``key_prefix`` (kwargs as :meth:`get`)."""
-        if "range_end" in kwargs:
-            raise TypeError("Don't use 'range_end' with 'get_prefix'")
-        prefix = to_bytes(key_prefix)
-        return self._range(_range_request(prefix, prefix_range_end(prefix), **kwargs), timeout)
+        return self._range(shapes.prefix_request(key_prefix, kwargs), timeout)
 
     def get_prefix(self, key_prefix: Key, *, timeout: float | None = None,
                    **kwargs: Any) -> Iterator[tuple[bytes, KVMetadata]]:
         """``(value, metadata)`` for every key under ``key_prefix`` (sort_order, sort_target, keys_only …)."""
-        resp = self.get_prefix_response(key_prefix, timeout=timeout, **kwargs)
-        return ((kv.value, KVMetadata(kv, resp.header)) for kv in resp.kvs)
+        return shapes.items(self.get_prefix_response(key_prefix, timeout=timeout, **kwargs))
 
     def get_range_response(self, range_start: Key, range_end: Key, sort_order: str | None = None,
                            sort_target: str = "key", *, timeout: float | None = None,
                            **kwargs: Any) -> rpc_pb2.RangeResponse:
         """The raw ``RangeResponse`` for the keys in ``[range_start, range_end)``."""
-        req = _range_request(to_bytes(range_start), to_bytes(range_end), sort_order=sort_order,
-                             sort_target=sort_target, **kwargs)
-        return self._range(req, timeout)
+        return self._range(shapes.range_of(range_start, range_end, sort_order, sort_target, kwargs), timeout)
 
     def get_range(self, range_start: Key, range_end: Key, *, timeout: float | None = None,
                   **kwargs: Any) -> Iterator[tuple[bytes, KVMetadata]]:
         """Keys in ``[range_start, range_end)``."""
-        resp = self.get_range_response(range_start, range_end, timeout=timeout, **kwargs)
-        return ((kv.value, KVMetadata(kv, resp.header)) for kv in resp.kvs)
+        return shapes.items(self.get_range_response(range_start, range_end, timeout=timeout, **kwargs))
 
     def get_all_response(self, sort_order: str | None = None, sort_target: str = "key", keys_only: bool = False,
                          *, timeout: float | None = None, **kwargs: Any) -> rpc_pb2.RangeResponse:
         """The raw ``RangeResponse`` for every key in the store."""
-        req = _range_request(b"\0", b"\0", sort_order=sort_order, sort_target=sort_target,
-                             keys_only=keys_only, **kwargs)
-        return self._range(req, timeout)
+        return self._range(shapes.all_request(sort_order, sort_target, keys_only, kwargs), timeout)
 
     def get_all(self, *, timeout: float | None = None, **kwargs: Any) -> Iterator[tuple[bytes, KVMetadata]]:
         """Every key in the store."""
-        resp = self.get_all_response(timeout=timeout, **kwargs)
-        return ((kv.value, KVMetadata(kv, resp.header)) for kv in resp.kvs)
+        return shapes.items(self.get_all_response(timeout=timeout, **kwargs))
 
     def put(self, key: Key, value: Key, lease: Lease | int | None = None, prev_kv: bool = False,
             *, timeout: float | None = None) -> rpc_pb2.PutResponse:
         """Write ``value`` to ``key``; never sent twice unless the first send provably never left."""
-        req = rpc_pb2.PutRequest(key=to_bytes(key), value=to_bytes(value, "value"), lease=lease_id(lease),
-                                 prev_kv=prev_kv)
-        with _lease_gone(lease):
-            resp: rpc_pb2.PutResponse = self._transport.unary("kv", "Put", req, timeout=timeout)
+        with lease_gone(lease):
+            resp: rpc_pb2.PutResponse = self._transport.unary(
+                "kv", "Put", shapes.put_request(key, value, lease, prev_kv), timeout=timeout)
         return resp
 
     def put_if_not_exists(self, key: Key, value: Key, lease: Lease | int | None = None,
                           *, timeout: float | None = None) -> bool:
         """Create ``key`` only if absent; True when it was created."""
-        with _lease_gone(lease):
-            succeeded, _ = self.transaction(
-                compare=[self.transactions.create(key) == 0],
-                success=[self.transactions.put(key, value, lease=lease)],
-                failure=[], timeout=timeout,
-            )
-        return succeeded
+        compare, success = shapes.create_if_absent(self.transactions, key, value, lease)
+        with lease_gone(lease):
+            return self.transaction(compare, success, [], timeout=timeout)[0]
 
     def replace(self, key: Key, initial_value: Key, new_value: Key, *, timeout: float | None = None) -> bool:
         """Set ``key`` to ``new_value`` only if it holds ``initial_value``; True when replaced."""
-        succeeded, _ = self.transaction(
-            compare=[self.transactions.value(key) == initial_value],
-            success=[self.transactions.put(key, new_value)],
-            failure=[], timeout=timeout,
-        )
-        return succeeded
+        compare, success = shapes.swap(self.transactions, key, initial_value, new_value)
+        return self.transaction(compare, success, [], timeout=timeout)[0]
 
     def delete(self, key: Key, prev_kv: bool = False, return_response: bool = False,
                *, timeout: float | None = None) -> bool | rpc_pb2.DeleteRangeResponse:
@@ -300,27 +220,16 @@ class Etcd3Client:
 
     def delete_prefix(self, prefix: Key, *, timeout: float | None = None) -> rpc_pb2.DeleteRangeResponse:
         """Delete every key under ``prefix``."""
-        p = to_bytes(prefix)
-        req = rpc_pb2.DeleteRangeRequest(key=p, range_end=prefix_range_end(p))
-        resp: rpc_pb2.DeleteRangeResponse = self._transport.unary("kv", "DeleteRange", req, timeout=timeout)
+        resp: rpc_pb2.DeleteRangeResponse = self._transport.unary(
+            "kv", "DeleteRange", shapes.delete_prefix_request(prefix), timeout=timeout)
         return resp
 
     def transaction(self, compare: list[BaseCompare], success: list[Any] | None = None,
                     failure: list[Any] | None = None, *, timeout: float | None = None) -> tuple[bool, list[Any]]:
         """Atomic compare-and-swap. Returns ``(succeeded, responses)``; a range op's response is a list of
         ``(value, metadata)``, other ops give their protobuf response. Retried only when read-only."""
-        success, failure = success or [], failure or []
-        req = build_txn(compare, success, failure)
-        resp: rpc_pb2.TxnResponse = self._transport.unary(
-            "kv", "Txn", req, timeout=timeout, idempotent=is_read_only(success + failure))
-        responses: list[Any] = []
-        for r in resp.responses:
-            kind = r.WhichOneof("response")
-            if kind == "response_range":
-                responses.append([(kv.value, KVMetadata(kv, resp.header)) for kv in r.response_range.kvs])
-            else:
-                responses.append(getattr(r, kind))
-        return resp.succeeded, responses
+        req, ops = shapes.txn_request(compare, success, failure)
+        return shapes.txn_result(self._transport.unary("kv", "Txn", req, timeout=timeout, idempotent=is_read_only(ops)))
 
     def compact(self, revision: int, physical: bool = False, *, timeout: float | None = None) -> None:
         """Compact the history up to ``revision``."""
@@ -330,8 +239,7 @@ class Etcd3Client:
     # ---- leases ----
     def lease(self, ttl: int, lease_id: int | None = None, *, timeout: float | None = None) -> Lease:
         """Grant a lease of ``ttl`` seconds."""
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
-            raise ConfigurationError(f"lease ttl must be a positive integer of seconds, got {ttl!r}")
+        shapes.check_ttl(ttl)
         sent = time.monotonic()
         resp = self._transport.unary("lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=ttl, ID=lease_id or 0),
                                      timeout=timeout)
@@ -548,9 +456,7 @@ class Etcd3Client:
         with deadlines.deadline_of(timeout, self.timeout):
             st = self._transport.unary("maintenance", "Status", rpc_pb2.StatusRequest(),
                                        pin=self._member_conn(endpoint))
-            members = list(self.members)
-        leader = next((m for m in members if m.id == st.leader), None)
-        return Status(st.version, st.dbSize, leader, st.raftIndex, st.raftTerm)
+            return shapes.status(st, list(self.members))
 
     def defragment(self, *, endpoint: str | None = None, timeout: float | None = None) -> rpc_pb2.DefragmentResponse:
         """Defragment one member (``endpoint``, default: the member in use) — never another one, even if
@@ -568,10 +474,9 @@ class Etcd3Client:
                                          pin=self._member_conn(endpoint)).hash)
 
     def _alarm(self, action: Any, member_id: int, alarm_type: Any, timeout: float | None) -> list[Alarm]:
-        req = rpc_pb2.AlarmRequest(action=action, memberID=member_id, alarm=alarm_type)
-        resp = self._transport.unary("maintenance", "Alarm", req, timeout=timeout,
-                                     idempotent=action == rpc_pb2.AlarmRequest.GET)
-        return [Alarm(rpc_pb2.AlarmType.Name(a.alarm), a.memberID) for a in resp.alarms]
+        req = shapes.alarm_request(action, member_id, alarm_type)
+        return shapes.alarms(self._transport.unary("maintenance", "Alarm", req, timeout=timeout,
+                                                   idempotent=action == rpc_pb2.AlarmRequest.GET))
 
     def create_alarm(self, member_id: int = 0, *, timeout: float | None = None) -> list[Alarm]:
         """Raise a NOSPACE alarm (for tests of alarm handling)."""
@@ -580,9 +485,7 @@ class Etcd3Client:
     def list_alarms(self, member_id: int = 0, alarm_type: str = "none",
                     *, timeout: float | None = None) -> list[Alarm]:
         """The active alarms (of ``member_id``, 0: all members; of ``alarm_type``, "none": all types)."""
-        if alarm_type.lower() not in _ALARM_TYPES:
-            raise ValueError(f"alarm_type must be one of {sorted(_ALARM_TYPES)}, got {alarm_type!r}")
-        return self._alarm(rpc_pb2.AlarmRequest.GET, member_id, _ALARM_TYPES[alarm_type.lower()], timeout)
+        return self._alarm(rpc_pb2.AlarmRequest.GET, member_id, shapes.alarm_type(alarm_type), timeout)
 
     def disarm_alarm(self, member_id: int = 0, *, timeout: float | None = None) -> list[Alarm]:
         """Clear the NOSPACE alarm (of ``member_id``, 0: every member); the alarms it cleared."""
@@ -609,17 +512,17 @@ class Etcd3Client:
 
 
 @contextlib.contextmanager
-def _lease_gone(lease: Lease | int | None) -> Iterator[None]:
+def lease_gone(lease: LeaseState | int | None) -> Iterator[None]:
     """A write on a lease the server no longer knows raises :class:`LeaseLostError` (and marks a
     :class:`Lease` lost), as promised, instead of a bare "requested lease not found"."""
-    if isinstance(lease, Lease):
+    if isinstance(lease, LeaseState):
         lease.check()
     try:
         yield
     except Etcd3Exception as e:
         if lease is None or lease == 0 or "lease not found" not in str(e):
             raise
-        if isinstance(lease, Lease):
+        if isinstance(lease, LeaseState):
             lease._mark_lost("not found on the server (expired or revoked)", notify=False)
             raise LeaseLostError(lease.id, "not found on the server (expired or revoked)") from e
         raise LeaseLostError(int(lease), "not found on the server (expired or revoked)") from e

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from ..metrics import METRICS
@@ -149,6 +149,21 @@ class HealthDriver(Generic[P]):
             peer.end(True)
         else:
             peer.heard()
+        if peer.health.state is not State.HEALTHY:
+            self.report_success(peer, generation)
+        return result
+
+    async def arun(self, peer: P, call: Callable[[P], Awaitable[T]], *, generation: int | None = None,
+                   answered: Callable[[BaseException], bool] = lambda error: False) -> T:
+        """:meth:`run` for a coroutine (an asyncio face): counted while it is awaited, ended however it ends
+        (a cancelled task too)."""
+        peer.begin()
+        try:
+            result = await call(peer)
+        except BaseException as e:
+            peer.end(answered(e))
+            raise
+        peer.end(True)
         if peer.health.state is not State.HEALTHY:
             self.report_success(peer, generation)
         return result

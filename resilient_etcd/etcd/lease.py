@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._proto import rpc_pb2
 from ..deadlines import deadline, remaining
@@ -35,25 +35,17 @@ def abandoned_on_error(lease: Lease | None) -> Iterator[None]:
         raise
 
 
-class Lease:
-    """A granted lease: ``id``, ``ttl``; ``refresh()``, ``revoke()``; ``remaining_ttl``,
-    ``granted_ttl`` and ``keys`` ask the server each time.
+class LeaseState:
+    """What a lease handle knows and decides whatever face it has: its id and TTL, the local estimate
+    of its expiry, whether it is lost (and telling ``on_lost`` once), and the keeper's schedule."""
 
-    ``keep_alive(on_lost=…)`` starts a keeper thread that refreshes every ``ttl / 3`` seconds through
-    the client's failover and retries. When the lease is gone — the server says it expired or was
-    revoked, or no refresh got through before the TTL ran out — the lease flips to *lost*,
-    ``on_lost(lease)`` is called once, and every later use raises :class:`LeaseLostError`.
-    ``keep_alive(on_lost=…, refresh=False)`` only watches the clock: the lease expires unless the
-    owner calls ``refresh()`` in time (python-etcd3's behaviour), and ``on_lost`` says when it did.
-    """
-
-    def __init__(self, lease_id: int, ttl: int, etcd_client: Etcd3Client | None = None) -> None:
+    def __init__(self, lease_id: int, ttl: int, etcd_client: Any = None) -> None:
         self.id = lease_id
         self.ttl = ttl
         self.etcd_client = etcd_client
         self._lost: str | None = None
-        self._on_lost: list[Callable[[Lease], None]] = []
-        self._keeper: threading.Thread | None = None
+        self._on_lost: list[Callable[[Any], None]] = []
+        self._keeper: Any = None  # a thread, or an asyncio task
         self._refreshing = True
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -73,6 +65,78 @@ class Lease:
         if self._lost is not None:
             raise LeaseLostError(self.id, self._lost)
 
+    def _refreshed(self, responses: list[rpc_pb2.LeaseKeepAliveResponse],
+                   sent: float) -> list[rpc_pb2.LeaseKeepAliveResponse]:
+        """Take the answers to a keep-alive sent at ``sent``: the new expiry, or the loss (TTL 0)."""
+        for r in responses:
+            if r.TTL <= 0:
+                # (a keep-alive answered after the owner stopped the keeper, or revoked: not a loss to report)
+                self._mark_lost("expired or revoked on the server (keep-alive answered TTL 0)",
+                                notify=not self._stop.is_set())
+                self.check()
+            self.expires_at = sent + r.TTL
+        return responses
+
+    # ---- the keeper's schedule, the same for every face ----
+    @property
+    def refresh_interval(self) -> float:
+        return max(self.ttl / 3.0, 0.2)
+
+    def _sleep(self, interval: float) -> float:
+        """How long the keeper sleeps now: never past the expiry, so the loss is signalled when the TTL
+        runs out, before the server (which counts from the last keep-alive it received) drops the keys."""
+        return 0 if self._lost is not None else max(0.0, min(interval, self.expires_at - time.monotonic()))
+
+    def _due(self) -> float | None:
+        """The keeper woke: seconds of TTL left, or None when the keeper is done (lost; now marked so)."""
+        if self._lost is not None:
+            return None
+        left = self.expires_at - time.monotonic()
+        if left <= 0:
+            why = "no keep-alive got through" if self._refreshing else "refresh() was not called"
+            self._mark_lost(f"{why} within its TTL ({self.ttl} s)")
+            return None
+        return left
+
+    def _retry_after(self, left: float, error: BaseException) -> float:
+        """A keep-alive failed with ``left`` seconds of TTL: try again soon, well before it runs out."""
+        log.warning("lease %#x keep-alive failed (%.1f s of TTL left): %s", self.id, left, error,
+                    extra={"lease": self.id, "event": "lease_keepalive_failed"})
+        return min(0.5, max(left / 4, 0.05))
+
+    def _mark_lost(self, reason: str, *, notify: bool = True) -> None:
+        with self._lock:
+            if self._lost is not None:
+                return
+            self._lost = reason
+            callbacks = list(self._on_lost) if notify else []
+        self._stop.set()
+        if notify and _PLANTED["skip_lost_signal"]:
+            callbacks = []  # the planted bug: the loss is recorded but nobody is told
+        if notify:
+            METRICS.inc("lease_losses")
+            log.error("lease %#x lost: %s", self.id, reason, extra={"lease": self.id, "event": "lease_lost"})
+        for cb in callbacks:
+            try:
+                cb(self)
+            except Exception:
+                log.exception("on_lost callback failed")
+
+
+class Lease(LeaseState):
+    """A granted lease: ``id``, ``ttl``; ``refresh()``, ``revoke()``; ``remaining_ttl``,
+    ``granted_ttl`` and ``keys`` ask the server each time.
+
+    ``keep_alive(on_lost=…)`` starts a keeper thread that refreshes every ``ttl / 3`` seconds through
+    the client's failover and retries. When the lease is gone — the server says it expired or was
+    revoked, or no refresh got through before the TTL ran out — the lease flips to *lost*,
+    ``on_lost(lease)`` is called once, and every later use raises :class:`LeaseLostError`.
+    ``keep_alive(on_lost=…, refresh=False)`` only watches the clock: the lease expires unless the
+    owner calls ``refresh()`` in time (python-etcd3's behaviour), and ``on_lost`` says when it did.
+    """
+
+    etcd_client: Etcd3Client | None
+
     def _client(self) -> Etcd3Client:
         if self.etcd_client is None:
             raise ValueError("this Lease is not bound to a client")
@@ -89,15 +153,7 @@ class Lease:
     def refresh(self) -> list[rpc_pb2.LeaseKeepAliveResponse]:
         """One keep-alive; raises :class:`LeaseLostError` when the server says the lease is gone."""
         sent = time.monotonic()
-        responses = list(self._client().refresh_lease(self.id))
-        for r in responses:
-            if r.TTL <= 0:
-                # (a keep-alive answered after the owner stopped the keeper, or revoked: not a loss to report)
-                self._mark_lost("expired or revoked on the server (keep-alive answered TTL 0)",
-                                notify=not self._stop.is_set())
-                self.check()
-            self.expires_at = sent + r.TTL
-        return responses
+        return self._refreshed(list(self._client().refresh_lease(self.id)), sent)
 
     @property
     def remaining_ttl(self) -> int:
@@ -173,17 +229,10 @@ class Lease:
             self.abandon()
 
     def _keep(self) -> None:
-        interval = max(self.ttl / 3.0, 0.2)
-        while not self._stop.wait(0 if self._lost is not None
-                                  else max(0.0, min(interval, self.expires_at - time.monotonic()))):
-            # (never sleeps past the expiry: the loss is signalled when the TTL runs out, before the
-            # server, which counts from when it received the last keep-alive, drops the lease's keys)
-            if self._lost is not None:
-                return
-            left = self.expires_at - time.monotonic()
-            if left <= 0:
-                why = "no keep-alive got through" if self._refreshing else "refresh() was not called"
-                self._mark_lost(f"{why} within its TTL ({self.ttl} s)")
+        interval = self.refresh_interval
+        while not self._stop.wait(self._sleep(interval)):
+            left = self._due()
+            if left is None:
                 return
             if not self._refreshing:
                 interval = left + 0.01  # only watch the clock; refresh() moves expires_at
@@ -191,28 +240,9 @@ class Lease:
             try:
                 with deadline(left):
                     self.refresh()
-                interval = max(self.ttl / 3.0, 0.2)
+                interval = self.refresh_interval
             except LeaseLostError:
                 return
             except Exception as e:  # any failure: keep trying until the TTL says the lease is gone
-                log.warning("lease %#x keep-alive failed (%.1f s of TTL left): %s", self.id, left, e,
-                            extra={"lease": self.id, "event": "lease_keepalive_failed"})
-                interval = min(0.5, max(left / 4, 0.05))  # try again soon, well before it runs out
+                interval = self._retry_after(left, e)
 
-    def _mark_lost(self, reason: str, *, notify: bool = True) -> None:
-        with self._lock:
-            if self._lost is not None:
-                return
-            self._lost = reason
-            callbacks = list(self._on_lost) if notify else []
-        self._stop.set()
-        if notify and _PLANTED["skip_lost_signal"]:
-            callbacks = []  # the planted bug: the loss is recorded but nobody is told
-        if notify:
-            METRICS.inc("lease_losses")
-            log.error("lease %#x lost: %s", self.id, reason, extra={"lease": self.id, "event": "lease_lost"})
-        for cb in callbacks:
-            try:
-                cb(self)
-            except Exception:
-                log.exception("on_lost callback failed")

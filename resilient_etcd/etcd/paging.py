@@ -15,7 +15,9 @@ learnt a step at a time, never staked on one large guess. A fast link: pages of 
 doublings, so the extra round trips cost nothing measurable. Ranges sorted by anything but the key in
 ascending order cannot be continued from a key, and are sent whole.
 
-Pure logic: ``send(request) -> response`` does the I/O; time is passed in through ``clock``.
+Pure logic: :func:`page_steps` yields each page's request and is sent its answer (see
+:mod:`resilient_etcd._steps`); :func:`paged_range` runs it with a blocking ``send``; time is passed in
+through ``clock``.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 from .._proto import rpc_pb2
+from .._steps import drive
 from ..exceptions import Etcd3Exception, RevisionCompactedError
 
 MAX_PAGE_KEYS = 100_000
@@ -84,6 +87,15 @@ def pageable(req: rpc_pb2.RangeRequest) -> bool:
 def paged_range(req: rpc_pb2.RangeRequest, send: Callable[[rpc_pb2.RangeRequest], rpc_pb2.RangeResponse],
                 sizer: PageSizer, clock: Callable[[], float] = time.monotonic,
                 restarts: int = 3) -> rpc_pb2.RangeResponse:
+    """:func:`page_steps` with ``send`` doing each page's request on this thread."""
+    return drive(page_steps(req, sizer, clock, restarts), send)
+
+
+PageSteps = Generator[rpc_pb2.RangeRequest, rpc_pb2.RangeResponse, rpc_pb2.RangeResponse]
+
+
+def page_steps(req: rpc_pb2.RangeRequest, sizer: PageSizer, clock: Callable[[], float] = time.monotonic,
+               restarts: int = 3) -> PageSteps:
     """Read ``req`` page by page at one revision; returns one ``RangeResponse`` as a single Range would
     (header and ``count`` of the first page, every key, ``more`` only when the caller's ``limit`` cut
     the range short).
@@ -95,7 +107,7 @@ def paged_range(req: rpc_pb2.RangeRequest, send: Callable[[rpc_pb2.RangeRequest]
     """
     for attempt in range(restarts + 1):
         try:
-            return _read(req, send, sizer, clock)
+            return (yield from _read(req, sizer, clock))
         except RevisionCompactedError:
             if req.revision or attempt == restarts:
                 raise
@@ -105,8 +117,7 @@ def paged_range(req: rpc_pb2.RangeRequest, send: Callable[[rpc_pb2.RangeRequest]
     raise AssertionError("unreachable")
 
 
-def _read(req: rpc_pb2.RangeRequest, send: Callable[[rpc_pb2.RangeRequest], rpc_pb2.RangeResponse],
-          sizer: PageSizer, clock: Callable[[], float]) -> rpc_pb2.RangeResponse:
+def _read(req: rpc_pb2.RangeRequest, sizer: PageSizer, clock: Callable[[], float]) -> PageSteps:
     wanted = req.limit or None
     page = rpc_pb2.RangeRequest()
     page.CopyFrom(req)
@@ -116,7 +127,7 @@ def _read(req: rpc_pb2.RangeRequest, send: Callable[[rpc_pb2.RangeRequest], rpc_
     while True:
         page.limit = limit if wanted is None else min(limit, wanted - _got(result))
         sent = clock()
-        resp = send(page)
+        resp = yield _copy(page)
         largest = max([largest, *(kv.ByteSize() for kv in resp.kvs)])
         sizer.answered(req.key, resp.ByteSize(), largest, clock() - sent)
         if result is None:
@@ -132,6 +143,14 @@ def _read(req: rpc_pb2.RangeRequest, send: Callable[[rpc_pb2.RangeRequest], rpc_
             return result
         page.key = resp.kvs[-1].key + b"\0"
         limit = min(sizer.limit(largest), 2 * page.limit)  # unseen keys may be larger: grow a step at a time
+
+
+def _copy(page: rpc_pb2.RangeRequest) -> rpc_pb2.RangeRequest:
+    """The page as sent (the request object is reused for the next page while an asyncio face may still
+    hold this one)."""
+    sent = rpc_pb2.RangeRequest()
+    sent.CopyFrom(page)
+    return sent
 
 
 def _got(result: rpc_pb2.RangeResponse | None) -> int:

@@ -45,6 +45,7 @@ from ..transport.retry import Failure, classify, is_hard
 from .events import WatchResponse, new_event
 
 if TYPE_CHECKING:
+    from ..transport.core import Metadata
     from ..transport.pool import Connection
     from ..transport.transport import Transport
 
@@ -116,21 +117,21 @@ class _StreamEnded(Exception):
     pass
 
 
-class WatchManager:
-    """The watch machinery of one client; created on first use."""
+class WatchBook:
+    """The watches of one client and the Watch protocol's bookkeeping, whatever does the I/O: which
+    revision each watch resumes from, which create an anonymous refusal answers, what a progress answer
+    proves, when a quiet stream counts as stalled, and what a stream's end means. A face (threads:
+    :class:`WatchManager`; asyncio: ``resilient_etcd.aio``'s) runs the stream and delivers."""
 
-    def __init__(self, transport: Transport, *, progress_interval: float = 0.5, stall_timeout: float = 1.0,
-                 require_leader: bool = True) -> None:
+    def __init__(self, transport: Any, *, progress_interval: float, stall_timeout: float,
+                 require_leader: bool) -> None:
         self._t = transport
         self.progress_interval = progress_interval
         self.stall_timeout = stall_timeout
         self._require_leader = require_leader
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
         self._watches: dict[int, _Watch] = {}
-        self._closed = threading.Event()
-        self._stream: tuple[Any, queue.SimpleQueue[rpc_pb2.WatchRequest | None]] | None = None
         # the creates sent on the current stream and not answered yet, in the order sent: etcd answers a
         # create it refuses before making a watch (expired token, permission) with watch id -1, in order
         self._unanswered: collections.deque[int] = collections.deque()
@@ -139,15 +140,195 @@ class WatchManager:
         self._progress_sent: float | None = None  # when the progress request out now was sent (one at a time)
         self._progress_requests = 0  # progress requests sent by this manager
         self._last_progress = 0.0
+        self._stalled = False
+        self._idle = False  # the stream was closed on purpose (no watches left): not a resume
+        self._leaderless = False  # NoLeaderError already delivered for the current outage
+        self._token_refused = False  # a create was refused for our token: renew it before the next stream
+        self.resumes = 0
+        self._avoid: Any = None  # the connection whose stream just failed: try another one first
+
+    def _deliver(self, w: _Watch, item: Any) -> None:
+        raise NotImplementedError
+
+    # ---- a stream's life ----
+    def _metadata(self) -> Metadata:
+        md: Metadata = self._t.token_metadata
+        return md + ((("hasleader", "true"),) if self._require_leader else ())
+
+    def _opened(self, ordered: bool) -> list[rpc_pb2.WatchRequest]:
+        """A new stream is up (lock held): the creates to send on it, every watch from its resume point."""
+        self._progress_ordered = ordered
+        self._stalled = False
+        self._progress_sent = None
+        self._last_activity = self._last_progress = time.monotonic()
+        self._unanswered = collections.deque(self._watches)
+        for w in self._watches.values():
+            w.on_stream = True
+        return [w.create_request() for w in self._watches.values()]
+
+    def _closed_stream(self) -> None:
+        """The stream ended (lock held): no watch is on one."""
+        for w in self._watches.values():
+            w.on_stream = False
+
+    def _ended(self, conn: Connection, gen: int, code: grpc.StatusCode, details: str) -> None:
+        """The stream on ``conn`` failed with ``code``: what it says of the endpoint, and of the cluster."""
+        failure = classify(code, details)
+        if failure is Failure.AUTH_TOKEN and self._t.has_credentials:
+            self._token_refused = True
+        elif self._stalled:
+            self._avoid = conn
+            self._t.pool.report_failure(conn, "watch stream stalled", hard=False, generation=gen)
+        elif "no leader" in details:
+            self._avoid = conn
+            self._notify_no_leader(f"{details} [{conn.name}]")
+        elif code != grpc.StatusCode.CANCELLED:
+            self._avoid = conn
+            self._t.pool.report_failure(conn, f"watch: {code.name}: {details}", hard=is_hard(failure),
+                                        generation=gen)
+        log.info("watch stream on %s ended (%s: %s); resuming", conn.name, code.name, details,
+                 extra={"endpoint": conn.name, "event": "watch_resume"})
+
+    def _count_resume(self, conn: Connection, closing: bool) -> None:
+        if self._idle:
+            self._idle = False
+        elif not closing:
+            self.resumes += 1
+            METRICS.inc("watch_resumes", conn.name)
+
+    def _progress_due(self, now: float) -> bool:
+        """Time to ask for progress on a quiet stream? (Counts the request as sent.)"""
+        if self._progress_sent is not None or now - self._last_progress < self.progress_interval:
+            return False
+        self._last_progress = self._progress_sent = now
+        self._progress_requests += 1
+        return True
+
+    def _stall(self, now: float) -> bool:
+        """Has the stream been silent for ``stall_timeout`` with a progress request out? (Marks it stalled.)"""
+        sent = self._progress_sent
+        if sent is None or now - max(sent, self._last_activity) <= self.stall_timeout:
+            return False
+        log.warning("watch stream silent for %.2f s with a progress request out; re-opening",
+                    now - max(sent, self._last_activity), extra={"event": "watch_stall"})
+        self._stalled = True
+        return True
+
+    # ---- answers ----
+    def _handle(self, resp: rpc_pb2.WatchResponse) -> None:
+        wid = resp.watch_id
+        if wid == _ALL_WATCHERS and (resp.created or resp.canceled):
+            self._refused(resp)
+            return
+        if wid == _ALL_WATCHERS:
+            self._progress_sent = None  # answered: the watchdog may ask again
+            if not self._progress_ordered:
+                return  # proof of life only (the watchdog saw it); events may still be pending
+            answered = self._progress_requests  # one request out at a time: this answers the last one
+            with self._lock:
+                for w in self._watches.values():
+                    # only watches etcd had made before that request: a request sent before a create may be
+                    # answered after the create's ack (etcd sends both from one select), and its revision
+                    # says nothing of a watch still replaying history from a start in the past
+                    if w.on_stream and w.next_revision is not None and w.acked_after < answered:
+                        w.next_revision = max(w.next_revision, resp.header.revision + 1)
+            return
+        with self._lock:
+            found = self._watches.get(wid)
+        if found is None:
+            return
+        w = found
+        if resp.created:
+            with self._lock:
+                if wid in self._unanswered:
+                    self._unanswered.remove(wid)
+        if resp.created and not resp.canceled and not resp.compact_revision:
+            if w.next_revision is None:
+                w.next_revision = (w.start_revision or resp.header.revision + 1)
+            w.acked_after = self._progress_requests
+            w.created.set()
+            return
+        if resp.canceled or resp.compact_revision:
+            self._canceled(w, resp)
+            return
+        if not resp.events:  # progress_notify for this watch
+            if w.next_revision is not None:
+                w.next_revision = max(w.next_revision, resp.header.revision + 1)
+            self._deliver(w, WatchResponse(resp.header, []))
+            return
+        floor = w.next_revision or 0
+        fresh = [e for e in resp.events if e.kv.mod_revision >= floor]
+        if fresh:
+            w.next_revision = fresh[-1].kv.mod_revision + 1
+            self._deliver(w, WatchResponse(resp.header, [new_event(e) for e in fresh]))
+
+    def _refused(self, resp: rpc_pb2.WatchResponse) -> None:
+        """A create refused before a watch was made: the answer (id -1) names no watch, so it is the
+        oldest create not answered yet. Read as a progress notice, it left that watch uncreated and
+        silent for good (an expired token after a resume: every watch)."""
+        with self._lock:
+            wid = self._unanswered.popleft() if self._unanswered else None
+            w = self._watches.get(wid) if wid is not None else None
+        if w is not None:
+            self._canceled(w, resp)
+            return
+        self._renew_if_token(resp.cancel_reason)
+        log.warning("watch create refused: %s", resp.cancel_reason, extra={"event": "watch_refused"})
+
+    def _renew_if_token(self, reason: str) -> None:
+        """A refusal for our token: re-open the stream after re-authenticating (raises _StreamEnded); the
+        watches resume on the new stream. Any other reason: nothing to do here."""
+        if classify(grpc.StatusCode.UNAUTHENTICATED, reason) is Failure.AUTH_TOKEN and self._t.has_credentials:
+            self._token_refused = True
+            raise _StreamEnded
+
+    def _canceled(self, w: _Watch, resp: rpc_pb2.WatchResponse) -> None:
+        reason = resp.cancel_reason or "watch canceled by the server"
+        self._renew_if_token(reason)
+        err: Etcd3Exception = (RevisionCompactedError(resp.compact_revision) if resp.compact_revision
+                               else Etcd3Exception(reason))
+        with self._lock:
+            self._watches.pop(w.id, None)
+        if not w.created.is_set():
+            w.error = err
+            w.created.set()
+            return
+        self._deliver(w, err)
+
+    def _notify_no_leader(self, reason: str) -> None:
+        """Tell every watch once per outage that there is no leader; the watches stay and resume."""
+        if self._leaderless:
+            return
+        self._leaderless = True
+        log.warning("watch: no leader (%s); watches will resume when quorum returns", reason,
+                    extra={"event": "watch_no_leader"})
+        with self._lock:
+            watches = list(self._watches.values())
+        for w in watches:
+            if not w.created.is_set():
+                w.error = NoLeaderError(reason)
+                w.created.set()
+                with self._lock:
+                    self._watches.pop(w.id, None)
+            else:
+                self._deliver(w, NoLeaderError(reason))
+
+
+class WatchManager(WatchBook):
+    """The watch machinery of one sync client, created on first use: a reader thread runs the stream,
+    a watchdog thread asks quiet streams for progress and re-opens stalled ones."""
+
+    def __init__(self, transport: Transport, *, progress_interval: float = 0.5, stall_timeout: float = 1.0,
+                 require_leader: bool = True) -> None:
+        super().__init__(transport, progress_interval=progress_interval, stall_timeout=stall_timeout,
+                         require_leader=require_leader)
+        self._wake = threading.Condition(self._lock)
+        self._closed = threading.Event()
+        self._stream: tuple[Any, queue.SimpleQueue[rpc_pb2.WatchRequest | None]] | None = None
         self._in_callback = False
         # the watch whose callback runs now (reader thread); cancel() waits while it is the one cancelled
         self._running: _Watch | None = None
         self._callback_done = threading.Condition(threading.Lock())
-        self._stalled = False
-        self._idle = False  # the stream was closed on purpose (no watches left): not a resume
-        self._leaderless = False  # NoLeaderError already delivered for the current outage
-        self.resumes = 0
-        self._avoid: Any = None  # the connection whose stream just failed: try another one first
         self._reader = threading.Thread(target=self._run, name="resilient-etcd-watch", daemon=True)
         self._monitor = threading.Thread(target=self._watchdog, name="resilient-etcd-watchdog", daemon=True)
         self._reader.start()
@@ -234,27 +415,23 @@ class WatchManager:
 
     def _pump(self) -> bool:
         """Run one stream until it ends; True if it delivered anything (the next may start at once)."""
+        if self._token_refused:
+            self._token_refused = False
+            self._reauth()
         conn = self._t.pool.pick(avoid=self._avoid)
         self._avoid = None
         gen = conn.generation
         q: queue.SimpleQueue[rpc_pb2.WatchRequest | None] = queue.SimpleQueue()
-        md = self._t.token_metadata + ((("hasleader", "true"),) if self._require_leader else ())
         delivered = False
         ordered = progress_is_ordered(self._server_version(conn))
         try:
-            call = conn.stubs.watch.Watch(_requests(q), metadata=md)
+            call = conn.stubs.watch.Watch(_requests(q), metadata=self._metadata())
         except ValueError:  # channel closed under us: pick again
             return False
         with self._lock:
             self._stream = (call, q)
-            self._progress_ordered = ordered
-            self._stalled = False
-            self._progress_sent = None
-            self._last_activity = self._last_progress = time.monotonic()
-            self._unanswered = collections.deque(self._watches)
-            for w in self._watches.values():
-                w.on_stream = True
-                q.put(w.create_request())
+            for req in self._opened(ordered):
+                q.put(req)
         try:
             for resp in call:
                 self._last_activity = time.monotonic()
@@ -263,38 +440,18 @@ class WatchManager:
                 delivered = True
                 self._leaderless = False
         except grpc.RpcError as e:
-            code, details = e.code(), e.details() or ""
-            failure = classify(code, details)
             if self._closed.is_set() or self._idle:
                 return True
-            if failure is Failure.AUTH_TOKEN and self._t.has_credentials:
-                self._reauth()
-            elif self._stalled:
-                self._avoid = conn
-                self._t.pool.report_failure(conn, "watch stream stalled", hard=False, generation=gen)
-            elif "no leader" in details:
-                self._avoid = conn
-                self._notify_no_leader(f"{details} [{conn.name}]")
-            elif code != grpc.StatusCode.CANCELLED:
-                self._avoid = conn
-                self._t.pool.report_failure(conn, f"watch: {code.name}: {details}", hard=is_hard(failure),
-                                            generation=gen)
-            log.info("watch stream on %s ended (%s: %s); resuming", conn.name, code.name, details,
-                     extra={"endpoint": conn.name, "event": "watch_resume"})
+            self._ended(conn, gen, e.code(), e.details() or "")
         except _StreamEnded:
             pass
         finally:
             q.put(None)
             with self._lock:
                 self._stream = None
-                for w in self._watches.values():
-                    w.on_stream = False
+                self._closed_stream()
             call.cancel()
-        if self._idle:
-            self._idle = False
-        elif not self._closed.is_set():
-            self.resumes += 1
-            METRICS.inc("watch_resumes", conn.name)
+        self._count_resume(conn, self._closed.is_set())
         return delivered
 
     def _server_version(self, conn: Connection) -> str | None:
@@ -310,109 +467,11 @@ class WatchManager:
         conn.server_version = (conn.generation, st.version)
         return str(st.version)
 
-    def _notify_no_leader(self, reason: str) -> None:
-        """Tell every watch once per outage that there is no leader; the watches stay and resume."""
-        if self._leaderless:
-            return
-        self._leaderless = True
-        log.warning("watch: no leader (%s); watches will resume when quorum returns", reason,
-                    extra={"event": "watch_no_leader"})
-        with self._lock:
-            watches = list(self._watches.values())
-        for w in watches:
-            if not w.created.is_set():
-                w.error = NoLeaderError(reason)
-                w.created.set()
-                with self._lock:
-                    self._watches.pop(w.id, None)
-            else:
-                self._deliver(w, NoLeaderError(reason))
-
     def _reauth(self) -> None:
         try:
             self._t.authenticate()
         except Etcd3Exception as e:
             log.warning("watch could not re-authenticate: %s", e)
-
-    def _handle(self, resp: rpc_pb2.WatchResponse) -> None:
-        wid = resp.watch_id
-        if wid == _ALL_WATCHERS and (resp.created or resp.canceled):
-            self._refused(resp)
-            return
-        if wid == _ALL_WATCHERS:
-            self._progress_sent = None  # answered: the watchdog may ask again
-            if not self._progress_ordered:
-                return  # proof of life only (the watchdog saw it); events may still be pending
-            answered = self._progress_requests  # one request out at a time: this answers the last one
-            with self._lock:
-                for w in self._watches.values():
-                    # only watches etcd had made before that request: a request sent before a create may be
-                    # answered after the create's ack (etcd sends both from one select), and its revision
-                    # says nothing of a watch still replaying history from a start in the past
-                    if w.on_stream and w.next_revision is not None and w.acked_after < answered:
-                        w.next_revision = max(w.next_revision, resp.header.revision + 1)
-            return
-        with self._lock:
-            found = self._watches.get(wid)
-        if found is None:
-            return
-        w = found
-        if resp.created:
-            with self._lock:
-                if wid in self._unanswered:
-                    self._unanswered.remove(wid)
-        if resp.created and not resp.canceled and not resp.compact_revision:
-            if w.next_revision is None:
-                w.next_revision = (w.start_revision or resp.header.revision + 1)
-            w.acked_after = self._progress_requests
-            w.created.set()
-            return
-        if resp.canceled or resp.compact_revision:
-            self._canceled(w, resp)
-            return
-        if not resp.events:  # progress_notify for this watch
-            if w.next_revision is not None:
-                w.next_revision = max(w.next_revision, resp.header.revision + 1)
-            self._deliver(w, WatchResponse(resp.header, []))
-            return
-        floor = w.next_revision or 0
-        fresh = [e for e in resp.events if e.kv.mod_revision >= floor]
-        if fresh:
-            w.next_revision = fresh[-1].kv.mod_revision + 1
-            self._deliver(w, WatchResponse(resp.header, [new_event(e) for e in fresh]))
-
-    def _refused(self, resp: rpc_pb2.WatchResponse) -> None:
-        """A create refused before a watch was made: the answer (id -1) names no watch, so it is the
-        oldest create not answered yet. Read as a progress notice, it left that watch uncreated and
-        silent for good (an expired token after a resume: every watch)."""
-        with self._lock:
-            wid = self._unanswered.popleft() if self._unanswered else None
-            w = self._watches.get(wid) if wid is not None else None
-        if w is not None:
-            self._canceled(w, resp)
-            return
-        self._renew_if_token(resp.cancel_reason)
-        log.warning("watch create refused: %s", resp.cancel_reason, extra={"event": "watch_refused"})
-
-    def _renew_if_token(self, reason: str) -> None:
-        """A refusal for our token: re-authenticate and re-open the stream (raises _StreamEnded); the
-        watches resume on the new stream. Any other reason: nothing to do here."""
-        if classify(grpc.StatusCode.UNAUTHENTICATED, reason) is Failure.AUTH_TOKEN and self._t.has_credentials:
-            self._reauth()
-            raise _StreamEnded
-
-    def _canceled(self, w: _Watch, resp: rpc_pb2.WatchResponse) -> None:
-        reason = resp.cancel_reason or "watch canceled by the server"
-        self._renew_if_token(reason)
-        err: Etcd3Exception = (RevisionCompactedError(resp.compact_revision) if resp.compact_revision
-                               else Etcd3Exception(reason))
-        with self._lock:
-            self._watches.pop(w.id, None)
-        if not w.created.is_set():
-            w.error = err
-            w.created.set()
-            return
-        self._deliver(w, err)
 
     def _deliver(self, w: _Watch, item: Any) -> None:
         with self._callback_done:
@@ -438,16 +497,7 @@ class WatchManager:
             if stream is None or self._in_callback:
                 continue
             now = time.monotonic()
-            sent = self._progress_sent
-            if sent is None:
-                if now - self._last_progress >= self.progress_interval:
-                    self._last_progress = self._progress_sent = now
-                    self._progress_requests += 1
-                    stream[1].put(_PROGRESS)
-            elif now - max(sent, self._last_activity) > self.stall_timeout:
-                # a progress request unanswered, and nothing else either for stall_timeout
-                silent = now - max(sent, self._last_activity)
-                log.warning("watch stream silent for %.2f s with a progress request out; re-opening", silent,
-                            extra={"event": "watch_stall"})
-                self._stalled = True
+            if self._progress_due(now):
+                stream[1].put(_PROGRESS)
+            elif self._stall(now):
                 stream[0].cancel()

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from .. import deadlines
+from .._steps import drive
 from ..balancer.health import State
 from ..balancer.retrying import make_retrying
 from ..exceptions import ClientClosedError, DeadlineExceeded
@@ -289,18 +290,8 @@ class Transport(TransportCore):
         return result
 
     def _run_steps(self, steps: Steps[T], invoke: Callable[[Stubs, float | None, Metadata], Any]) -> T:
-        """Do each step's I/O on this thread and hand the result (or the error) back, until the steps end."""
-        reply: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                step = steps.send(reply) if error is None else steps.throw(error)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            try:
-                reply, error = self._do(step, invoke), None
-            except BaseException as e:  # the steps classify it, or let it out
-                reply, error = None, e
+        """Do each step's I/O on this thread (see :mod:`resilient_etcd._steps`)."""
+        return drive(steps, lambda step: self._do(step, invoke))
 
     def _do(self, step: Step, invoke: Callable[[Stubs, float | None, Metadata], Any]) -> Any:
         if isinstance(step, Invoke):

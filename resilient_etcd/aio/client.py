@@ -1,0 +1,293 @@
+"""``AsyncEtcd3Client``: the sync client's API as coroutines, on ``grpc.aio``.
+
+Same arguments, same return shapes (a range is a list rather than a generator), same exceptions, and
+the same guarantees: the endpoint pool, health probes, retry table and deadline scopes are the sync
+client's own (see docs/asyncio.md). Make it inside a running event loop, and use it on that loop.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+from .. import deadlines
+from .._proto import rpc_pb2
+from .._steps import adrive
+from ..client import DEFAULT_TIMEOUT, lease_gone
+from ..etcd import paging, shapes
+from ..etcd.models import Alarm, Key, KVMetadata, Member, Status, to_bytes
+from ..etcd.transactions import BaseCompare, Transactions, is_read_only
+from ..exceptions import ConfigurationError
+from ..policies import HealthPolicy, KeepalivePolicy, RetryPolicy
+from ..transport.channels import Stubs
+from ..transport.core import Metadata
+from ..transport.endpoints import Endpoint, TlsConfig, parse_endpoint
+from ..transport.pool import Connection, EndpointStatus
+from .lease import AsyncLease
+from .transport import AsyncTransport
+
+Values = list[tuple[bytes, KVMetadata]]
+
+
+class AsyncEtcd3Client:
+    """An etcd v3 client for asyncio with python-etcd3's API (see ``Etcd3Client`` for the arguments)."""
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int | str = 2379,
+        ca_cert: str | None = None,
+        cert_key: str | None = None,
+        cert_cert: str | None = None,
+        timeout: float | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        grpc_options: Sequence[tuple[str, Any]] | None = None,
+        *,
+        endpoints: Sequence[str | Endpoint] | None = None,
+        keepalive: KeepalivePolicy | None = None,
+        health: HealthPolicy | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._endpoints = shapes.parse_endpoints(host, port, endpoints)
+        self.timeout = deadlines.validate_timeout("timeout", timeout) or DEFAULT_TIMEOUT
+        shapes.check_client_args(user, password, keepalive, health, retry)
+        self._user = user
+        self.transactions = Transactions()
+        health = health or HealthPolicy()
+        self._pages = paging.PageSizer(page_time=health.dead_after / 4)
+        self._transport = AsyncTransport(
+            self._endpoints, tls=TlsConfig.from_files(ca_cert, cert_key, cert_cert), default_timeout=self.timeout,
+            keepalive=keepalive or KeepalivePolicy(), health=health, retry=retry or RetryPolicy(),
+            grpc_options=list(grpc_options or ()), user=user, password=password)
+        self._leases: weakref.WeakSet[AsyncLease] = weakref.WeakSet()  # kept ones stop when the client closes
+        self._closers: list[Callable[[], Any]] = []  # what else ends with the client (the watch manager)
+        self._authenticated = user is None
+
+    def __repr__(self) -> str:
+        eps = ", ".join(e.target for e in self._endpoints)
+        auth = f", user={self._user!r}" if self._user else ""
+        tls = ", tls=True" if self._transport.tls else ""
+        return f"AsyncEtcd3Client(endpoints=[{eps}], timeout={self.timeout:g}{auth}{tls})"
+
+    # ---- lifecycle ----
+    async def aclose(self) -> None:
+        """Stop lease keepers and watches, close every channel; later calls raise ``ClientClosedError``."""
+        for lease in list(self._leases):
+            await lease.stop_keep_alive()
+        for close in self._closers:
+            await close()
+        await self._transport.aclose()
+
+    async def __aenter__(self) -> AsyncEtcd3Client:
+        await self._login()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def _login(self) -> None:
+        if not self._authenticated:
+            await self._transport.authenticate()
+            self._authenticated = True
+
+    async def _unary(self, service: str, method: str, request: Any, **kwargs: Any) -> Any:
+        if not self._authenticated:
+            await self._login()
+        return await self._transport.unary(service, method, request, **kwargs)
+
+    def endpoint_health(self) -> list[EndpointStatus]:
+        """One record per endpoint: state, whether active, latency, failures, ejections, last error."""
+        return self._transport.pool.status()
+
+    # ---- KV ----
+    async def _range(self, req: rpc_pb2.RangeRequest, timeout: float | None) -> rpc_pb2.RangeResponse:
+        if not paging.pageable(req):
+            resp: rpc_pb2.RangeResponse = await self._unary("kv", "Range", req, timeout=timeout)
+            return resp
+        with deadlines.deadline_of(timeout, self.timeout):  # one budget for every page
+            return await adrive(paging.page_steps(req, self._pages), self._page)
+
+    async def _page(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
+        resp: rpc_pb2.RangeResponse = await self._unary("kv", "Range", req)
+        return resp
+
+    async def get_response(self, key: Key, *, timeout: float | None = None, **kwargs: Any) -> rpc_pb2.RangeResponse:
+        """The raw ``RangeResponse`` for ``key`` (kwargs: revision, serializable, keys_only, …)."""
+        return await self._range(shapes.get_request(key, kwargs), timeout)
+
+    async def get(self, key: Key, *, timeout: float | None = None,
+                  **kwargs: Any) -> tuple[bytes, KVMetadata] | tuple[None, None]:
+        """``(value, metadata)`` of ``key``, or ``(None, None)`` when it does not exist."""
+        return shapes.value_of(await self.get_response(key, timeout=timeout, **kwargs))
+
+    async def get_prefix_response(self, key_prefix: Key, *, timeout: float | None = None,
+                                  **kwargs: Any) -> rpc_pb2.RangeResponse:
+        return await self._range(shapes.prefix_request(key_prefix, kwargs), timeout)
+
+    async def get_prefix(self, key_prefix: Key, *, timeout: float | None = None, **kwargs: Any) -> Values:
+        """``(value, metadata)`` for every key under ``key_prefix`` (sort_order, sort_target, keys_only …)."""
+        return list(shapes.items(await self.get_prefix_response(key_prefix, timeout=timeout, **kwargs)))
+
+    async def get_range_response(self, range_start: Key, range_end: Key, sort_order: str | None = None,
+                                 sort_target: str = "key", *, timeout: float | None = None,
+                                 **kwargs: Any) -> rpc_pb2.RangeResponse:
+        return await self._range(shapes.range_of(range_start, range_end, sort_order, sort_target, kwargs), timeout)
+
+    async def get_range(self, range_start: Key, range_end: Key, *, timeout: float | None = None,
+                        **kwargs: Any) -> Values:
+        """Keys in ``[range_start, range_end)``."""
+        return list(shapes.items(await self.get_range_response(range_start, range_end, timeout=timeout, **kwargs)))
+
+    async def get_all_response(self, sort_order: str | None = None, sort_target: str = "key",
+                               keys_only: bool = False, *, timeout: float | None = None,
+                               **kwargs: Any) -> rpc_pb2.RangeResponse:
+        return await self._range(shapes.all_request(sort_order, sort_target, keys_only, kwargs), timeout)
+
+    async def get_all(self, *, timeout: float | None = None, **kwargs: Any) -> Values:
+        """Every key in the store."""
+        return list(shapes.items(await self.get_all_response(timeout=timeout, **kwargs)))
+
+    async def put(self, key: Key, value: Key, lease: AsyncLease | int | None = None, prev_kv: bool = False,
+                  *, timeout: float | None = None) -> rpc_pb2.PutResponse:
+        """Write ``value`` to ``key``; never sent twice unless the first send provably never left."""
+        with lease_gone(lease):
+            resp: rpc_pb2.PutResponse = await self._unary(
+                "kv", "Put", shapes.put_request(key, value, lease, prev_kv), timeout=timeout)
+        return resp
+
+    async def put_if_not_exists(self, key: Key, value: Key, lease: AsyncLease | int | None = None,
+                                *, timeout: float | None = None) -> bool:
+        """Create ``key`` only if absent; True when it was created."""
+        compare, success = shapes.create_if_absent(self.transactions, key, value, lease)
+        with lease_gone(lease):
+            return (await self.transaction(compare, success, [], timeout=timeout))[0]
+
+    async def replace(self, key: Key, initial_value: Key, new_value: Key, *, timeout: float | None = None) -> bool:
+        """Set ``key`` to ``new_value`` only if it holds ``initial_value``; True when replaced."""
+        compare, success = shapes.swap(self.transactions, key, initial_value, new_value)
+        return (await self.transaction(compare, success, [], timeout=timeout))[0]
+
+    async def delete(self, key: Key, prev_kv: bool = False, return_response: bool = False,
+                     *, timeout: float | None = None) -> bool | rpc_pb2.DeleteRangeResponse:
+        """Delete ``key``; True if it existed (or the response with ``return_response=True``)."""
+        req = rpc_pb2.DeleteRangeRequest(key=to_bytes(key), prev_kv=prev_kv)
+        resp: rpc_pb2.DeleteRangeResponse = await self._unary("kv", "DeleteRange", req, timeout=timeout)
+        return resp if return_response else resp.deleted >= 1
+
+    async def delete_prefix(self, prefix: Key, *, timeout: float | None = None) -> rpc_pb2.DeleteRangeResponse:
+        """Delete every key under ``prefix``."""
+        resp: rpc_pb2.DeleteRangeResponse = await self._unary(
+            "kv", "DeleteRange", shapes.delete_prefix_request(prefix), timeout=timeout)
+        return resp
+
+    async def transaction(self, compare: list[BaseCompare], success: list[Any] | None = None,
+                          failure: list[Any] | None = None, *,
+                          timeout: float | None = None) -> tuple[bool, list[Any]]:
+        """Atomic compare-and-swap: ``(succeeded, responses)``. Retried only when read-only."""
+        req, ops = shapes.txn_request(compare, success, failure)
+        return shapes.txn_result(await self._unary("kv", "Txn", req, timeout=timeout, idempotent=is_read_only(ops)))
+
+    async def compact(self, revision: int, physical: bool = False, *, timeout: float | None = None) -> None:
+        """Compact the history up to ``revision``."""
+        await self._unary("kv", "Compact", rpc_pb2.CompactionRequest(revision=revision, physical=physical),
+                          timeout=timeout)
+
+    # ---- leases ----
+    async def lease(self, ttl: int, lease_id: int | None = None, *, timeout: float | None = None) -> AsyncLease:
+        """Grant a lease of ``ttl`` seconds."""
+        shapes.check_ttl(ttl)
+        sent = time.monotonic()
+        resp = await self._unary("lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=ttl, ID=lease_id or 0),
+                                 timeout=timeout)
+        lease = AsyncLease(resp.ID, resp.TTL, self, expires_at=sent + resp.TTL)
+        self._leases.add(lease)
+        return lease
+
+    async def revoke_lease(self, lease_id: int, *, timeout: float | None = None) -> None:
+        """Revoke lease ``lease_id``: every key attached to it is deleted. Not retried unless unsent."""
+        await self._unary("lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=lease_id), timeout=timeout)
+
+    async def refresh_lease(self, lease_id: int, *,
+                            timeout: float | None = None) -> list[rpc_pb2.LeaseKeepAliveResponse]:
+        """One keep-alive for ``lease_id``; the server's answer in a list (python-etcd3 yields it)."""
+
+        async def invoke(stubs: Stubs, budget: float | None, md: Metadata) -> list[rpc_pb2.LeaseKeepAliveResponse]:
+            call = stubs.lease.LeaseKeepAlive(iter([rpc_pb2.LeaseKeepAliveRequest(ID=lease_id)]), timeout=budget,
+                                              metadata=md)
+            try:
+                return [await call.read()]
+            finally:
+                call.cancel()
+
+        await self._login()
+        resp: list[rpc_pb2.LeaseKeepAliveResponse] = await self._transport.call(
+            "Lease.LeaseKeepAlive", invoke, timeout=timeout, idempotent=True, default_timeout=self.timeout)
+        return resp
+
+    async def get_lease_info(self, lease_id: int, *,
+                             timeout: float | None = None) -> rpc_pb2.LeaseTimeToLiveResponse:
+        """``TTL`` (remaining; -1 when gone), ``grantedTTL`` and the attached ``keys`` of a lease."""
+        resp: rpc_pb2.LeaseTimeToLiveResponse = await self._unary(
+            "lease", "LeaseTimeToLive", rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id, keys=True), timeout=timeout)
+        return resp
+
+    # ---- cluster ----
+    async def members(self) -> list[Member]:
+        """Every member of the cluster (a coroutine: the sync client's ``members`` property)."""
+        resp = await self._unary("cluster", "MemberList", rpc_pb2.MemberListRequest())
+        return [Member.from_proto(m, None) for m in resp.members]
+
+    async def add_member(self, urls: list[str], *, timeout: float | None = None) -> Member:
+        resp = await self._unary("cluster", "MemberAdd", rpc_pb2.MemberAddRequest(peerURLs=urls), timeout=timeout)
+        return Member.from_proto(resp.member, None)
+
+    async def remove_member(self, member_id: int, *, timeout: float | None = None) -> None:
+        await self._unary("cluster", "MemberRemove", rpc_pb2.MemberRemoveRequest(ID=member_id), timeout=timeout)
+
+    async def update_member(self, member_id: int, peer_urls: list[str], *, timeout: float | None = None) -> None:
+        await self._unary("cluster", "MemberUpdate", rpc_pb2.MemberUpdateRequest(ID=member_id, peerURLs=peer_urls),
+                          timeout=timeout)
+
+    # ---- maintenance ----
+    def _member_conn(self, endpoint: str | None) -> Connection:
+        if endpoint is None:
+            return self._transport.pool.pick()
+        target = parse_endpoint(endpoint).target
+        for c in self._transport.pool.conns:
+            if c.name == target:
+                return c
+        raise ConfigurationError(f"{endpoint!r} is not one of this client's endpoints "
+                                        f"({', '.join(c.name for c in self._transport.pool.conns)})")
+
+    async def status(self, *, endpoint: str | None = None, timeout: float | None = None) -> Status:
+        """Status of one member (default: the member in use), never taken from another member."""
+        with deadlines.deadline_of(timeout, self.timeout):
+            st = await self._unary("maintenance", "Status", rpc_pb2.StatusRequest(), pin=self._member_conn(endpoint))
+            return shapes.status(st, await self.members())
+
+    async def hash(self, *, endpoint: str | None = None, timeout: float | None = None) -> int:
+        """The KV hash of one member (default: the member in use)."""
+        resp = await self._unary("maintenance", "Hash", rpc_pb2.HashRequest(), timeout=timeout,
+                                 pin=self._member_conn(endpoint))
+        return int(resp.hash)
+
+    async def _alarm(self, action: Any, member_id: int, alarm_type: Any, timeout: float | None) -> list[Alarm]:
+        resp = await self._unary("maintenance", "Alarm", shapes.alarm_request(action, member_id, alarm_type),
+                                 timeout=timeout, idempotent=action == rpc_pb2.AlarmRequest.GET)
+        return shapes.alarms(resp)
+
+    async def list_alarms(self, member_id: int = 0, alarm_type: str = "none",
+                          *, timeout: float | None = None) -> list[Alarm]:
+        return await self._alarm(rpc_pb2.AlarmRequest.GET, member_id, shapes.alarm_type(alarm_type), timeout)
+
+    async def disarm_alarm(self, member_id: int = 0, *, timeout: float | None = None) -> list[Alarm]:
+        return await self._alarm(rpc_pb2.AlarmRequest.DEACTIVATE, member_id, rpc_pb2.NOSPACE, timeout)
+
+
+client = AsyncEtcd3Client
+"""``resilient_etcd.aio.client(...)``: python-etcd3's ``etcd3.client(...)``, for asyncio."""

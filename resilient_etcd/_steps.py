@@ -8,7 +8,7 @@ or thrown the error. :func:`drive` does each request's I/O by blocking; :func:`a
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -42,3 +42,22 @@ async def adrive(steps: Generator[S, Any, T], do: Callable[[S], Awaitable[Any]])
             reply, failed = await do(request), False
         except BaseException as e:  # the steps decide what it means, or let it out
             reply, failed = e, True
+
+
+class Call(NamedTuple):
+    """A step's request that is a method call on a client-side object (a client, a lease): the same name
+    and arguments on either face, whose asyncio objects return a coroutine :func:`adrive` awaits."""
+
+    target: Any
+    method: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def call(target: Any, method: str, *args: Any, **kwargs: Any) -> Call:
+    return Call(target, method, args, kwargs)
+
+
+def apply(c: Call) -> Any:
+    """Make the call (a value on the sync face, a coroutine on the asyncio one)."""
+    return getattr(c.target, c.method)(*c.args, **c.kwargs)

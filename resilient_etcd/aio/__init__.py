@@ -11,5 +11,6 @@ Usage::
 
 from .client import AsyncEtcd3Client, client
 from .lease import AsyncLease
+from .lock import AsyncLock
 
-__all__ = ["AsyncEtcd3Client", "AsyncLease", "client"]
+__all__ = ["AsyncEtcd3Client", "AsyncLease", "AsyncLock", "client"]

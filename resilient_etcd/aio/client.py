@@ -7,9 +7,10 @@ client's own (see docs/asyncio.md). Make it inside a running event loop, and use
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -18,16 +19,19 @@ from .._proto import rpc_pb2
 from .._steps import adrive
 from ..client import DEFAULT_TIMEOUT, lease_gone
 from ..etcd import paging, shapes
-from ..etcd.models import Alarm, Key, KVMetadata, Member, Status, to_bytes
+from ..etcd.events import Event, WatchResponse
+from ..etcd.models import Alarm, Key, KVMetadata, Member, Status, prefix_range_end, to_bytes
 from ..etcd.transactions import BaseCompare, Transactions, is_read_only
-from ..exceptions import ConfigurationError
+from ..exceptions import ClientClosedError, ConfigurationError, DeadlineExceeded, WatchTimedOut
 from ..policies import HealthPolicy, KeepalivePolicy, RetryPolicy
 from ..transport.channels import Stubs
 from ..transport.core import Metadata
 from ..transport.endpoints import Endpoint, TlsConfig, parse_endpoint
 from ..transport.pool import Connection, EndpointStatus
 from .lease import AsyncLease
+from .lock import AsyncLock
 from .transport import AsyncTransport
+from .watch import AsyncWatchManager, EventIterator, WatchIterator
 
 Values = list[tuple[bytes, KVMetadata]]
 
@@ -66,6 +70,7 @@ class AsyncEtcd3Client:
         self._leases: weakref.WeakSet[AsyncLease] = weakref.WeakSet()  # kept ones stop when the client closes
         self._closers: list[Callable[[], Any]] = []  # what else ends with the client (the watch manager)
         self._authenticated = user is None
+        self._watch_manager: AsyncWatchManager | None = None
 
     def __repr__(self) -> str:
         eps = ", ".join(e.target for e in self._endpoints)
@@ -78,6 +83,11 @@ class AsyncEtcd3Client:
         """Stop lease keepers and watches, close every channel; later calls raise ``ClientClosedError``."""
         for lease in list(self._leases):
             await lease.stop_keep_alive()
+            revoking = lease._abandoning
+            if revoking is not None and not revoking.done():  # a revoke after a failure: a moment, no more
+                _, pending = await asyncio.wait([revoking], timeout=1.0)
+                for task in pending:
+                    task.cancel()
         for close in self._closers:
             await close()
         await self._transport.aclose()
@@ -235,6 +245,102 @@ class AsyncEtcd3Client:
         resp: rpc_pb2.LeaseTimeToLiveResponse = await self._unary(
             "lease", "LeaseTimeToLive", rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id, keys=True), timeout=timeout)
         return resp
+
+    # ---- watches ----
+    def _watcher(self) -> AsyncWatchManager:
+        if self._transport.closed:
+            raise ClientClosedError("the client was closed")
+        if self._watch_manager is None:
+            self._watch_manager = AsyncWatchManager(self._transport)
+            self._closers.append(self._watch_manager.close)
+        return self._watch_manager
+
+    async def add_watch_callback(self, key: Key, callback: Callable[[Any], None], range_end: Key | None = None,
+                                 start_revision: int | None = None, progress_notify: bool = False,
+                                 filters: list[int] | None = None, prev_kv: bool = False,
+                                 timeout: float | None = None) -> int:
+        """Call ``callback`` (on the event loop: it must not block) with each :class:`WatchResponse` for
+        ``key`` (or ``[key, range_end)``), or with the exception that ended the watch; the watch id for
+        :meth:`cancel_watch`. It resumes by itself, from the first revision not delivered."""
+        await self._login()
+        end = to_bytes(range_end) if range_end is not None else b""
+        return await self._watcher().add(
+            to_bytes(key), end, callback, start_revision=start_revision, progress_notify=progress_notify,
+            filters=filters, prev_kv=prev_kv, timeout=deadlines.call_timeout(timeout, self.timeout))
+
+    async def add_watch_prefix_callback(self, key_prefix: Key, callback: Callable[[Any], None],
+                                        **kwargs: Any) -> int:
+        p = to_bytes(key_prefix)
+        return await self.add_watch_callback(p, callback, range_end=prefix_range_end(p), **kwargs)
+
+    async def cancel_watch(self, watch_id: int) -> None:
+        """Stop a watch; its iterator ends."""
+        if self._watch_manager is not None:
+            await self._watch_manager.cancel(watch_id)
+
+    async def watch_response(self, key: Key, **kwargs: Any) -> tuple[WatchIterator, Callable[[], Awaitable[None]]]:
+        """``(async iterator of WatchResponse, cancel)``: the iterator raises the error that ends the watch
+        (a :class:`NoLeaderError` is transient: keep iterating); ``await cancel()`` ends it."""
+        it = WatchIterator()
+        watch_id = await self.add_watch_callback(key, it.queue.put_nowait, **kwargs)
+
+        async def cancel() -> None:
+            it.close()
+            await self.cancel_watch(watch_id)
+
+        return it, cancel
+
+    async def watch_prefix_response(self, key_prefix: Key,
+                                    **kwargs: Any) -> tuple[WatchIterator, Callable[[], Awaitable[None]]]:
+        p = to_bytes(key_prefix)
+        return await self.watch_response(p, range_end=prefix_range_end(p), **kwargs)
+
+    async def watch(self, key: Key, **kwargs: Any) -> tuple[EventIterator, Callable[[], Awaitable[None]]]:
+        """``(async iterator of events, cancel)`` for ``key``."""
+        responses, cancel = await self.watch_response(key, **kwargs)
+        return EventIterator(responses), cancel
+
+    async def watch_prefix(self, key_prefix: Key,
+                           **kwargs: Any) -> tuple[EventIterator, Callable[[], Awaitable[None]]]:
+        p = to_bytes(key_prefix)
+        return await self.watch(p, range_end=prefix_range_end(p), **kwargs)
+
+    async def watch_once_response(self, key: Key, timeout: float | None = None, **kwargs: Any) -> WatchResponse:
+        """The next ``WatchResponse`` with events on ``key``; :class:`WatchTimedOut` after ``timeout``
+        seconds (:class:`DeadlineExceeded` when a :func:`deadline` scope ends first)."""
+        scope = deadlines.remaining()
+        by_scope = scope is not None and (timeout is None or scope < timeout)
+        wait = deadlines.call_timeout(timeout, None)
+        responses, cancel = await self.watch_response(key, timeout=wait, **kwargs)
+
+        async def first() -> WatchResponse:
+            async for resp in responses:
+                if resp.events:
+                    return resp
+            raise ClientClosedError("the watch ended before an event")
+
+        try:
+            return await asyncio.wait_for(first(), wait)
+        except asyncio.TimeoutError:
+            if by_scope:
+                raise DeadlineExceeded(f"deadline exceeded waiting for an event on {key!r}") from None
+            raise WatchTimedOut(f"no event on {key!r} within {timeout} s") from None
+        finally:
+            await cancel()
+
+    async def watch_once(self, key: Key, timeout: float | None = None, **kwargs: Any) -> Event:
+        event: Event = (await self.watch_once_response(key, timeout=timeout, **kwargs)).events[0]
+        return event
+
+    async def watch_prefix_once(self, key_prefix: Key, timeout: float | None = None, **kwargs: Any) -> Event:
+        p = to_bytes(key_prefix)
+        return await self.watch_once(p, timeout=timeout, range_end=prefix_range_end(p), **kwargs)
+
+    # ---- locks ----
+    def lock(self, name: str, ttl: int = 60, on_lost: Callable[[AsyncLock], None] | None = None, *,
+             keep_alive: bool = True) -> AsyncLock:
+        """An :class:`AsyncLock` named ``name`` (key ``/locks/<name>``) on a lease of ``ttl`` s kept alive by a task."""
+        return AsyncLock(name, ttl=ttl, etcd_client=self, on_lost=on_lost, keep_alive=keep_alive)
 
     # ---- cluster ----
     async def members(self) -> list[Member]:

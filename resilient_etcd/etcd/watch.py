@@ -69,7 +69,7 @@ class _Watch:
     filters: list[Any]
     prev_kv: bool
     next_revision: int | None = None   # first revision not delivered yet
-    created: threading.Event = field(default_factory=threading.Event)
+    created: Any = field(default_factory=threading.Event)  # an asyncio.Event for the asyncio face
     error: BaseException | None = None
     on_stream: bool = False
     acked_after: int = -1  # the last progress request sent before etcd acknowledged this watch's create

@@ -1,0 +1,301 @@
+"""The asyncio client on a real cluster: python-etcd3's answers, the sync client's guarantees under real
+faults, and nothing left behind by a cancelled task or a closed client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+import resilient_etcd as etcd3
+from resilient_etcd import aio
+from resilient_etcd.testing import EtcdCluster, EtcdMember, netns_available
+
+from .conftest import SLOW_CALLBACK, run
+
+CALL_TIMEOUT = 3.0
+SLACK = 0.2
+
+
+def member_in_use(client: aio.AsyncEtcd3Client, cluster: EtcdCluster) -> EtcdMember:
+    active = next(h.endpoint for h in client.endpoint_health() if h.active)
+    return next(m for m in cluster.members if m.endpoint == active)
+
+
+async def poll(check: Callable[[], bool], *, timeout: float, what: str) -> None:
+    """Wait (awaiting, never blocking the loop) until ``check()`` holds, at most ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def test_answers_match_the_sync_client(etcd_cluster: EtcdCluster) -> None:
+    async def main() -> None:
+        with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=5) as sync:
+            async with aio.client(endpoints=etcd_cluster.endpoints, timeout=5) as c:
+                await c.put("/p/a", "1")
+                await c.put("/p/b", "2")
+                value, meta = await c.get("/p/a")
+                s_value, s_meta = sync.get("/p/a")
+                assert (value, meta.mod_revision, meta.version) == (s_value, s_meta.mod_revision, s_meta.version)
+                assert await c.get("/p/none") == (None, None)
+                assert [v for v, _ in await c.get_prefix("/p/")] == [v for v, _ in sync.get_prefix("/p/")]
+                assert [m.key for _, m in await c.get_range("/p/a", "/p/c")] == [b"/p/a", b"/p/b"]
+                ok, responses = await c.transaction(
+                    compare=[c.transactions.value("/p/a") == "1"],
+                    success=[c.transactions.put("/p/a", "3"), c.transactions.get("/p/b")], failure=[])
+                assert ok and responses[1][0][0] == b"2"
+                assert await c.replace("/p/a", "3", "4") and not await c.replace("/p/a", "3", "5")
+                assert await c.put_if_not_exists("/p/c", "x") and not await c.put_if_not_exists("/p/c", "y")
+                assert await c.delete("/p/c") and not await c.delete("/p/c")
+                lease = await c.lease(10)
+                await c.put("/p/leased", "v", lease=lease)
+                assert await lease.keys == [b"/p/leased"]
+                assert 0 < await lease.remaining_ttl <= 10
+                await lease.revoke()
+                assert await c.get("/p/leased") == (None, None)
+                with pytest.raises(etcd3.LeaseLostError):
+                    await c.put("/p/leased", "v", lease=lease)
+                status = await c.status()
+                assert status.version == sync.status().version
+                assert sorted(m.id for m in await c.members()) == sorted(m.id for m in sync.members)
+                assert (await c.delete_prefix("/p/")).deleted == 2
+                with pytest.raises(etcd3.ConfigurationError):
+                    await c.lease(0)
+            with pytest.raises(etcd3.ClientClosedError):
+                await c.get("/p/a")
+
+    run(main())
+
+
+def test_bad_arguments_fail_at_construction() -> None:
+    async def main() -> None:
+        with pytest.raises(etcd3.ConfigurationError):
+            aio.client(endpoints=[])
+        with pytest.raises(etcd3.ConfigurationError):
+            aio.client(timeout=-1)
+        with pytest.raises(etcd3.ConfigurationError):
+            aio.client(user="u")
+
+    run(main())
+
+
+@dataclass
+class Traffic:
+    gets_ok: int = 0
+    puts_ok: int = 0
+    errors: list[str] = field(default_factory=list)
+    overruns: list[float] = field(default_factory=list)
+    longest: float = 0.0
+    put_keys: list[str] = field(default_factory=list)
+    events: list[int] = field(default_factory=list)  # mod revisions seen by the watch
+
+
+async def traffic(client: aio.AsyncEtcd3Client, worker: int, out: Traffic, stop: asyncio.Event) -> None:
+    i = 0
+    while not stop.is_set():
+        for op in ("get", "put"):
+            started = time.monotonic()
+            try:
+                if op == "get":
+                    await client.get("/loop/seed", timeout=CALL_TIMEOUT)
+                    out.gets_ok += 1
+                else:
+                    key = f"/loop/{worker}/{i}"
+                    out.put_keys.append(key)
+                    await client.put(key, str(i), timeout=CALL_TIMEOUT)
+                    out.puts_ok += 1
+            except etcd3.Etcd3Exception as e:
+                out.errors.append(f"{op}: {type(e).__name__}: {e}")
+            i += op == "put"
+            took = time.monotonic() - started
+            out.longest = max(out.longest, took)
+            if took > CALL_TIMEOUT + SLACK:
+                out.overruns.append(took)
+        await asyncio.sleep(0.005)
+
+
+async def exercise(cluster: EtcdCluster, inject: Callable[[EtcdMember], None], heal: Callable[[EtcdMember], None],
+                   hold: float) -> Traffic:
+    """Four tasks of gets and puts and a prefix watch on one client while ``inject`` holds for ``hold`` s."""
+    async with aio.client(endpoints=cluster.endpoints, timeout=CALL_TIMEOUT) as client:
+        await client.put("/loop/seed", "x")
+        out = Traffic()
+        stop = asyncio.Event()
+        watched = await client.add_watch_prefix_callback(
+            "/loop/", lambda r: out.events.extend(e.mod_revision for e in getattr(r, "events", [])))
+        workers = [asyncio.create_task(traffic(client, w, out, stop)) for w in range(4)]
+        try:
+            await poll(lambda: out.gets_ok > 40, timeout=10, what="the traffic to warm up")
+            victim = member_in_use(client, cluster)
+            await asyncio.to_thread(inject, victim)
+            before = out.gets_ok
+            await poll(lambda: out.gets_ok > before + 40, timeout=hold + 5, what="gets to resume during the fault")
+            moved = member_in_use(client, cluster) is not victim
+            await asyncio.sleep(hold)
+            await asyncio.to_thread(heal, victim)
+            after = out.gets_ok
+            await poll(lambda: out.gets_ok > after + 40, timeout=10, what="gets after healing")
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+        # every put that succeeded is seen by the watch exactly once, in order
+        last = (await client.put("/loop/last", "end")).header.revision
+        await poll(lambda: bool(out.events) and out.events[-1] >= last, timeout=10, what="the watch to catch up")
+        await client.cancel_watch(watched)
+        assert out.events == sorted(set(out.events)), "the watch repeated or reordered an event"
+        for key in out.put_keys:
+            _, meta = await client.get(key)
+            assert meta is None or meta.version == 1, f"{key} applied {meta.version} times"
+            if meta is not None:
+                assert meta.mod_revision in out.events, f"the watch lost the event of {key}"
+        assert moved, "the client should have moved off the faulty member"
+        assert not out.overruns, f"calls overran their deadline: {out.overruns}"
+        assert not [e for e in out.errors if e.startswith("get")], out.errors
+        assert len(out.errors) <= 8, out.errors  # puts in flight when their connection died: typed, never resent
+        assert out.puts_ok > 40
+        return out
+
+
+def test_s1_member_in_use_killed_and_restarted(etcd_cluster: EtcdCluster) -> None:
+    out = run(exercise(etcd_cluster, lambda m: m.kill(), lambda m: m.start(), hold=3))
+    assert out.longest < CALL_TIMEOUT
+
+
+def test_s2_member_in_use_paused(etcd_cluster: EtcdCluster) -> None:
+    out = run(exercise(etcd_cluster, lambda m: m.pause(), lambda m: m.resume(), hold=10))
+    assert out.longest < 2.5, f"a call waited {out.longest:.2f} s on the frozen member"
+
+
+def test_s3_member_in_use_blackholed(etcd_cluster: EtcdCluster) -> None:
+    out = run(exercise(etcd_cluster, lambda m: m.require_proxy().blackhole(), lambda m: m.require_proxy().heal(),
+                       hold=5))
+    assert out.longest < 2.5
+
+
+def test_connection_reset_mid_traffic(etcd_cluster: EtcdCluster) -> None:
+    out = run(exercise(etcd_cluster, lambda m: m.require_proxy().reset_peer(), lambda m: m.require_proxy().heal(),
+                       hold=2))
+    assert out.longest < 2.5
+
+
+@pytest.mark.skipif(netns_available() is not None, reason=str(netns_available()))
+@pytest.mark.etcd_cluster(size=3, netns=True, proxied=False)
+def test_s4_member_in_use_dropped_by_iptables(etcd_cluster: EtcdCluster) -> None:
+    out = run(exercise(etcd_cluster, lambda m: m.drop(), lambda m: m.undrop(), hold=5))
+    assert out.longest < 2.5
+
+
+def test_cancelled_tasks_leave_nothing_behind(etcd_cluster: EtcdCluster) -> None:
+    """Calls, watch creations and lease keepers cancelled mid-flight: no call counted as waiting, no
+    watch, no keeper task; aclose() then leaves no task on the loop (run() checks that)."""
+
+    async def main() -> None:
+        async with aio.client(endpoints=etcd_cluster.endpoints, timeout=5) as c:
+            await c.put("/c/seed", "x")
+            victim = member_in_use(c, etcd_cluster)
+            await asyncio.to_thread(victim.require_proxy().blackhole)
+            try:
+                calls = [asyncio.create_task(c.get("/c/seed")) for _ in range(10)]
+                watch = asyncio.create_task(c.add_watch_callback("/c/w", lambda r: None))
+                await asyncio.sleep(0.2)  # in flight on the silent member
+                for t in [*calls, watch]:
+                    t.cancel()
+                results = await asyncio.gather(*calls, watch, return_exceptions=True)
+                assert all(isinstance(r, (asyncio.CancelledError, tuple, int)) for r in results), results
+            finally:
+                await asyncio.to_thread(victim.require_proxy().heal)
+            lease = (await c.lease(5)).keep_alive()
+            keeper = lease._keeper
+            await poll(lambda: all(conn.outstanding == 0 for conn in c._transport.pool.conns), timeout=5,
+                       what="every cancelled call to end its count")
+            assert c._watch_manager is None or not c._watch_manager._watches
+        assert keeper.done(), "the lease keeper outlived the client"
+        assert c._transport.pool.closed
+
+    run(main())
+
+
+def test_watch_iterator_and_once(etcd_cluster: EtcdCluster) -> None:
+    async def main() -> None:
+        async with aio.client(endpoints=etcd_cluster.endpoints, timeout=5) as c:
+            events, cancel = await c.watch_prefix("/it/")
+            for i in range(3):
+                await c.put(f"/it/{i}", str(i))
+            got = [await events.__anext__() for _ in range(3)]
+            assert [e.key for e in got] == [b"/it/0", b"/it/1", b"/it/2"]
+            await cancel()
+            assert [e async for e in events] == []
+            with pytest.raises(etcd3.WatchTimedOut):
+                await c.watch_once("/it/quiet", timeout=0.3)
+            waiter = asyncio.create_task(c.watch_once("/it/once", timeout=5))
+            await asyncio.sleep(0.2)
+            await c.put("/it/once", "x")
+            assert (await waiter).value == b"x"
+
+    run(main())
+
+
+def test_lease_kept_alive_through_a_kill(etcd_cluster: EtcdCluster) -> None:
+    async def main() -> None:
+        async with aio.client(endpoints=etcd_cluster.endpoints, timeout=5) as c:
+            lost: list[object] = []
+            lease = (await c.lease(3)).keep_alive(on_lost=lost.append)
+            await c.put("/lk/key", "v", lease=lease)
+            victim = member_in_use(c, etcd_cluster)
+            await asyncio.to_thread(victim.kill)
+            try:
+                await asyncio.sleep(7)  # more than two TTLs: only refreshes keep the key
+                assert (await c.get("/lk/key"))[0] == b"v"
+                assert not lost and not lease.is_lost
+            finally:
+                await asyncio.to_thread(victim.start)
+            await lease.revoke()
+
+    run(main())
+
+
+def test_the_loop_check_catches_a_blocking_call() -> None:
+    """run()'s own check (it is what makes "never blocks the loop" a tested promise) fails on a blocking call."""
+
+    async def blocks() -> None:
+        time.sleep(SLOW_CALLBACK * 2)
+
+    with pytest.raises(AssertionError, match="the event loop was blocked"):
+        run(blocks())
+
+
+def test_lock_excludes_across_faces_and_cancelled_waiters_leave_nothing(etcd_cluster: EtcdCluster) -> None:
+    async def main() -> None:
+        async with aio.client(endpoints=etcd_cluster.endpoints, timeout=5) as c:
+            with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=5) as sync:
+                held = sync.lock("shared", ttl=5)
+                assert held.acquire()
+                mine = c.lock("shared", ttl=5)
+                assert not await mine.acquire(timeout=0.5)  # held by the sync client
+                waiter = asyncio.create_task(mine.acquire(timeout=None))
+                await asyncio.sleep(0.3)
+                waiter.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await waiter
+                assert len(list(sync.get_prefix("/locks/shared"))) == 1, "a cancelled waiter left its key"
+                await asyncio.to_thread(held.release)
+                order: list[str] = []
+
+                async def worker(name: str) -> None:
+                    async with c.lock("shared", ttl=5) as lock:
+                        order.append(f"{name} in {lock.revision}")
+                        await asyncio.sleep(0.1)
+                        order.append(f"{name} out")
+
+                await asyncio.gather(worker("a"), worker("b"))
+                assert [o.split()[1] for o in order] == ["in", "out", "in", "out"], order
+                assert not list(sync.get_prefix("/locks/shared")), "async with left the lock held"
+                assert not sync.lock("shared", ttl=5).is_acquired()
+
+    run(main())

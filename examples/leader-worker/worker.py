@@ -66,7 +66,14 @@ def work(client: etcd3.Etcd3Client, name: str, ttl: int, interval: float, stop: 
     while not stop.is_set():
         lost = threading.Event()
         election = client.election("worker", ttl=ttl, on_lost=lambda _, lost=lost: lost.set())
-        if not election.campaign(name, timeout=2.0):  # bounded, so a stop request is noticed
+        try:
+            if not election.campaign(name, timeout=2.0):  # bounded, so a stop request is noticed
+                continue
+        except etcd3.ClientClosedError:
+            raise
+        except etcd3.Etcd3Exception as e:  # e.g. the lease grant was cut off with its member: campaign again
+            say(event="campaign-error", name=name, error=str(e))
+            stop.wait(0.2)
             continue
         fence = election.revision
         say(event="leader", name=name, revision=fence)

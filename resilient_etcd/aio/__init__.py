@@ -10,7 +10,8 @@ Usage::
 """
 
 from .client import AsyncEtcd3Client, client
+from .election import AsyncElection
 from .lease import AsyncLease
 from .lock import AsyncLock
 
-__all__ = ["AsyncEtcd3Client", "AsyncLease", "AsyncLock", "client"]
+__all__ = ["AsyncElection", "AsyncEtcd3Client", "AsyncLease", "AsyncLock", "client"]

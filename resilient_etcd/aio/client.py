@@ -28,6 +28,7 @@ from ..transport.channels import Stubs
 from ..transport.core import Metadata
 from ..transport.endpoints import Endpoint, TlsConfig, parse_endpoint
 from ..transport.pool import Connection, EndpointStatus
+from .election import AsyncElection
 from .lease import AsyncLease
 from .lock import AsyncLock
 from .transport import AsyncTransport
@@ -341,6 +342,11 @@ class AsyncEtcd3Client:
              keep_alive: bool = True) -> AsyncLock:
         """An :class:`AsyncLock` named ``name`` (key ``/locks/<name>``) on a lease of ``ttl`` s kept alive by a task."""
         return AsyncLock(name, ttl=ttl, etcd_client=self, on_lost=on_lost, keep_alive=keep_alive)
+
+    def election(self, name: str, ttl: int = 10,
+                 on_lost: Callable[[AsyncElection], None] | None = None) -> AsyncElection:
+        """An :class:`AsyncElection` under ``/election/<name>/``; candidates hold a kept lease of ``ttl`` s."""
+        return AsyncElection(self, name, ttl=ttl, on_lost=on_lost)
 
     # ---- cluster ----
     async def members(self) -> list[Member]:

@@ -3,11 +3,10 @@ and says so — loudly — when the lease is gone."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._proto import rpc_pb2
@@ -22,17 +21,6 @@ log = logging.getLogger("resilient_etcd.lease")
 
 # Known bugs the robustness tests plant, to show their checks catch them. Never set outside those tests.
 _PLANTED = {"skip_lost_signal": False}
-
-
-@contextlib.contextmanager
-def abandoned_on_error(lease: Lease | None) -> Iterator[None]:
-    """Around a step that may leave ``lease`` (and what it carries) behind: on any error, abandon it."""
-    try:
-        yield
-    except BaseException:
-        if lease is not None:
-            lease.abandon()
-        raise
 
 
 class LeaseState:

@@ -299,3 +299,35 @@ def test_lock_excludes_across_faces_and_cancelled_waiters_leave_nothing(etcd_clu
                 assert not sync.lock("shared", ttl=5).is_acquired()
 
     run(main())
+
+
+def test_election_hands_over_and_observers_follow(etcd_cluster: EtcdCluster) -> None:
+    async def main() -> None:
+        async with aio.client(endpoints=etcd_cluster.endpoints, timeout=5) as c:
+            lost: list[object] = []
+            first = c.election("ctl", ttl=5, on_lost=lost.append)
+            second = c.election("ctl", ttl=5)
+            values, stop_observing = await first.observe()
+            assert await anext(values) is None  # nobody leads yet
+            assert await first.campaign("a")
+            assert await anext(values) == b"a"
+            assert await first.is_leader()
+            assert not await second.campaign("b", timeout=0.5)  # waits behind the leader, then withdraws
+            taking_over = asyncio.create_task(second.campaign("b"))
+            await asyncio.sleep(0.3)
+            assert not taking_over.done()
+            await first.proclaim("a2")
+            assert await anext(values) == b"a2"
+            await first.resign()
+            assert await asyncio.wait_for(taking_over, 5)
+            assert await anext(values) == b"b"
+            assert (await second.leader())[0] == b"b" and not await first.is_leader()
+            # the leader's lease revoked behind its back: leadership is lost, loudly
+            await c.revoke_lease(second.lease.id)
+            await poll(lambda: second._lost.is_set(), timeout=5, what="the loss of leadership")
+            with pytest.raises(etcd3.NotLeaderError):
+                await second.proclaim("b2")
+            await stop_observing()
+            assert not lost
+
+    run(main())

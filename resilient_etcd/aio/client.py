@@ -12,7 +12,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from .. import deadlines
 from .._proto import rpc_pb2
@@ -80,6 +80,10 @@ class AsyncEtcd3Client:
         return f"AsyncEtcd3Client(endpoints=[{eps}], timeout={self.timeout:g}{auth}{tls})"
 
     # ---- lifecycle ----
+    async def close(self) -> None:
+        """:meth:`aclose` (python-etcd3's name)."""
+        await self.aclose()
+
     async def aclose(self) -> None:
         """Stop lease keepers and watches, close every channel; later calls raise ``ClientClosedError``."""
         for lease in list(self._leases):
@@ -258,7 +262,7 @@ class AsyncEtcd3Client:
 
     async def add_watch_callback(self, key: Key, callback: Callable[[Any], None], range_end: Key | None = None,
                                  start_revision: int | None = None, progress_notify: bool = False,
-                                 filters: list[int] | None = None, prev_kv: bool = False,
+                                 filters: list[int] | None = None, prev_kv: bool = False, *,
                                  timeout: float | None = None) -> int:
         """Call ``callback`` (on the event loop: it must not block) with each :class:`WatchResponse` for
         ``key`` (or ``[key, range_end)``), or with the exception that ended the watch; the watch id for
@@ -337,6 +341,21 @@ class AsyncEtcd3Client:
         p = to_bytes(key_prefix)
         return await self.watch_once(p, timeout=timeout, range_end=prefix_range_end(p), **kwargs)
 
+    async def watch_prefix_once_response(self, key_prefix: Key, timeout: float | None = None,
+                                         **kwargs: Any) -> WatchResponse:
+        p = to_bytes(key_prefix)
+        return await self.watch_once_response(p, timeout=timeout, range_end=prefix_range_end(p), **kwargs)
+
+    @property
+    def watcher(self) -> AsyncWatcher:
+        """python-etcd3's ``client.watcher``: ``await add_callback(key, callback, **kwargs)``, ``await cancel(id)``."""
+        return AsyncWatcher(self)
+
+    @property
+    def uses_secure_channel(self) -> bool:
+        """True when the client speaks TLS to its endpoints."""
+        return self._transport.tls is not None
+
     # ---- locks ----
     def lock(self, name: str, ttl: int = 60, on_lost: Callable[[AsyncLock], None] | None = None, *,
              keep_alive: bool = True) -> AsyncLock:
@@ -388,6 +407,35 @@ class AsyncEtcd3Client:
                                  pin=self._member_conn(endpoint))
         return int(resp.hash)
 
+    async def defragment(self, *, endpoint: str | None = None,
+                         timeout: float | None = None) -> rpc_pb2.DefragmentResponse:
+        """Defragment one member (default: the member in use), never another; traffic moves to the others
+        and the member is not probed or ejected while it runs."""
+        conn = self._member_conn(endpoint)
+        with self._transport.pool.maintenance(conn):
+            resp: rpc_pb2.DefragmentResponse = await self._unary(
+                "maintenance", "Defragment", rpc_pb2.DefragmentRequest(), timeout=timeout, pin=conn)
+        return resp
+
+    async def snapshot(self, file_obj: IO[bytes], *, endpoint: str | None = None,
+                       timeout: float | None = None) -> None:
+        """Stream one member's backend database into ``file_obj`` chunk by chunk (no default deadline: see
+        the sync ``snapshot``); ``file_obj.write`` runs on the loop, so give it something that does not block
+        for long (a local file)."""
+        conn = self._member_conn(endpoint)
+
+        async def invoke(stubs: Stubs, budget: float | None, md: Metadata) -> None:
+            async for r in stubs.maintenance.Snapshot(rpc_pb2.SnapshotRequest(), timeout=budget, metadata=md):
+                conn.heard()  # every chunk proves the connection alive
+                file_obj.write(r.blob)
+
+        await self._login()
+        await self._transport.call("Maintenance.Snapshot", invoke, timeout=timeout, pin=conn, default_timeout=None)
+
+    async def create_alarm(self, member_id: int = 0, *, timeout: float | None = None) -> list[Alarm]:
+        """Raise a NOSPACE alarm (for tests of alarm handling)."""
+        return await self._alarm(rpc_pb2.AlarmRequest.ACTIVATE, member_id, rpc_pb2.NOSPACE, timeout)
+
     async def _alarm(self, action: Any, member_id: int, alarm_type: Any, timeout: float | None) -> list[Alarm]:
         resp = await self._unary("maintenance", "Alarm", shapes.alarm_request(action, member_id, alarm_type),
                                  timeout=timeout, idempotent=action == rpc_pb2.AlarmRequest.GET)
@@ -399,6 +447,19 @@ class AsyncEtcd3Client:
 
     async def disarm_alarm(self, member_id: int = 0, *, timeout: float | None = None) -> list[Alarm]:
         return await self._alarm(rpc_pb2.AlarmRequest.DEACTIVATE, member_id, rpc_pb2.NOSPACE, timeout)
+
+
+class AsyncWatcher:
+    """python-etcd3's ``Watcher`` for the asyncio client."""
+
+    def __init__(self, client: AsyncEtcd3Client) -> None:
+        self._client = client
+
+    async def add_callback(self, key: Key, callback: Callable[[Any], None], **kwargs: Any) -> int:
+        return await self._client.add_watch_callback(key, callback, **kwargs)
+
+    async def cancel(self, watch_id: int) -> None:
+        await self._client.cancel_watch(watch_id)
 
 
 client = AsyncEtcd3Client

@@ -80,15 +80,16 @@ class AsyncLease(LeaseState):
             self._keeper = asyncio.get_running_loop().create_task(self._keep(), name=f"lease-{self.id:x}")
         return self
 
-    async def stop_keep_alive(self) -> None:
-        """Stop the keeper and wait for it (a keep-alive in flight is cancelled); an answer after this
-        is not reported as a loss."""
+    async def stop_keep_alive(self, *, wait: bool = True) -> None:
+        """Stop the keeper (a keep-alive in flight is cancelled) and, with ``wait``, wait for it to end; an
+        answer after this is not reported as a loss."""
         self._stop.set()
         keeper: asyncio.Task[None] | None = self._keeper
         if keeper is not None and keeper is not asyncio.current_task():
             keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            if wait:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
 
     async def abandon(self) -> None:
         """Give the lease up on a failure path: the keeper stops, and a revoke is sent in a task (bounded

@@ -105,7 +105,11 @@ class AsyncTransport(TransportCore):
 
         rclass = _class_of(service, method) if idempotent is None and pin is None else \
             _rclass(_qualified(service, method), idempotent, pin)
-        return await self._call(invoke, rclass, timeout, pin, with_token, metadata, self.default_timeout, method)
+        # a linearizable single-key read (a serializable one may not move to a member further behind)
+        hedge = self._hedge_floor is not None and method == "Range" and rclass is RetryClass.IDEMPOTENT \
+            and not request.range_end and not request.serializable
+        return await self._call(invoke, rclass, timeout, pin, with_token, metadata, self.default_timeout, method,
+                                hedge=hedge)
 
     async def call(self, name: str, invoke: AsyncInvoke, *, timeout: float | None = None,
                    idempotent: bool | None = None, pin: Connection | None = None, with_token: bool = True,
@@ -116,7 +120,8 @@ class AsyncTransport(TransportCore):
         return await self._call(invoke, rclass, timeout, pin, with_token, metadata, default_timeout, name)
 
     async def _call(self, invoke: AsyncInvoke, rclass: RetryClass, timeout: float | None, pin: Connection | None,
-                    with_token: bool, metadata: Metadata, default: float | None, what: str) -> Any:
+                    with_token: bool, metadata: Metadata, default: float | None, what: str, *,
+                    hedge: bool = False) -> Any:
         if self._closed:
             raise ClientClosedError(f"the client was closed; {what} was not sent")
         budget = deadlines.call_timeout(timeout, default)
@@ -135,6 +140,8 @@ class AsyncTransport(TransportCore):
         ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
         md = (self._token_md + metadata) if with_token else metadata
         try:
+            if hedge:
+                return await self._hedged(conn, gen, invoke, budget, md)
             return await self._send(conn, gen, invoke, budget, md)
         except (grpc.RpcError, ValueError) as e:
             first: BaseException = e
@@ -148,6 +155,50 @@ class AsyncTransport(TransportCore):
         except RetryableError as e:
             raise self._gave_up(r, e) from e.error
         raise AssertionError("unreachable: the retry loop returns or raises")  # pragma: no cover
+
+    async def _hedged(self, conn: Connection, gen: int, invoke: AsyncInvoke, budget: float | None,
+                      md: Metadata) -> Any:
+        """A hedgeable read: not answered within its endpoint's usual time (``CallTimes.hedge_delay``), a
+        copy goes to the fastest other healthy endpoint, within the hedge budget; the first answer wins and
+        the other call is cancelled. (Unlike grpcio's blocking call, the first copy keeps running: one
+        extra request, not two.) Both failing: the first one's error, for the usual recovery."""
+        pool = self.pool
+        pool.hedges.deposit()
+        delay = conn.call_times.hedge_delay(self._hedge_floor)  # type: ignore[arg-type]
+        sent = time.monotonic()
+        first = asyncio.ensure_future(self._send(conn, gen, invoke, budget, md))
+        tasks = [first]
+        hedge: tuple[Connection, float] | None = None  # where the copy went, and when
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=None if budget is not None and delay >= budget else delay)
+            if not done:
+                conn.want_probe = True  # how slow is that connection itself? (latency-aware choice, ejection)
+                pool.wake()
+                other = pool.hedge_target(conn)
+                left = None if budget is None else budget - (time.monotonic() - sent)
+                if other is not None and (left is None or left > 0) and pool.hedges.withdraw(1):
+                    METRICS.inc("hedges", conn.name)
+                    hedge = (other, time.monotonic())
+                    tasks.append(asyncio.ensure_future(self._send(other, other.generation, invoke, left, md)))
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is not None:
+                        continue
+                    if hedge is None or task is first:
+                        conn.call_times.observe(time.monotonic() - sent)
+                    else:
+                        winner, hedged_at = hedge
+                        METRICS.inc("hedges_won", winner.name)
+                        winner.call_times.observe(time.monotonic() - hedged_at)
+                        pool.hedge_won(conn, winner)
+                    return task.result()
+            return first.result()  # both failed: the first copy's error
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _send(self, conn: Connection, gen: int, invoke: AsyncInvoke, left: float | None, md: Metadata) -> Any:
         def closed() -> bool:

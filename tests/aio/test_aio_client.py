@@ -331,3 +331,47 @@ def test_election_hands_over_and_observers_follow(etcd_cluster: EtcdCluster) -> 
             assert not lost
 
     run(main())
+
+
+def _count(event: str) -> int:
+    from resilient_etcd import metrics
+
+    return sum(metrics.snapshot()["events"].get(event, {}).values())
+
+
+@pytest.mark.parametrize("fault", ["blackhole", "pause"])
+def test_a_read_caught_by_a_hang_is_hedged(etcd_cluster: EtcdCluster, fault: str) -> None:
+    """As the sync client: a single-key read on a member that just hung is answered by another member in
+    about the hedge delay (0.1 s), not the ~0.9 s detection takes; healthy reads send no hedge."""
+
+    async def main() -> tuple[float, float]:
+        async with aio.client(endpoints=etcd_cluster.endpoints, timeout=5,
+                              health=etcd3.HealthPolicy(share_connections=False)) as c:
+            await c.put("/hedge/k", "v")
+            quiet = _count("hedges")
+            await asyncio.gather(*(c.get("/hedge/k") for _ in range(50)))  # the endpoint's usual read time
+            assert _count("hedges") == quiet, "healthy reads were hedged"
+            victim = member_in_use(c, etcd_cluster)
+            if etcd_cluster.leader() is victim:  # a frozen leader stalls every linearizable read
+                await asyncio.to_thread(etcd_cluster.move_leader,
+                                        next(m for m in etcd_cluster.members if m is not victim))
+            hedges, won = _count("hedges"), _count("hedges_won")
+            inject = victim.require_proxy().blackhole if fault == "blackhole" else victim.pause
+            heal = victim.require_proxy().heal if fault == "blackhole" else victim.resume
+            await asyncio.to_thread(inject)
+            try:
+                started = time.monotonic()
+                assert (await c.get("/hedge/k"))[0] == b"v"
+                first = time.monotonic() - started
+                started = time.monotonic()
+                assert (await c.get("/hedge/k"))[0] == b"v"
+                second = time.monotonic() - started
+            finally:
+                await asyncio.to_thread(heal)
+            assert _count("hedges") > hedges and _count("hedges_won") > won
+            assert member_in_use(c, etcd_cluster) is not victim
+            return first, second
+
+    first, second = run(main())
+    assert first < 0.6, f"the read waited {first:.2f} s"
+    assert second < 0.1, f"the next read went to the hung member again ({second:.2f} s)"

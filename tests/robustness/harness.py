@@ -13,6 +13,7 @@ The second process is this module run as a script: ``python -m tests.robustness.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import faulthandler
 import itertools
 import json
@@ -30,7 +31,7 @@ from typing import Any
 import resilient_etcd as etcd3
 from resilient_etcd.testing import EtcdCluster, find_binary, wait_until
 
-from . import checks
+from . import atraffic, checks
 from .checks import Delivery, Segment
 from .faults import Fault, Scheduler
 from .recorder import Event, Recorder
@@ -337,8 +338,15 @@ def _child_main(argv: list[str]) -> None:
     faulthandler.dump_traceback_later(args.duration + 90, repeat=True)
     password = os.environ.get(PASSWORD_ENV)
     creds: dict[str, Any] = {"user": "root", "password": password} if password else {}
-    rng = random.Random(args.seed * 7919)
     history = History()
+    if args.seed % 2:  # odd seeds: the second process's traffic goes through the asyncio client
+        watched = _Canary(history)
+        asyncio.run(atraffic.child(args.endpoints.split(","), creds, history, args.keys.split(","), args.prefix,
+                                   args.seed, args.duration, args.out.with_suffix(".ready").touch))
+        watched.stop()
+        args.out.write_text(json.dumps(history.to_json()))
+        return
+    rng = random.Random(args.seed * 7919)
     stop = threading.Event()
     with etcd3.client(endpoints=args.endpoints.split(","), timeout=2, **creds) as client:
         args.out.with_suffix(".ready").touch()  # the parent starts the faults now

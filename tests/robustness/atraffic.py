@@ -1,0 +1,175 @@
+"""The robustness traffic of :mod:`.traffic` through the asyncio client: the same operations, records and
+checks, from tasks on one event loop (the second traffic process runs these for odd seeds)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from typing import Any
+
+import resilient_etcd as etcd3
+from resilient_etcd import aio
+
+from .traffic import CALL_TIMEOUT, SLACK_NS, History, Hold, LeaseRecord, _expected, _op
+
+
+async def timed(history: History, what: str, limit: float, call: Any) -> Any:
+    """Await ``call`` (a coroutine with a timeout), noted if it ended past its deadline."""
+    called = time.monotonic_ns()
+    try:
+        return await call
+    finally:
+        returned = time.monotonic_ns()
+        if returned - called > limit * 1e9 + SLACK_NS:
+            with history.lock:
+                history.overruns.append((what, called, returned, limit, 0, "(an asyncio task)"))
+
+
+async def kv_traffic(client: aio.AsyncEtcd3Client, history: History, worker: int, keys: list[str],
+                     stop: asyncio.Event, rng: random.Random, timeout: float = CALL_TIMEOUT) -> None:
+    """:func:`.traffic.kv_traffic` as a task."""
+    prefix = keys[0][:-1]
+    seq = 0
+    while not stop.is_set():
+        seq += 1
+        key = rng.choice(keys)
+        kind = rng.choices(("put", "get", "serial", "cas", "delete", "prefix", "txn2"),
+                           weights=(4, 4, 1, 2, 1, 1, 1))[0]
+        value = f"w{worker}-{seq}"
+        if kind == "txn2":
+            other = rng.choice([k for k in keys if k != key])
+            ops = [_op(worker, key, "put", value + "a"), _op(worker, other, "put", value + "b")]
+        elif kind == "prefix":
+            ops = [_op(worker, k, "get") for k in keys]
+        elif kind == "cas":
+            ops = [_op(worker, key, "cas", value, _expected(history, key, rng))]
+        else:
+            ops = [_op(worker, key, kind, value if kind == "put" else "")]
+        call = time.monotonic_ns()
+        for o in ops:
+            o["call"] = call
+        try:
+            await timed(history, kind, timeout, _do(client, kind, ops, prefix, timeout))
+        except etcd3.Etcd3Exception:
+            if kind in ("get", "serial", "prefix"):
+                continue
+            for o in ops:
+                o["return"] = None
+        else:
+            if kind == "serial":
+                with history.lock:
+                    history.serial.append((key, ops[0]["got"] if ops[0]["found"] else None))
+                continue
+            returned = time.monotonic_ns()
+            for o in ops:
+                o["return"] = returned
+        history.add(*ops)
+        await asyncio.sleep(0)  # a fast healthy cluster must not starve the other tasks
+
+
+async def _do(client: aio.AsyncEtcd3Client, kind: str, ops: list[dict[str, Any]], prefix: str,
+              timeout: float) -> None:
+    op = ops[0]
+    key = op["key"]
+    if kind == "put":
+        await client.put(key, op["value"], timeout=timeout)
+    elif kind in ("get", "serial"):
+        got, _ = await client.get(key, serializable=kind == "serial", timeout=timeout)
+        op["found"], op["got"] = got is not None, (got or b"").decode()
+    elif kind == "prefix":
+        seen = {m.key.decode(): v.decode() for v, m in await client.get_prefix(prefix, timeout=timeout)}
+        for o in ops:
+            o["found"], o["got"] = o["key"] in seen, seen.get(o["key"], "")
+    elif kind == "cas":
+        if op["expect"] is None:
+            op["ok"] = await client.put_if_not_exists(key, op["value"], timeout=timeout)
+        else:
+            op["ok"] = await client.replace(key, op["expect"], op["value"], timeout=timeout)
+    elif kind == "delete":
+        op["ok"] = bool(await client.delete(key, timeout=timeout))
+    else:
+        t = client.transactions
+        await client.transaction([], [t.put(o["key"], o["value"]) for o in ops], [], timeout=timeout)
+
+
+async def lease_worker(client: aio.AsyncEtcd3Client, history: History, prefix: str, worker: int,
+                       stop: asyncio.Event, rng: random.Random, timeout: float = CALL_TIMEOUT) -> None:
+    """:func:`.traffic.lease_worker` as a task: the keeper is a task too."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        ttl = rng.choice((2, 3, 4))
+        try:
+            lease = await timed(history, "lease grant", timeout, client.lease(ttl, timeout=timeout))
+        except etcd3.Etcd3Exception:
+            await asyncio.sleep(0.2)
+            continue
+        rec = LeaseRecord(f"{prefix}lease/{worker}-{n}", lease.id, ttl, time.monotonic_ns())
+        with history.lock:
+            history.leases.append(rec)
+
+        def lost(_: object, rec: LeaseRecord = rec) -> None:
+            rec.lost = time.monotonic_ns()
+
+        lease.keep_alive(on_lost=lost)
+        with contextlib.suppress(etcd3.Etcd3Exception):  # the key may or may not exist: the checks read etcd's
+            await timed(history, "put with lease", timeout, client.put(rec.key, "x", lease=lease, timeout=timeout))
+        await _pause(stop, rng.uniform(1.0, 6.0))
+        if rec.lost is None:
+            rec.revoke_called = time.monotonic_ns()
+            await lease.give_up()
+
+
+async def lock_worker(client: aio.AsyncEtcd3Client, history: History, name: str, who: str, stop: asyncio.Event,
+                      rng: random.Random, timeout: float = CALL_TIMEOUT) -> None:
+    """:func:`.traffic.exclusion_worker` for an :class:`AsyncLock`."""
+    while not stop.is_set():
+        lost = asyncio.Event()
+        lock = client.lock(name, ttl=3, on_lost=lambda _, lost=lost: lost.set())
+        try:
+            got = await timed(history, "lock acquire", timeout, lock.acquire(timeout=timeout))
+        except etcd3.Etcd3Exception:
+            await asyncio.sleep(0.1)
+            continue
+        if not got:
+            continue
+        start, revision = time.monotonic_ns(), lock.revision or 0
+        ended = "lost" if await _pause(lost, rng.uniform(0.1, 1.0)) else "released"
+        end = time.monotonic_ns()
+        if ended != "lost":
+            try:
+                with etcd3.deadline(timeout):
+                    await timed(history, "lock give up", timeout, lock.release())
+            except etcd3.Etcd3Exception:
+                ended = "giving up failed"
+        with history.lock:
+            history.holds.setdefault(f"lock {name}", []).append(Hold(who, start, end, revision, ended))
+
+
+async def _pause(event: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` or until ``event``; True when the event came."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+        return True
+    except asyncio.TimeoutError:
+        return False
+
+
+async def child(endpoints: list[str], creds: dict[str, Any], history: History, keys: list[str], prefix: str,
+                seed: int, duration: float, ready: Any) -> None:
+    """The second process's traffic through one asyncio client (see ``harness._child_main``)."""
+    rng = random.Random(seed * 7919)
+    stop = asyncio.Event()
+    async with aio.client(endpoints=endpoints, timeout=2, **creds) as client:
+        ready()
+        tasks = [asyncio.create_task(kv_traffic(client, history, 100 + w, keys, stop, random.Random(rng.random())))
+                 for w in range(4)]
+        tasks.append(asyncio.create_task(lease_worker(client, history, prefix, 150, stop,
+                                                      random.Random(rng.random()))))
+        tasks.append(asyncio.create_task(lock_worker(client, history, f"rob-{seed}", "lock-p2", stop,
+                                                     random.Random(rng.random()))))
+        await asyncio.sleep(duration)
+        stop.set()
+        await asyncio.gather(*tasks)

@@ -72,6 +72,7 @@ _BASELINES = [
 ]
 CLIENTS = {
     "resilient": ClientSpec("resilient", "resilient_etcd (defaults, 2 s per call)", True, 2.0),
+    "resilient-aio": ClientSpec("resilient-aio", "resilient_etcd.aio (asyncio, defaults, 2 s per call)", True, 2.0),
     **{b.name: b for b in _BASELINES},
     **{f"{b.name}-2s": _with_2s(b) for b in _BASELINES},
     "plain": ClientSpec("plain", "official kubernetes client (S12)", False),

@@ -16,7 +16,7 @@ from typing import Any
 
 from resilient_etcd.testing import EtcdCluster, ToxiproxyServer, netns_available
 
-from . import leader, report, slow
+from . import aio, leader, report, slow
 from .baselines import CLIENTS
 from .scenarios import (
     FAULTS,
@@ -35,7 +35,7 @@ from .scenarios import (
 )
 
 ALL = ["S1", "S2", "S3", "S4", "S8", "S6", "S7", "S1-restart", "steady", "watch-stall", "watch-1000", "S12", "idle",
-       "S7-all", "S2-leader"]
+       "S7-all", "S2-leader", "aio-steady", "aio-watch-stall", "aio-watch-10000"]
 QUICK = ["S3", "S1-restart", "steady"]
 
 
@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     trials: list[Trial] = []
     steady: dict[str, Any] | None = None
     steady16: dict[str, Any] | None = None
+    steady64: dict[str, Any] | None = None
     started = time.monotonic()
 
     def log(msg: str) -> None:
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for cname in clients:
             session = Session(cluster, CLIENTS[cname])
             try:
-                for i in range(ours_trials if cname == "resilient" else base_trials):
+                for i in range(ours_trials if cname.startswith("resilient") else base_trials):
                     t = trial(session)
                     trials.append(t)
                     log(f"{name} {cname} #{i + 1}: recover={t.recover} failed={t.failed_calls} "
@@ -126,6 +127,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 steady16 = steady_throughput(cluster, calls=800 if args.quick else 8000, rounds=3 if args.quick else 9,
                                              threads=16)
                 log(f"steady, 16 threads: ratio {steady16['ratio']:.3f}")
+            if "aio-steady" in scenarios:
+                steady64 = aio.steady64(cluster, calls=1280 if args.quick else 12800, rounds=3 if args.quick else 9)
+                log(f"asyncio steady, 64 tasks: ratio {steady64['ratio']:.3f}")
+            if "aio-watch-stall" in scenarios:
+                for i in range(ours_trials):
+                    t = aio.watch_stall_trial(cluster)
+                    trials.append(t)
+                    log(f"watch-stall asyncio #{i + 1}: {t.recover} lost={t.extra['lost']} dup={t.extra['duplicates']}")
+            if "aio-watch-10000" in scenarios:
+                for i in range(1 if args.quick else 3):
+                    t = aio.watch_many_trial(cluster, n=1000 if args.quick else 10_000)
+                    trials.append(t)
+                    log(f"{t.scenario} asyncio #{i + 1}: {t.recover} lost={t.extra['lost']} "
+                        f"bytes/watch={t.extra['bytes_per_watch']:.0f}")
         if "S4" in scenarios:
             if netns_available() is not None:
                 log(f"S4 skipped: {netns_available()}")
@@ -168,6 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "trials": [t.as_dict() for t in trials],
         "steady": steady,
         "steady16": steady16,
+        "steady64": steady64,
     }
 
 
@@ -201,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             earlier["trials"] += results["trials"]
             earlier["steady"] = results["steady"] or earlier.get("steady")
             earlier["steady16"] = results.get("steady16") or earlier.get("steady16")
+            earlier["steady64"] = results.get("steady64") or earlier.get("steady64")
             earlier.setdefault("merged_runs", []).append(
                 {k: results[k] for k in ("started", "duration_s", "scenarios_requested")})
             results = earlier

@@ -11,6 +11,7 @@ Stops when stdin closes or the process is killed.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import threading
@@ -55,7 +56,20 @@ def make_pyetcd(endpoints: list[str], timeout: float | None) -> tuple[Callable[[
     return (lambda: client.get("/bench/key")), (lambda: endpoints[0])
 
 
-CLIENTS = {"resilient": make_resilient, "raw": make_raw, "etcd3": make_etcd3, "pyetcd": make_pyetcd}
+def make_resilient_aio(endpoints: list[str], timeout: float | None) -> tuple[Callable[[], object], Callable[[], str]]:
+    """resilient_etcd.aio, for :func:`amain` (the call is a coroutine function)."""
+    from resilient_etcd import aio
+
+    client = aio.client(endpoints=endpoints, timeout=timeout)
+
+    def active() -> str:
+        return next(h.endpoint for h in client.endpoint_health() if h.active)
+
+    return (lambda: client.get("/bench/key")), active
+
+
+CLIENTS = {"resilient": make_resilient, "resilient-aio": make_resilient_aio, "raw": make_raw, "etcd3": make_etcd3,
+           "pyetcd": make_pyetcd}
 
 
 def main() -> int:
@@ -66,30 +80,51 @@ def main() -> int:
     p.add_argument("--pause", type=float, default=0.01)
     a = p.parse_args()
     timeout = None if a.timeout == "none" else float(a.timeout)
-    call, active = CLIENTS[a.client](a.endpoints.split(","), timeout)
     stop = threading.Event()
+
     def watch_stdin() -> None:
         sys.stdin.read()
         stop.set()
 
     threading.Thread(target=watch_stdin, daemon=True).start()
-    out = sys.stdout
+    if a.client.endswith("-aio"):
+        asyncio.run(amain(a.client, a.endpoints.split(","), timeout, a.pause, stop))
+        return 0
+    call, active = CLIENTS[a.client](a.endpoints.split(","), timeout)
     while not stop.is_set():
         s = time.monotonic()
-        rec: dict[str, object]
         try:
             call()
-            rec = {"s": s, "e": time.monotonic(), "ok": True}
+            rec: dict[str, object] = {"s": s, "e": time.monotonic(), "ok": True}
         except Exception as e:  # every client's error types differ; the benchmark only needs the text
             rec = {"s": s, "e": time.monotonic(), "ok": False, "err": f"{type(e).__name__}: {e}"[:200]}
-        try:
-            rec["ep"] = active()
-        except Exception:
-            rec["ep"] = None
-        out.write(json.dumps(rec) + "\n")
-        out.flush()
+        emit(rec, active)
         time.sleep(a.pause)
     return 0
+
+
+async def amain(name: str, endpoints: list[str], timeout: float | None, pause: float, stop: threading.Event) -> None:
+    """The loop of :func:`main` for an asyncio client: one task awaiting one call after another."""
+    call, active = CLIENTS[name](endpoints, timeout)
+    while not stop.is_set():
+        s = time.monotonic()
+        try:
+            await call()  # type: ignore[misc]
+            rec: dict[str, object] = {"s": s, "e": time.monotonic(), "ok": True}
+        except Exception as e:
+            rec = {"s": s, "e": time.monotonic(), "ok": False, "err": f"{type(e).__name__}: {e}"[:200]}
+        emit(rec, active)
+        await asyncio.sleep(pause)
+
+
+def emit(rec: dict[str, object], active: Callable[[], str]) -> None:
+    """Write one call's record (with the endpoint in use) as a JSON line."""
+    try:
+        rec["ep"] = active()
+    except Exception:
+        rec["ep"] = None
+    sys.stdout.write(json.dumps(rec) + "\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ DESCRIPTIONS = {
             "clients in 10 processes: what they cost etcd and themselves",
     "watch-1000": "1,000 watches on one key, one client; the member in use is killed; time until every "
                   "watch has delivered a write made right after the kill; Python heap per watch",
+    "watch-10000": "as watch-1000 with 10,000 watches on one asyncio client (`resilient-aio`)",
 }
 
 
@@ -140,15 +141,15 @@ def markdown(results: dict[str, Any]) -> str:
                        f"| {r['failovers']} | {'-' if lat is None else f'{lat * 1000:.0f} ms'} |")
     watch_rows = [r for r in rows if r["scenario"].startswith("watch")]
     if watch_rows:
-        out += ["", "## Watches", "", "| scenario | trials | p50 | p99 | max | events lost | duplicated | "
-                "heap per watch |", "|---|---|---|---|---|---|---|---|"]
+        out += ["", "## Watches", "", "| scenario | client | trials | p50 | p99 | max | events lost | duplicated | "
+                "heap per watch |", "|---|---|---|---|---|---|---|---|---|"]
         for r in watch_rows:
-            ts = [t for t in results["trials"] if t["scenario"] == r["scenario"]]
+            ts = [t for t in results["trials"] if t["scenario"] == r["scenario"] and t["client"] == r["client"]]
             lost = sum(t["extra"].get("lost", 0) for t in ts)
             dups = sum(t["extra"].get("duplicates", 0) for t in ts)
             per = [t["extra"]["bytes_per_watch"] for t in ts if "bytes_per_watch" in t["extra"]]
             capped = r["capped"] > 0
-            out.append(f"| {r['scenario']} | {r['trials']} | {_fmt(r.get('p50'), False, r['cap'])} "
+            out.append(f"| {r['scenario']} | {r['client']} | {r['trials']} | {_fmt(r.get('p50'), False, r['cap'])} "
                        f"| {_fmt(r.get('p99'), capped, r['cap'])} | {_fmt(r.get('max'), capped, r['cap'])} "
                        f"| {lost} | {dups} | {f'{statistics.median(per) / 1024:.1f} KiB' if per else '-'} |")
     slow = [t for t in results["trials"] if t["scenario"] == "S7-all"]
@@ -177,7 +178,9 @@ def markdown(results: dict[str, Any]) -> str:
                 "cluster's own over an equal window before; RPCs from etcd's `grpc_server_handled_total`."]
     for key, title, ratio_label in (
             ("steady", "Steady state, same process (sequential Range on one member)", ""),
-            ("steady16", "Steady state, 16 threads (Range on one member)", " with 16 threads")):
+            ("steady16", "Steady state, 16 threads (Range on one member)", " with 16 threads"),
+            ("steady64", "Steady state, asyncio: 64 tasks on one loop (Range on one member; raw = grpc.aio stubs)",
+             " (asyncio, 64 tasks)")):
         st = results.get(key)
         if st:
             out += ["", f"## {title}", "", "| client | ops/s (median of rounds) | p50 | p99 |", "|---|---|---|---|"]
@@ -203,7 +206,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in summarize(results["trials"])
-            if r["scenario"] not in ("S6", "S7", "S7-all", "watch-1000") and not r["scenario"].startswith("idle")]
+            if r["scenario"] not in ("S6", "S7", "S7-all") and not r["scenario"].startswith(("idle", "watch-1"))]
     scenarios = sorted({r["scenario"] for r in rows})
     clients = [c for c in CLIENTS if any(r["client"] == c for r in rows)]
     fig, ax = plt.subplots(figsize=(10, 4.5))

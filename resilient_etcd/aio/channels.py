@@ -189,13 +189,20 @@ async def rpc(call: Awaitable[Any], closed: Callable[[], bool] | None = None) ->
     ``closed()``: was the call's channel closed? (Python 3.10 cannot tell a task's own cancellation apart.)"""
     try:
         return await call
-    except asyncio.CancelledError:
-        cancelling = _cancelling()
-        if cancelling or (cancelling is None and (closed is None or not closed())):
-            raise
-        raise ChannelClosed("the channel was closed with the call in flight") from None
-    except grpc.aio.UsageError as e:
-        raise ValueError(f"Cannot invoke RPC on closed channel! ({e})") from None
+    except (asyncio.CancelledError, grpc.aio.UsageError) as e:
+        raise translate(e, closed) from None
+
+
+def translate(error: BaseException, closed: Callable[[], bool] | None) -> BaseException:
+    """What a grpc.aio call's ``CancelledError`` or ``UsageError`` means (see :func:`rpc`): the error to raise."""
+    if isinstance(error, grpc.aio.UsageError):
+        return ValueError(f"Cannot invoke RPC on closed channel! ({error})")
+    if not isinstance(error, asyncio.CancelledError):
+        return error
+    cancelling = _cancelling()
+    if cancelling or (cancelling is None and (closed is None or not closed())):
+        return error
+    return ChannelClosed("the channel was closed with the call in flight")
 
 
 def _cancelling() -> bool | None:

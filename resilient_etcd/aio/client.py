@@ -138,7 +138,11 @@ class AsyncEtcd3Client:
     async def get(self, key: Key, *, timeout: float | None = None,
                   **kwargs: Any) -> tuple[bytes, KVMetadata] | tuple[None, None]:
         """``(value, metadata)`` of ``key``, or ``(None, None)`` when it does not exist."""
-        return shapes.value_of(await self.get_response(key, timeout=timeout, **kwargs))
+        if kwargs or not self._authenticated:
+            return shapes.value_of(await self.get_response(key, timeout=timeout, **kwargs))
+        # the hot path: one key is never paged, straight to the transport
+        return shapes.value_of(await self._transport.unary("kv", "Range", rpc_pb2.RangeRequest(key=to_bytes(key)),
+                                                           timeout=timeout))
 
     async def get_prefix_response(self, key_prefix: Key, *, timeout: float | None = None,
                                   **kwargs: Any) -> rpc_pb2.RangeResponse:

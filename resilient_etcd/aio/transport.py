@@ -20,6 +20,7 @@ import grpc
 
 from .. import deadlines
 from .._steps import adrive
+from ..balancer.health import State
 from ..balancer.retrying import make_async_retrying
 from ..exceptions import ClientClosedError, DeadlineExceeded
 from ..metrics import METRICS
@@ -43,7 +44,7 @@ from ..transport.diagnose import permanent_cause
 from ..transport.endpoints import TlsConfig
 from ..transport.pool import Connection
 from ..transport.retry import RetryableError, RetryClass
-from .channels import AioChannels, rpc
+from .channels import AioChannels, rpc, translate
 
 T = TypeVar("T")
 AsyncInvoke = Callable[[Stubs, float | None, Metadata], Awaitable[Any]]
@@ -55,6 +56,9 @@ class AsyncTransport(TransportCore):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.loop = asyncio.get_running_loop()
         super().__init__(*args, **kwargs)
+        self._racing: dict[_Race, None] = {}  # hedgeable reads out now, for the sweeper
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_every = (self._hedge_floor or 0.1) / 4
 
     def _channels(self, tls: TlsConfig | None, options: list[tuple[str, Any]]) -> Channels:
         return AioChannels(self.loop, tls, options)
@@ -98,18 +102,62 @@ class AsyncTransport(TransportCore):
                     idempotent: bool | None = None, pin: Connection | None = None, with_token: bool = True,
                     metadata: Metadata = ()) -> Any:
         """Call ``service.method`` (stub attribute names, e.g. ``"kv", "Range"``) with resilience; the
-        arguments mean what they mean for the blocking ``Transport.unary``."""
+        arguments mean what they mean for the blocking ``Transport.unary``.
 
-        async def invoke(stubs: Stubs, left: float | None, md: Metadata) -> Any:
-            return await getattr(getattr(stubs, service), method)(request, timeout=left, metadata=md)
-
+        A linearizable single-key read is *hedged*: not answered within its endpoint's usual time
+        (``CallTimes.hedge_delay``), a copy goes to the fastest other healthy endpoint, within the hedge
+        budget; the first answer wins and the other call is cancelled. Unlike grpcio's blocking call, the
+        first copy keeps running: one extra request, not two. One loop timer watches every read out
+        (:meth:`_sweep`), so a read answered in time costs a dict entry. Both copies failing: the first
+        one's error, for the usual recovery. This hot path is written out here, as the blocking face's is."""
         rclass = _class_of(service, method) if idempotent is None and pin is None else \
             _rclass(_qualified(service, method), idempotent, pin)
         # a linearizable single-key read (a serializable one may not move to a member further behind)
-        hedge = self._hedge_floor is not None and method == "Range" and rclass is RetryClass.IDEMPOTENT \
-            and not request.range_end and not request.serializable
-        return await self._call(invoke, rclass, timeout, pin, with_token, metadata, self.default_timeout, method,
-                                hedge=hedge)
+        if self._hedge_floor is None or method != "Range" or rclass is not RetryClass.IDEMPOTENT \
+                or request.range_end or request.serializable or self._closed:
+            return await self._call(_Invoke(service, method, request), rclass, timeout, pin, with_token, metadata,
+                                    self.default_timeout, method)
+        budget = deadlines.call_timeout(timeout, self.default_timeout)
+        pool = self.pool
+        conn = pool.pick()
+        race = _Race(service, method, request, conn, time.monotonic(), budget,
+                     (self._token_md + metadata) if with_token else metadata)
+        # the hedge (see _sweep): registered, unless the deadline comes first
+        pool.hedges.deposit()
+        delay = conn.call_times.hedge_delay(self._hedge_floor)
+        if budget is None or delay < budget:
+            race.due = race.sent + delay
+            self._racing[race] = None
+            if self._sweeper is None:
+                self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
+        conn.begin()  # the frame of HealthDriver.arun, written out on the hot path
+        try:
+            race.first = race(conn.stubs, budget, race.md)
+            result = await race.first
+        except BaseException as e:
+            conn.end(_answered(e))
+            self._racing.pop(race, None)
+            error = translate(e, race.cut)
+            if not isinstance(error, (grpc.RpcError, ValueError)):
+                raise  # our task is cancelled (its hedge with it, below)
+            hedge = race.hedge
+            if hedge is not None:
+                with contextlib.suppress(grpc.RpcError, ValueError):  # the hedge's answer, if it has one
+                    return await hedge
+            first: BaseException = error
+        else:
+            conn.end(True)
+            self._racing.pop(race, None)
+            conn.call_times.observe(time.monotonic() - race.sent)
+            if conn.health.state is not State.HEALTHY:
+                pool.report_success(conn, race.gen)
+            return result
+        finally:
+            if race.hedge is not None and not race.hedge.done():
+                race.hedge.cancel()
+        deadline = None if budget is None else race.sent + budget
+        return await self._recover(race, deadline, rclass, with_token, metadata,
+                                   _Attempt(conn, race.gen, True, race.md), first)
 
     async def call(self, name: str, invoke: AsyncInvoke, *, timeout: float | None = None,
                    idempotent: bool | None = None, pin: Connection | None = None, with_token: bool = True,
@@ -120,8 +168,7 @@ class AsyncTransport(TransportCore):
         return await self._call(invoke, rclass, timeout, pin, with_token, metadata, default_timeout, name)
 
     async def _call(self, invoke: AsyncInvoke, rclass: RetryClass, timeout: float | None, pin: Connection | None,
-                    with_token: bool, metadata: Metadata, default: float | None, what: str, *,
-                    hedge: bool = False) -> Any:
+                    with_token: bool, metadata: Metadata, default: float | None, what: str) -> Any:
         if self._closed:
             raise ClientClosedError(f"the client was closed; {what} was not sent")
         budget = deadlines.call_timeout(timeout, default)
@@ -140,14 +187,17 @@ class AsyncTransport(TransportCore):
         ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
         md = (self._token_md + metadata) if with_token else metadata
         try:
-            if hedge:
-                return await self._hedged(conn, gen, invoke, budget, md)
             return await self._send(conn, gen, invoke, budget, md)
         except (grpc.RpcError, ValueError) as e:
             first: BaseException = e
-        r = _Retry(deadline, rclass, with_token, metadata, conn)
-        r.last = await self._run_steps(self._failure_steps(_Attempt(conn, gen, ready, md), first, rclass, deadline),
-                                       invoke)
+        return await self._recover(invoke, deadline, rclass, with_token, metadata, _Attempt(conn, gen, ready, md),
+                                   first)
+
+    async def _recover(self, invoke: AsyncInvoke, deadline: float | None, rclass: RetryClass, with_token: bool,
+                       metadata: Metadata, first_attempt: _Attempt, first: BaseException) -> Any:
+        """The first attempt failed: classify it, and retry as the core's steps decide."""
+        r = _Retry(deadline, rclass, with_token, metadata, first_attempt.conn)
+        r.last = await self._run_steps(self._failure_steps(first_attempt, first, rclass, deadline), invoke)
         try:
             async for attempt in make_async_retrying(RetryableError, r.left, **self._retrying_args(r)):
                 with attempt:
@@ -156,49 +206,44 @@ class AsyncTransport(TransportCore):
             raise self._gave_up(r, e) from e.error
         raise AssertionError("unreachable: the retry loop returns or raises")  # pragma: no cover
 
-    async def _hedged(self, conn: Connection, gen: int, invoke: AsyncInvoke, budget: float | None,
-                      md: Metadata) -> Any:
-        """A hedgeable read: not answered within its endpoint's usual time (``CallTimes.hedge_delay``), a
-        copy goes to the fastest other healthy endpoint, within the hedge budget; the first answer wins and
-        the other call is cancelled. (Unlike grpcio's blocking call, the first copy keeps running: one
-        extra request, not two.) Both failing: the first one's error, for the usual recovery."""
-        pool = self.pool
-        pool.hedges.deposit()
-        delay = conn.call_times.hedge_delay(self._hedge_floor)  # type: ignore[arg-type]
-        sent = time.monotonic()
-        first = asyncio.ensure_future(self._send(conn, gen, invoke, budget, md))
-        tasks = [first]
-        hedge: tuple[Connection, float] | None = None  # where the copy went, and when
-        try:
-            done, _ = await asyncio.wait(tasks, timeout=None if budget is not None and delay >= budget else delay)
-            if not done:
-                conn.want_probe = True  # how slow is that connection itself? (latency-aware choice, ejection)
-                pool.wake()
-                other = pool.hedge_target(conn)
-                left = None if budget is None else budget - (time.monotonic() - sent)
-                if other is not None and (left is None or left > 0) and pool.hedges.withdraw(1):
-                    METRICS.inc("hedges", conn.name)
-                    hedge = (other, time.monotonic())
-                    tasks.append(asyncio.ensure_future(self._send(other, other.generation, invoke, left, md)))
-            pending = set(tasks)
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task.exception() is not None:
-                        continue
-                    if hedge is None or task is first:
-                        conn.call_times.observe(time.monotonic() - sent)
-                    else:
-                        winner, hedged_at = hedge
-                        METRICS.inc("hedges_won", winner.name)
-                        winner.call_times.observe(time.monotonic() - hedged_at)
-                        pool.hedge_won(conn, winner)
-                    return task.result()
-            return first.result()  # both failed: the first copy's error
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    def _sweep(self) -> None:
+        """Every ``hedge_delay_min / 4`` while reads are out (one loop timer for all of them, not one each):
+        hedge those past their delay."""
+        now = time.monotonic()
+        due = []
+        for race in self._racing:  # in the order sent: none sent after one within the floor can be due
+            if race.due <= now:
+                due.append(race)
+            elif race.sent + self._sweep_every * 4 > now:
+                break
+        for race in due:
+            del self._racing[race]
+            self._hedge(race)
+        self._sweeper = self.loop.call_later(self._sweep_every, self._sweep) if self._racing else None
+
+    def _hedge(self, race: _Race) -> None:
+        """The read on ``race.conn`` is not answered after its hedge delay: send the copy."""
+        conn, pool, budget = race.conn, self.pool, race.budget
+        conn.want_probe = True  # how slow is that connection itself? (latency-aware choice, ejection)
+        pool.wake()
+        other = pool.hedge_target(conn)
+        left = None if budget is None else budget - (time.monotonic() - race.sent)
+        if other is None or (left is not None and left <= 0) or not pool.hedges.withdraw(1):
+            return
+        METRICS.inc("hedges", conn.name)
+        race.hedge = self.loop.create_task(self._hedge_copy(race, other, race, left, race.md))
+
+    async def _hedge_copy(self, race: _Race, other: Connection, invoke: AsyncInvoke, left: float | None,
+                          md: Metadata) -> Any:
+        hedged_at = time.monotonic()
+        result = await self._send(other, other.generation, invoke, left, md)
+        METRICS.inc("hedges_won", other.name)
+        other.call_times.observe(time.monotonic() - hedged_at)
+        self.pool.hedge_won(race.conn, other)
+        race.beaten = True
+        if race.first is not None:
+            race.first.cancel()  # the first copy's await ends, and takes this answer
+        return result
 
     async def _send(self, conn: Connection, gen: int, invoke: AsyncInvoke, left: float | None, md: Metadata) -> Any:
         def closed() -> bool:
@@ -240,6 +285,41 @@ class AsyncTransport(TransportCore):
                 pool.on_leader_news(functools.partial(_settle_soon, loop, news))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(news, max(0.0, step - time.monotonic()))
+
+
+class _Invoke:
+    """``service.method(request)`` on a connection's stubs: the grpc.aio call (awaitable, cancellable)."""
+
+    __slots__ = ("method", "request", "service")
+
+    def __init__(self, service: str, method: str, request: Any) -> None:
+        self.service, self.method, self.request = service, method, request
+
+    def __call__(self, stubs: Stubs, left: float | None, md: Metadata) -> Any:
+        return getattr(getattr(stubs, self.service), self.method)(self.request, timeout=left, metadata=md)
+
+
+class _Race(_Invoke):
+    """A hedgeable read out now (itself the invoke its copies are made with): the first copy's call, the
+    hedge's task, and who won."""
+
+    __slots__ = ("beaten", "budget", "conn", "due", "first", "gen", "hedge", "md", "sent")
+
+    def __init__(self, service: str, method: str, request: Any, conn: Connection, sent: float,
+                 budget: float | None, md: Metadata) -> None:
+        self.service, self.method, self.request = service, method, request
+        self.conn = conn
+        self.gen = conn.generation
+        self.sent = sent
+        self.due = float("inf")  # when to hedge it
+        self.budget, self.md = budget, md
+        self.first: Any = None  # the first copy's grpc.aio call
+        self.hedge: asyncio.Task[Any] | None = None
+        self.beaten = False  # the hedge answered first and cancelled the first copy's call
+
+    def cut(self) -> bool:
+        """Was the first copy's call cancelled by us (beaten by the hedge, or its channel closed)?"""
+        return self.beaten or self.conn.generation != self.gen
 
 
 def _settle_soon(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> None:

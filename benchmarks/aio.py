@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import statistics
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
@@ -17,7 +16,7 @@ from resilient_etcd import aio
 from resilient_etcd._proto import rpc_pb2, rpc_pb2_grpc
 from resilient_etcd.testing import EtcdCluster, wait_until
 
-from .scenarios import Trial
+from .scenarios import Trial, stall_result, throughput_summary
 
 Op = Callable[[], Awaitable[object]]
 
@@ -60,15 +59,7 @@ async def _steady64(endpoint: str, calls: int, rounds: int, tasks: int) -> dict[
                 for o in outs:
                     lat[name].extend(o)
             pairs.append(results["resilient"][-1] / results["raw"][-1])
-    out: dict[str, Any] = {}
-    for name in results:
-        ls = sorted(lat[name])
-        out[name] = {"ops_per_s": statistics.median(results[name]), "rounds": results[name],
-                     "p50_ms": ls[len(ls) // 2] * 1e3, "p99_ms": ls[int(len(ls) * 0.99)] * 1e3}
-    out["ratio"] = statistics.median(pairs)
-    out["pair_ratios"] = pairs
-    out["tasks"] = tasks
-    return out
+    return {**throughput_summary(results, lat, pairs), "tasks": tasks}
 
 
 def watch_stall_trial(cluster: EtcdCluster) -> Trial:
@@ -102,11 +93,7 @@ async def _watch_stall(cluster: EtcdCluster) -> Trial:
                 ok = False
         await asyncio.to_thread(victim.require_proxy().heal)
         await c.cancel_watch(wid)
-    events = [e for _, item in got if not isinstance(item, BaseException) for e in item.events]
-    lost = 0 if any(e.mod_revision == rev for e in events) else 1
-    dups = len(events) - len({e.mod_revision for e in events})
-    return Trial("watch-stall", "resilient-aio", 20.0, (got[0][0] - t0) if ok else None, lost, 0, dups,
-                 {"lost": lost, "duplicates": dups, "victim": victim.name})
+    return stall_result("resilient-aio", got, rev, t0, ok, victim.name)
 
 
 def watch_many_trial(cluster: EtcdCluster, n: int = 10_000) -> Trial:

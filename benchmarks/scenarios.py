@@ -240,6 +240,12 @@ def steady_throughput(cluster: EtcdCluster, calls: int, rounds: int, threads: in
                 for o in outs:
                     lat[name].extend(o)
             pairs.append(results["resilient"][-1] / results["raw"][-1])
+    return throughput_summary(results, lat, pairs)
+
+
+def throughput_summary(results: dict[str, list[float]], lat: dict[str, list[float]],
+                       pairs: list[float]) -> dict[str, Any]:
+    """Per client: the median of its rounds' ops/s, p50 and p99 call time; the median of the pairs' ratios."""
     out: dict[str, Any] = {}
     for name in results:
         ls = sorted(lat[name])
@@ -272,11 +278,16 @@ def watch_stall_trial(cluster: EtcdCluster) -> Trial:
             ok = seen.wait(20)
         victim.require_proxy().heal()
         c.cancel_watch(wid)
-        events = [e for _, item in got if not isinstance(item, BaseException) for e in item.events]
-        lost = 0 if any(e.mod_revision == rev for e in events) else 1
-        dups = len(events) - len({e.mod_revision for e in events})
-        return Trial("watch-stall", "resilient", 20.0, (got[0][0] - t0) if ok else None, lost, 0, dups,
-                     {"lost": lost, "duplicates": dups, "victim": victim.name})
+        return stall_result("resilient", got, rev, t0, ok, victim.name)
+
+
+def stall_result(client: str, got: list[tuple[float, Any]], rev: int, t0: float, ok: bool, victim: str) -> Trial:
+    """A watch-stall trial from what the watch delivered (``(when, item)``): the write at ``rev`` seen, when."""
+    events = [e for _, item in got if not isinstance(item, BaseException) for e in item.events]
+    lost = 0 if any(e.mod_revision == rev for e in events) else 1
+    dups = len(events) - len({e.mod_revision for e in events})
+    return Trial("watch-stall", client, 20.0, (got[0][0] - t0) if ok else None, lost, 0, dups,
+                 {"lost": lost, "duplicates": dups, "victim": victim})
 
 
 def watch_many_trial(cluster: EtcdCluster, n: int = 1000) -> Trial:

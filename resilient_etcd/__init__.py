@@ -14,8 +14,9 @@ import os as _os
 _os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from . import etcdrpc, events, exceptions, leases, locks, members, transactions, utils, watch
+from ._base import DEFAULT_TIMEOUT
 from ._compat import install_as_etcd3, uninstall_as_etcd3
-from .client import DEFAULT_TIMEOUT, Etcd3Client, MultiEndpointEtcd3Client, SRVDiscoveryEtcd3Client, client
+from .client import Etcd3Client, MultiEndpointEtcd3Client, SRVDiscoveryEtcd3Client, client
 from .deadlines import current_deadline, deadline, no_retry, remaining
 from .etcd.election import Election, NotLeaderError
 from .etcd.events import DeleteEvent, Event, PutEvent, WatchResponse

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from . import _lifecycle, deadlines
+from ._base import ClientBase
 from ._proto import rpc_pb2
 from .discovery import resolve_srv
 from .etcd import paging, shapes
@@ -27,12 +28,9 @@ from .etcd.events import Event, WatchResponse
 from .etcd.lease import Lease, LeaseState
 from .etcd.lock import Lock
 from .etcd.models import Alarm, Key, KVMetadata, Member, Status, prefix_range_end, to_bytes
-from .etcd.transactions import (
-    BaseCompare,
-    Transactions,
-    is_read_only,
-)
-from .etcd.watch import WatchManager
+from .etcd.transactions import BaseCompare, is_read_only
+from .etcd.transactions import Transactions as Transactions  # python-etcd3's etcd3.client.Transactions
+from .etcd.watch import ResponseItems, WatchManager
 from .exceptions import (
     ClientClosedError,
     ConfigurationError,
@@ -41,19 +39,15 @@ from .exceptions import (
     LeaseLostError,
     WatchTimedOut,
 )
-from .policies import HealthPolicy, KeepalivePolicy, RetryPolicy
 from .transport.channels import Stubs
-from .transport.endpoints import Endpoint, TlsConfig, parse_endpoint
-from .transport.pool import Connection, EndpointStatus
+from .transport.endpoints import Endpoint
 from .transport.transport import Metadata, Transport
 from .watch import Watcher
 
 log = logging.getLogger("resilient_etcd")
 
-DEFAULT_TIMEOUT = 10.0
-"""Seconds a call may take when neither a scope nor ``timeout`` says otherwise (python-etcd3 has none)."""
 
-class Etcd3Client:
+class Etcd3Client(ClientBase):
     """An etcd v3 client with python-etcd3's API that survives member restarts and hung connections.
 
     ``host``/``port`` name one member; ``endpoints=[...]`` names several (``"host:port"`` or
@@ -64,62 +58,25 @@ class Etcd3Client:
     connections dialled from then on, once they load whole and the certificate matches its key.
     """
 
-    def __init__(
-        self,
-        host: str = "localhost",
-        port: int | str = 2379,
-        ca_cert: str | None = None,
-        cert_key: str | None = None,
-        cert_cert: str | None = None,
-        timeout: float | None = None,
-        user: str | None = None,
-        password: str | None = None,
-        grpc_options: Sequence[tuple[str, Any]] | None = None,
-        *,
-        endpoints: Sequence[str | Endpoint] | None = None,
-        keepalive: KeepalivePolicy | None = None,
-        health: HealthPolicy | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self._endpoints = shapes.parse_endpoints(host, port, endpoints)
-        self.timeout = deadlines.validate_timeout("timeout", timeout) or DEFAULT_TIMEOUT
-        shapes.check_client_args(user, password, keepalive, health, retry)
-        self._user = user
-        self.transactions = Transactions()
+    _transport_class = Transport
+    _transport: Transport
+
+    def _started(self) -> None:
         self._watch_lock = threading.Lock()
         self._watch_manager: WatchManager | None = None
         self._watch_holder: list[WatchManager] = []  # for the finalizer, which must not hold self
         self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()  # kept ones stop when the client closes
         self._iterators: weakref.WeakSet[_WatchIterator] = weakref.WeakSet()
-        health = health or HealthPolicy()
-        self._pages = paging.PageSizer(page_time=health.dead_after / 4)  # a probe waits behind one page at most
-        self._transport = Transport(
-            self._endpoints,
-            tls=TlsConfig.from_files(ca_cert, cert_key, cert_cert),
-            default_timeout=self.timeout,
-            keepalive=keepalive or KeepalivePolicy(),
-            health=health,
-            retry=retry or RetryPolicy(),
-            grpc_options=list(grpc_options or ()),
-            user=user,
-            password=password,
-        )
         # a client dropped without close() still stops its threads and closes its channels
         self._finalizer = weakref.finalize(self, _shut, self._transport, self._watch_holder, self._leases,
                                            self._iterators)
         _lifecycle.register(self)
-        if user is not None:
+        if self._user is not None:
             try:
                 self._transport.authenticate()
             except BaseException:
                 self._finalizer()
                 raise
-
-    def __repr__(self) -> str:
-        eps = ", ".join(e.target for e in self._endpoints)
-        auth = f", user={self._user!r}" if self._user else ""
-        tls = ", tls=True" if self._transport.tls else ""
-        return f"Etcd3Client(endpoints=[{eps}], timeout={self.timeout:g}{auth}{tls})"
 
     # ---- lifecycle ----
     def close(self) -> None:
@@ -135,10 +92,6 @@ class Etcd3Client:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-    def endpoint_health(self) -> list[EndpointStatus]:
-        """One record per endpoint: state, whether active, latency, failures, ejections, last error."""
-        return self._transport.pool.status()
 
     # ---- KV ----
     def _range(self, req: rpc_pb2.RangeRequest, timeout: float | None) -> rpc_pb2.RangeResponse:
@@ -398,11 +351,6 @@ class Etcd3Client:
         """python-etcd3's ``client.watcher``: ``add_callback(key, callback, **kwargs)`` and ``cancel(watch_id)``."""
         return Watcher(self)
 
-    @property
-    def uses_secure_channel(self) -> bool:
-        """True when the client speaks TLS to its endpoints."""
-        return self._transport.tls is not None
-
     # ---- locks ----
     def lock(self, name: str, ttl: int = 60, on_lost: Callable[[Lock], None] | None = None, *,
              keep_alive: bool = True) -> Lock:
@@ -437,18 +385,6 @@ class Etcd3Client:
                               rpc_pb2.MemberUpdateRequest(ID=member_id, peerURLs=peer_urls), timeout=timeout)
 
     # ---- maintenance ----
-    def _member_conn(self, endpoint: str | None) -> Connection:
-        """The connection a per-member operation is pinned to: ``endpoint`` (as given to the client),
-        or the member in use."""
-        if endpoint is None:
-            return self._transport.pool.pick()
-        target = parse_endpoint(endpoint).target
-        for c in self._transport.pool.conns:
-            if c.name == target:
-                return c
-        raise ConfigurationError(f"{endpoint!r} is not one of this client's endpoints "
-                                 f"({', '.join(c.name for c in self._transport.pool.conns)})")
-
     def status(self, *, endpoint: str | None = None, timeout: float | None = None) -> Status:
         """Status of one member (``endpoint``, default: the member in use), with the leader resolved to a
         :class:`Member`. Answers about one member are never taken from another: if that member fails,
@@ -542,14 +478,13 @@ def _shut(transport: Transport, watch_holder: list[WatchManager], leases: weakre
     transport.close()
 
 
-class _WatchIterator:
+class _WatchIterator(ResponseItems):
     """Responses of one watch; raises the ending error, or a transient NoLeaderError and goes on.
     Ends when the watch is cancelled or its client closed."""
 
     def __init__(self, responses: queue.SimpleQueue[Any], client: Etcd3Client) -> None:
         self._responses = responses
         self._client = client  # a watch in use keeps its client (and so its connections) alive
-        self.done = False
 
     def close(self) -> None:
         self.done = True
@@ -562,15 +497,9 @@ class _WatchIterator:
         if self.done:
             raise StopIteration
         with _lifecycle.busy():
-            item = self._responses.get()
-        if item is None:
-            self.done = True
+            resp = self._item(self._responses.get())
+        if resp is None:
             raise StopIteration
-        if isinstance(item, BaseException):
-            if not getattr(item, "transient", False):
-                self.done = True
-            raise item
-        resp: WatchResponse = item
         return resp
 
 

@@ -12,6 +12,7 @@ gives, unless the task itself is being cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -104,7 +105,8 @@ class AioChannels:
         return _LoopStubs(channel)
 
     def close(self, channel: LoopChannel) -> None:
-        self._on_loop(lambda: self._spawn(channel.close()))
+        with contextlib.suppress(ValueError):  # the loop is closed: its channels went with it
+            self._on_loop(lambda: self._spawn(channel.close()))
 
     def ready(self, channel: LoopChannel) -> bool:
         made = channel.made
@@ -152,6 +154,8 @@ class AioChannels:
         if running is self.loop:
             fn()
             return
+        if self.loop.is_closed():
+            raise ValueError("closed channel: its event loop is closed")
         try:
             self.loop.call_soon_threadsafe(fn)
         except RuntimeError as e:  # the loop was closed: nothing on it runs again

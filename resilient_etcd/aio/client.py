@@ -10,24 +10,22 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import IO, Any
 
 from .. import deadlines
+from .._base import ClientBase
 from .._proto import rpc_pb2
 from .._steps import adrive
-from ..client import DEFAULT_TIMEOUT, lease_gone
+from ..client import lease_gone
 from ..etcd import paging, shapes
 from ..etcd.events import Event, WatchResponse
 from ..etcd.models import Alarm, Key, KVMetadata, Member, Status, prefix_range_end, to_bytes
-from ..etcd.transactions import BaseCompare, Transactions, is_read_only
-from ..exceptions import ClientClosedError, ConfigurationError, DeadlineExceeded, WatchTimedOut
-from ..policies import HealthPolicy, KeepalivePolicy, RetryPolicy
+from ..etcd.transactions import BaseCompare, is_read_only
+from ..exceptions import ClientClosedError, DeadlineExceeded, WatchTimedOut
 from ..transport.channels import Stubs
 from ..transport.core import Metadata
-from ..transport.endpoints import Endpoint, TlsConfig, parse_endpoint
-from ..transport.pool import Connection, EndpointStatus
 from .election import AsyncElection
 from .lease import AsyncLease
 from .lock import AsyncLock
@@ -37,47 +35,17 @@ from .watch import AsyncWatchManager, EventIterator, WatchIterator
 Values = list[tuple[bytes, KVMetadata]]
 
 
-class AsyncEtcd3Client:
+class AsyncEtcd3Client(ClientBase):
     """An etcd v3 client for asyncio with python-etcd3's API (see ``Etcd3Client`` for the arguments)."""
 
-    def __init__(
-        self,
-        host: str = "localhost",
-        port: int | str = 2379,
-        ca_cert: str | None = None,
-        cert_key: str | None = None,
-        cert_cert: str | None = None,
-        timeout: float | None = None,
-        user: str | None = None,
-        password: str | None = None,
-        grpc_options: Sequence[tuple[str, Any]] | None = None,
-        *,
-        endpoints: Sequence[str | Endpoint] | None = None,
-        keepalive: KeepalivePolicy | None = None,
-        health: HealthPolicy | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self._endpoints = shapes.parse_endpoints(host, port, endpoints)
-        self.timeout = deadlines.validate_timeout("timeout", timeout) or DEFAULT_TIMEOUT
-        shapes.check_client_args(user, password, keepalive, health, retry)
-        self._user = user
-        self.transactions = Transactions()
-        health = health or HealthPolicy()
-        self._pages = paging.PageSizer(page_time=health.dead_after / 4)
-        self._transport = AsyncTransport(
-            self._endpoints, tls=TlsConfig.from_files(ca_cert, cert_key, cert_cert), default_timeout=self.timeout,
-            keepalive=keepalive or KeepalivePolicy(), health=health, retry=retry or RetryPolicy(),
-            grpc_options=list(grpc_options or ()), user=user, password=password)
+    _transport_class = AsyncTransport
+    _transport: AsyncTransport
+
+    def _started(self) -> None:
         self._leases: weakref.WeakSet[AsyncLease] = weakref.WeakSet()  # kept ones stop when the client closes
         self._closers: list[Callable[[], Any]] = []  # what else ends with the client (the watch manager)
-        self._authenticated = user is None
+        self._authenticated = self._user is None
         self._watch_manager: AsyncWatchManager | None = None
-
-    def __repr__(self) -> str:
-        eps = ", ".join(e.target for e in self._endpoints)
-        auth = f", user={self._user!r}" if self._user else ""
-        tls = ", tls=True" if self._transport.tls else ""
-        return f"AsyncEtcd3Client(endpoints=[{eps}], timeout={self.timeout:g}{auth}{tls})"
 
     # ---- lifecycle ----
     async def close(self) -> None:
@@ -114,10 +82,6 @@ class AsyncEtcd3Client:
         if not self._authenticated:
             await self._login()
         return await self._transport.unary(service, method, request, **kwargs)
-
-    def endpoint_health(self) -> list[EndpointStatus]:
-        """One record per endpoint: state, whether active, latency, failures, ejections, last error."""
-        return self._transport.pool.status()
 
     # ---- KV ----
     async def _range(self, req: rpc_pb2.RangeRequest, timeout: float | None) -> rpc_pb2.RangeResponse:
@@ -355,11 +319,6 @@ class AsyncEtcd3Client:
         """python-etcd3's ``client.watcher``: ``await add_callback(key, callback, **kwargs)``, ``await cancel(id)``."""
         return AsyncWatcher(self)
 
-    @property
-    def uses_secure_channel(self) -> bool:
-        """True when the client speaks TLS to its endpoints."""
-        return self._transport.tls is not None
-
     # ---- locks ----
     def lock(self, name: str, ttl: int = 60, on_lost: Callable[[AsyncLock], None] | None = None, *,
              keep_alive: bool = True) -> AsyncLock:
@@ -389,16 +348,6 @@ class AsyncEtcd3Client:
                           timeout=timeout)
 
     # ---- maintenance ----
-    def _member_conn(self, endpoint: str | None) -> Connection:
-        if endpoint is None:
-            return self._transport.pool.pick()
-        target = parse_endpoint(endpoint).target
-        for c in self._transport.pool.conns:
-            if c.name == target:
-                return c
-        raise ConfigurationError(f"{endpoint!r} is not one of this client's endpoints "
-                                        f"({', '.join(c.name for c in self._transport.pool.conns)})")
-
     async def status(self, *, endpoint: str | None = None, timeout: float | None = None) -> Status:
         """Status of one member (default: the member in use), never taken from another member."""
         with deadlines.deadline_of(timeout, self.timeout):

@@ -22,10 +22,6 @@ class AsyncElection(ElectionCore):
     client: AsyncEtcd3Client
     lease: AsyncLease | None
 
-    def __init__(self, client: AsyncEtcd3Client, name: str, ttl: int = 10,
-                 on_lost: Callable[[AsyncElection], None] | None = None) -> None:
-        super().__init__(client, name, ttl, on_lost)
-
     def __repr__(self) -> str:
         return f"AsyncElection({self.prefix!r}, key={self.key!r}, revision={self.revision})"
 

@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .._proto import rpc_pb2
-from ..deadlines import deadline
+from .._steps import adrive, apply
 from ..etcd.lease import LeaseState
-from ..exceptions import Etcd3Exception, LeaseLostError
+from ..exceptions import Etcd3Exception
 
 if TYPE_CHECKING:
     from .client import AsyncEtcd3Client
@@ -120,23 +120,12 @@ class AsyncLease(LeaseState):
             await self.abandon()
 
     async def _keep(self) -> None:
-        interval = self.refresh_interval
-        while True:
-            await asyncio.sleep(self._sleep(interval))
-            left = self._due()
-            if left is None or self._stop.is_set():
-                return
-            if not self._refreshing:
-                interval = left + 0.01  # only watch the clock; refresh() moves expires_at
-                continue
-            try:
-                with deadline(left):
-                    await self.refresh()
-                interval = self.refresh_interval
-            except LeaseLostError:
-                return
-            except Exception as e:  # any failure: keep trying until the TTL says the lease is gone
-                interval = self._retry_after(left, e)
+        await adrive(self._keeper_steps(), apply)
+
+    async def _nap(self, seconds: float) -> bool:
+        """The keeper's wait; True when stopped meanwhile."""
+        await asyncio.sleep(seconds)
+        return self._stop.is_set()
 
 
 async def _field(info: Awaitable[rpc_pb2.LeaseTimeToLiveResponse], pick: Callable[[Any], Any]) -> Any:

@@ -4,7 +4,6 @@ awaited; ``async with client.lock(name):``."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -23,10 +22,6 @@ class AsyncLock(LockCore):
 
     etcd_client: AsyncEtcd3Client | None
     lease: AsyncLease | None
-
-    def __init__(self, name: str, ttl: int = 60, etcd_client: AsyncEtcd3Client | None = None,
-                 on_lost: Callable[[AsyncLock], None] | None = None, *, keep_alive: bool = True) -> None:
-        super().__init__(name, ttl, etcd_client, on_lost, keep_alive=keep_alive)
 
     async def acquire(self, timeout: float | None = 10) -> bool:
         """Take the lock within ``timeout`` seconds (None: no limit of its own); False when it ran out."""

@@ -24,22 +24,9 @@ from ..balancer.health import State
 from ..balancer.retrying import make_async_retrying
 from ..exceptions import ClientClosedError, DeadlineExceeded
 from ..metrics import METRICS
+from ..transport import core
 from ..transport.channels import Channels, Stubs
-from ..transport.core import (
-    Authenticate,
-    Invoke,
-    Metadata,
-    PickWriter,
-    Step,
-    Steps,
-    TransportCore,
-    _answered,
-    _Attempt,
-    _class_of,
-    _qualified,
-    _rclass,
-    _Retry,
-)
+from ..transport.core import Metadata, Steps, TransportCore
 from ..transport.diagnose import permanent_cause
 from ..transport.endpoints import TlsConfig
 from ..transport.pool import Connection
@@ -110,8 +97,8 @@ class AsyncTransport(TransportCore):
         first copy keeps running: one extra request, not two. One loop timer watches every read out
         (:meth:`_sweep`), so a read answered in time costs a dict entry. Both copies failing: the first
         one's error, for the usual recovery. This hot path is written out here, as the blocking face's is."""
-        rclass = _class_of(service, method) if idempotent is None and pin is None else \
-            _rclass(_qualified(service, method), idempotent, pin)
+        rclass = core._class_of(service, method) if idempotent is None and pin is None else \
+            core._rclass(core._qualified(service, method), idempotent, pin)
         # a linearizable single-key read (a serializable one may not move to a member further behind)
         if self._hedge_floor is None or method != "Range" or rclass is not RetryClass.IDEMPOTENT \
                 or request.range_end or request.serializable or self._closed:
@@ -135,7 +122,7 @@ class AsyncTransport(TransportCore):
             race.first = race(conn.stubs, budget, race.md)
             result = await race.first
         except BaseException as e:
-            conn.end(_answered(e))
+            conn.end(core._answered(e))
             self._racing.pop(race, None)
             error = translate(e, race.cut)
             if not isinstance(error, (grpc.RpcError, ValueError)):
@@ -157,14 +144,14 @@ class AsyncTransport(TransportCore):
                 race.hedge.cancel()
         deadline = None if budget is None else race.sent + budget
         return await self._recover(race, deadline, rclass, with_token, metadata,
-                                   _Attempt(conn, race.gen, True, race.md), first)
+                                   core._Attempt(conn, race.gen, True, race.md), first)
 
     async def call(self, name: str, invoke: AsyncInvoke, *, timeout: float | None = None,
                    idempotent: bool | None = None, pin: Connection | None = None, with_token: bool = True,
                    metadata: Metadata = (), default_timeout: float | None = None) -> Any:
         """Await ``invoke(stubs, timeout, metadata)`` on the picked endpoint, retrying as the retry table
         (``name``, e.g. "Lease.LeaseKeepAlive") allows; ``invoke`` must finish its I/O before returning."""
-        rclass = _rclass(name, idempotent, pin)
+        rclass = core._rclass(name, idempotent, pin)
         return await self._call(invoke, rclass, timeout, pin, with_token, metadata, default_timeout, name)
 
     async def _call(self, invoke: AsyncInvoke, rclass: RetryClass, timeout: float | None, pin: Connection | None,
@@ -190,13 +177,13 @@ class AsyncTransport(TransportCore):
             return await self._send(conn, gen, invoke, budget, md)
         except (grpc.RpcError, ValueError) as e:
             first: BaseException = e
-        return await self._recover(invoke, deadline, rclass, with_token, metadata, _Attempt(conn, gen, ready, md),
+        return await self._recover(invoke, deadline, rclass, with_token, metadata, core._Attempt(conn, gen, ready, md),
                                    first)
 
     async def _recover(self, invoke: AsyncInvoke, deadline: float | None, rclass: RetryClass, with_token: bool,
-                       metadata: Metadata, first_attempt: _Attempt, first: BaseException) -> Any:
+                       metadata: Metadata, first_attempt: core._Attempt, first: BaseException) -> Any:
         """The first attempt failed: classify it, and retry as the core's steps decide."""
-        r = _Retry(deadline, rclass, with_token, metadata, first_attempt.conn)
+        r = core._Retry(deadline, rclass, with_token, metadata, first_attempt.conn)
         r.last = await self._run_steps(self._failure_steps(first_attempt, first, rclass, deadline), invoke)
         try:
             async for attempt in make_async_retrying(RetryableError, r.left, **self._retrying_args(r)):
@@ -250,18 +237,18 @@ class AsyncTransport(TransportCore):
             return conn.generation != gen or self.pool.closed
 
         return await self.pool.arun(conn, lambda peer: rpc(invoke(peer.stubs, left, md), closed), generation=gen,
-                                    answered=_answered)
+                                    answered=core._answered)
 
     async def _run_steps(self, steps: Steps[T], invoke: AsyncInvoke) -> T:
         """Await each step's I/O (see :mod:`resilient_etcd._steps`)."""
         return await adrive(steps, lambda step: self._io(step, invoke))
 
-    async def _io(self, step: Step, invoke: AsyncInvoke) -> Any:
-        if isinstance(step, Invoke):
+    async def _io(self, step: core.Step, invoke: AsyncInvoke) -> Any:
+        if isinstance(step, core.Invoke):
             return await self._send(step.conn, step.gen, invoke, step.remaining, step.md)
-        if isinstance(step, PickWriter):
+        if isinstance(step, core.PickWriter):
             return await self._pick_writer(step.deadline, step.avoid)
-        if isinstance(step, Authenticate):
+        if isinstance(step, core.Authenticate):
             return await self.authenticate(step.remaining, stale=step.stale)
         diagnose = functools.partial(permanent_cause, step.conn.endpoint, self.tls is not None, step.details,
                                      probe_timeout=step.timeout)

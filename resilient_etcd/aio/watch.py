@@ -13,12 +13,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from tenacity import wait_random_exponential
 
 from .._proto import rpc_pb2
-from ..balancer.retrying import delay_after
 from ..etcd.events import Event, WatchResponse
-from ..etcd.watch import _PROGRESS, WatchBook, _safe, _StreamEnded, _Watch, progress_is_ordered
+from ..etcd.watch import _PROGRESS, ResponseItems, WatchBook, _end, _safe, _StreamEnded, _Watch, progress_is_ordered
 from ..exceptions import ClientClosedError, Etcd3Exception, WatchTimedOut
 from ..transport.pool import Connection
 from .channels import _cancelling
@@ -77,6 +75,8 @@ class AsyncWatchManager(WatchBook):
             if w is None:
                 return
             w.cancelled = True
+            if not self._watches:
+                self._have_watches.clear()  # the reader waits for the next add
             if self._requests is None or not w.on_stream:
                 return
             if self._watches:
@@ -84,7 +84,6 @@ class AsyncWatchManager(WatchBook):
                     cancel_request=rpc_pb2.WatchCancelRequest(watch_id=w.id)))
                 return
             self._idle = True
-            self._have_watches.clear()
         self._cut_stream()
 
     async def close(self) -> None:
@@ -97,13 +96,7 @@ class AsyncWatchManager(WatchBook):
         for task in (self._reader, self._monitor):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for w in watches:
-            err = ClientClosedError("the client was closed; the watch ended")
-            if not w.created.is_set():
-                w.error = err
-                w.created.set()
-            else:
-                _safe(w.callback, err)
+        _end(watches)
 
     def _deliver(self, w: _Watch, item: Any) -> None:
         if not w.cancelled:
@@ -111,14 +104,11 @@ class AsyncWatchManager(WatchBook):
 
     # ---- the reader ----
     async def _run(self) -> None:
-        wait = wait_random_exponential(multiplier=0.02, max=1.0)
-        failures = 0
         while True:
             await self._have_watches.wait()
-            healthy = await self._pump()
-            failures = 0 if healthy else failures + 1
-            if failures:
-                await asyncio.sleep(delay_after(wait, failures))
+            pause = self._pause_after(await self._pump())
+            if pause:
+                await asyncio.sleep(pause)
 
     async def _pump(self) -> bool:
         """Run one stream until it ends; True if it delivered anything (the next may start at once)."""
@@ -126,6 +116,8 @@ class AsyncWatchManager(WatchBook):
             self._token_refused = False
             with contextlib.suppress(Etcd3Exception):
                 await self._t.authenticate()
+        if not self._watches:
+            return True  # all cancelled meanwhile: no stream until the next add
         conn = self._t.pool.pick(avoid=self._avoid)
         self._avoid = None
         gen = conn.generation
@@ -142,11 +134,8 @@ class AsyncWatchManager(WatchBook):
                 requests.put_nowait(req)
         try:
             async for resp in call:
-                self._last_activity = time.monotonic()
-                conn.heard()
-                self._handle(resp)
+                self._received(conn, resp)
                 delivered = True
-                self._leaderless = False
         except grpc.RpcError as e:
             if not self._idle:
                 self._ended(conn, gen, e.code(), e.details() or "")
@@ -207,13 +196,12 @@ async def _drain(q: asyncio.Queue[rpc_pb2.WatchRequest | None]) -> AsyncIterator
         yield item
 
 
-class WatchIterator:
+class WatchIterator(ResponseItems):
     """``async for`` over one watch's responses; raises the ending error (a transient NoLeaderError and goes
     on); ends when the watch is cancelled or its client closed."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.done = False
 
     def close(self) -> None:
         self.done = True
@@ -225,15 +213,9 @@ class WatchIterator:
     async def __anext__(self) -> WatchResponse:
         if self.done:
             raise StopAsyncIteration
-        item = await self.queue.get()
-        if item is None:
-            self.done = True
+        resp = self._item(await self.queue.get())
+        if resp is None:
             raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            if not getattr(item, "transient", False):
-                self.done = True
-            raise item
-        resp: WatchResponse = item
         return resp
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from .._proto import rpc_pb2
+from .._steps import Call, apply, call, drive
 from ..deadlines import deadline, remaining
 from ..exceptions import Etcd3Exception, LeaseLostError
 from ..metrics import METRICS
@@ -91,6 +92,29 @@ class LeaseState:
         log.warning("lease %#x keep-alive failed (%.1f s of TTL left): %s", self.id, left, error,
                     extra={"lease": self.id, "event": "lease_keepalive_failed"})
         return min(0.5, max(left / 4, 0.05))
+
+    def _keeper_steps(self) -> Generator[Call, Any, None]:
+        """The keeper, as steps (see :mod:`resilient_etcd._steps`): ``_nap`` (True: stopped) and ``refresh``
+        are the face's. It refreshes every ``ttl / 3``; after a failure, again soon, until the TTL says the
+        lease is gone (then it is marked lost and ``on_lost`` told)."""
+        interval = self.refresh_interval
+        while True:
+            if (yield call(self, "_nap", self._sleep(interval))):
+                return
+            left = self._due()
+            if left is None or self._stop.is_set():
+                return
+            if not self._refreshing:
+                interval = left + 0.01  # only watch the clock; refresh() moves expires_at
+                continue
+            try:
+                with deadline(left):
+                    yield call(self, "refresh")
+                interval = self.refresh_interval
+            except LeaseLostError:
+                return
+            except Exception as e:  # any failure: keep trying until the TTL says the lease is gone
+                interval = self._retry_after(left, e)
 
     def _mark_lost(self, reason: str, *, notify: bool = True) -> None:
         with self._lock:
@@ -217,20 +241,9 @@ class Lease(LeaseState):
             self.abandon()
 
     def _keep(self) -> None:
-        interval = self.refresh_interval
-        while not self._stop.wait(self._sleep(interval)):
-            left = self._due()
-            if left is None:
-                return
-            if not self._refreshing:
-                interval = left + 0.01  # only watch the clock; refresh() moves expires_at
-                continue
-            try:
-                with deadline(left):
-                    self.refresh()
-                interval = self.refresh_interval
-            except LeaseLostError:
-                return
-            except Exception as e:  # any failure: keep trying until the TTL says the lease is gone
-                interval = self._retry_after(left, e)
+        drive(self._keeper_steps(), apply)
+
+    def _nap(self, seconds: float) -> bool:
+        """The keeper's wait; True when stopped meanwhile."""
+        return self._stop.wait(seconds)
 

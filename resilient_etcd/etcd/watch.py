@@ -56,6 +56,7 @@ Callback = Callable[[Any], None]
 _PLANTED = {"resume_one_late": False}
 _PROGRESS = rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest())
 _ALL_WATCHERS = -1  # the watch id etcd puts on answers to a progress request
+_BACKOFF = wait_random_exponential(multiplier=0.02, max=1.0)  # between streams that delivered nothing
 
 
 @dataclass
@@ -113,6 +114,36 @@ def _safe(callback: Callback, arg: Any) -> None:
         log.exception("watch callback failed")
 
 
+class ResponseItems:
+    """What a watch's iterator (either face) makes of the items its callback queued."""
+
+    done = False
+
+    def _item(self, item: Any) -> WatchResponse | None:
+        """The response ``item`` is; None when the watch ended (the iterator is done). Raises the error that
+        ended the watch (done too), or a transient one (NoLeaderError: the iterator goes on after it)."""
+        if item is None:
+            self.done = True
+            return None
+        if isinstance(item, BaseException):
+            if not getattr(item, "transient", False):
+                self.done = True
+            raise item
+        resp: WatchResponse = item
+        return resp
+
+
+def _end(watches: list[_Watch]) -> None:
+    """The client closed: every watch ends with :class:`ClientClosedError` (one still being created raises it)."""
+    for w in watches:
+        err = ClientClosedError("the client was closed; the watch ended")
+        if not w.created.is_set():
+            w.error = err
+            w.created.set()
+        else:
+            _safe(w.callback, err)
+
+
 class _StreamEnded(Exception):
     pass
 
@@ -146,6 +177,7 @@ class WatchBook:
         self._token_refused = False  # a create was refused for our token: renew it before the next stream
         self.resumes = 0
         self._avoid: Any = None  # the connection whose stream just failed: try another one first
+        self._failures = 0  # streams in a row that delivered nothing
 
     def _deliver(self, w: _Watch, item: Any) -> None:
         raise NotImplementedError
@@ -189,6 +221,12 @@ class WatchBook:
         log.info("watch stream on %s ended (%s: %s); resuming", conn.name, code.name, details,
                  extra={"endpoint": conn.name, "event": "watch_resume"})
 
+    def _pause_after(self, delivered: bool) -> float:
+        """Seconds to wait before the next stream: none after one that delivered, else a jittered backoff
+        growing with the streams in a row that did not (a member refusing watches is not hammered)."""
+        self._failures = 0 if delivered else self._failures + 1
+        return delay_after(_BACKOFF, self._failures) if self._failures else 0.0
+
     def _count_resume(self, conn: Connection, closing: bool) -> None:
         if self._idle:
             self._idle = False
@@ -215,6 +253,14 @@ class WatchBook:
         return True
 
     # ---- answers ----
+    def _received(self, conn: Connection, resp: rpc_pb2.WatchResponse) -> None:
+        """An answer on the stream from ``conn``: proof of life (for the stall check and the prober), then
+        what it says."""
+        self._last_activity = time.monotonic()
+        conn.heard()
+        self._handle(resp)
+        self._leaderless = False
+
     def _handle(self, resp: rpc_pb2.WatchResponse) -> None:
         wid = resp.watch_id
         if wid == _ALL_WATCHERS and (resp.created or resp.canceled):
@@ -387,31 +433,22 @@ class WatchManager(WatchBook):
             watches, self._watches = list(self._watches.values()), {}
         if stream is not None:
             stream[0].cancel()
-        for w in watches:
-            err = ClientClosedError("the client was closed; the watch ended")
-            if not w.created.is_set():
-                w.error = err
-                w.created.set()
-            else:
-                _safe(w.callback, err)
+        _end(watches)
         for th in (self._reader, self._monitor):
             if th is not threading.current_thread():
                 th.join(timeout=5)
 
     # ---- the reader ----
     def _run(self) -> None:
-        wait = wait_random_exponential(multiplier=0.02, max=1.0)
-        failures = 0
         while not self._closed.is_set():
             with self._lock:
                 while not self._watches and not self._closed.is_set():
                     self._wake.wait()
             if self._closed.is_set():
                 return
-            healthy = self._pump()
-            failures = 0 if healthy else failures + 1
-            if failures and not self._closed.is_set():
-                self._closed.wait(delay_after(wait, failures))
+            pause = self._pause_after(self._pump())
+            if pause and not self._closed.is_set():
+                self._closed.wait(pause)
 
     def _pump(self) -> bool:
         """Run one stream until it ends; True if it delivered anything (the next may start at once)."""
@@ -434,11 +471,8 @@ class WatchManager(WatchBook):
                 q.put(req)
         try:
             for resp in call:
-                self._last_activity = time.monotonic()
-                conn.heard()
-                self._handle(resp)
+                self._received(conn, resp)
                 delivered = True
-                self._leaderless = False
         except grpc.RpcError as e:
             if self._closed.is_set() or self._idle:
                 return True

@@ -14,6 +14,7 @@ import resilient_etcd as etcd3
 from resilient_etcd import aio
 from resilient_etcd.testing import EtcdCluster, EtcdMember, netns_available
 
+from ..client.test_faults import LoopResult
 from .conftest import SLOW_CALLBACK, run
 
 CALL_TIMEOUT = 3.0
@@ -86,13 +87,7 @@ def test_bad_arguments_fail_at_construction() -> None:
 
 
 @dataclass
-class Traffic:
-    gets_ok: int = 0
-    puts_ok: int = 0
-    errors: list[str] = field(default_factory=list)
-    overruns: list[float] = field(default_factory=list)
-    longest: float = 0.0
-    put_keys: list[str] = field(default_factory=list)
+class Traffic(LoopResult):
     events: list[int] = field(default_factory=list)  # mod revisions seen by the watch
 
 

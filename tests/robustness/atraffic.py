@@ -12,7 +12,7 @@ from typing import Any
 import resilient_etcd as etcd3
 from resilient_etcd import aio
 
-from .traffic import CALL_TIMEOUT, SLACK_NS, History, Hold, LeaseRecord, _expected, _op
+from .traffic import CALL_TIMEOUT, SLACK_NS, History, Hold, kept, plan, record
 
 
 async def timed(history: History, what: str, limit: float, call: Any) -> Any:
@@ -34,38 +34,13 @@ async def kv_traffic(client: aio.AsyncEtcd3Client, history: History, worker: int
     seq = 0
     while not stop.is_set():
         seq += 1
-        key = rng.choice(keys)
-        kind = rng.choices(("put", "get", "serial", "cas", "delete", "prefix", "txn2"),
-                           weights=(4, 4, 1, 2, 1, 1, 1))[0]
-        value = f"w{worker}-{seq}"
-        if kind == "txn2":
-            other = rng.choice([k for k in keys if k != key])
-            ops = [_op(worker, key, "put", value + "a"), _op(worker, other, "put", value + "b")]
-        elif kind == "prefix":
-            ops = [_op(worker, k, "get") for k in keys]
-        elif kind == "cas":
-            ops = [_op(worker, key, "cas", value, _expected(history, key, rng))]
-        else:
-            ops = [_op(worker, key, kind, value if kind == "put" else "")]
-        call = time.monotonic_ns()
-        for o in ops:
-            o["call"] = call
+        kind, ops = plan(history, worker, keys, seq, rng)
         try:
             await timed(history, kind, timeout, _do(client, kind, ops, prefix, timeout))
         except etcd3.Etcd3Exception:
-            if kind in ("get", "serial", "prefix"):
-                continue
-            for o in ops:
-                o["return"] = None
+            record(history, kind, ops, failed=True)
         else:
-            if kind == "serial":
-                with history.lock:
-                    history.serial.append((key, ops[0]["got"] if ops[0]["found"] else None))
-                continue
-            returned = time.monotonic_ns()
-            for o in ops:
-                o["return"] = returned
-        history.add(*ops)
+            record(history, kind, ops, failed=False)
         await asyncio.sleep(0)  # a fast healthy cluster must not starve the other tasks
 
 
@@ -106,14 +81,7 @@ async def lease_worker(client: aio.AsyncEtcd3Client, history: History, prefix: s
         except etcd3.Etcd3Exception:
             await asyncio.sleep(0.2)
             continue
-        rec = LeaseRecord(f"{prefix}lease/{worker}-{n}", lease.id, ttl, time.monotonic_ns())
-        with history.lock:
-            history.leases.append(rec)
-
-        def lost(_: object, rec: LeaseRecord = rec) -> None:
-            rec.lost = time.monotonic_ns()
-
-        lease.keep_alive(on_lost=lost)
+        rec = kept(history, lease, f"{prefix}lease/{worker}-{n}", ttl)
         with contextlib.suppress(etcd3.Etcd3Exception):  # the key may or may not exist: the checks read etcd's
             await timed(history, "put with lease", timeout, client.put(rec.key, "x", lease=lease, timeout=timeout))
         await _pause(stop, rng.uniform(1.0, 6.0))

@@ -131,39 +131,54 @@ def kv_traffic(client: etcd3.Etcd3Client, history: History, worker: int, keys: l
     seq = 0
     while not stop.is_set():
         seq += 1
-        key = rng.choice(keys)
-        kind = rng.choices(("put", "get", "serial", "cas", "delete", "prefix", "txn2"),
-                           weights=(4, 4, 1, 2, 1, 1, 1))[0]
-        value = f"w{worker}-{seq}"
-        ops: list[dict[str, Any]]
-        if kind == "txn2":
-            other = rng.choice([k for k in keys if k != key])
-            ops = [_op(worker, key, "put", value + "a"), _op(worker, other, "put", value + "b")]
-        elif kind == "prefix":
-            ops = [_op(worker, k, "get") for k in keys]
-        elif kind == "cas":
-            ops = [_op(worker, key, "cas", value, _expected(history, key, rng))]
-        else:
-            ops = [_op(worker, key, kind, value if kind == "put" else "")]
-        call = time.monotonic_ns()
-        for o in ops:
-            o["call"] = call
+        kind, ops = plan(history, worker, keys, seq, rng)
         try:
             history.timed(kind, timeout, _do, client, kind, ops, prefix, timeout)
         except etcd3.Etcd3Exception:
-            if kind in ("get", "serial", "prefix"):
-                continue  # a failed read observed nothing
-            for o in ops:
-                o["return"] = None  # a write whose outcome is unknown
+            record(history, kind, ops, failed=True)
         else:
-            if kind == "serial":
-                with history.lock:
-                    history.serial.append((key, ops[0]["got"] if ops[0]["found"] else None))
-                continue  # not linearizable by contract: checked only for values that were written
-            returned = time.monotonic_ns()
-            for o in ops:
-                o["return"] = returned
-        history.add(*ops)
+            record(history, kind, ops, failed=False)
+
+
+def plan(history: History, worker: int, keys: list[str], seq: int,
+         rng: random.Random) -> tuple[str, list[dict[str, Any]]]:
+    """The next random operation of a KV worker (either face): its kind and its records, call time set."""
+    key = rng.choice(keys)
+    kind = rng.choices(("put", "get", "serial", "cas", "delete", "prefix", "txn2"), weights=(4, 4, 1, 2, 1, 1, 1))[0]
+    value = f"w{worker}-{seq}"
+    ops: list[dict[str, Any]]
+    if kind == "txn2":
+        other = rng.choice([k for k in keys if k != key])
+        ops = [_op(worker, key, "put", value + "a"), _op(worker, other, "put", value + "b")]
+    elif kind == "prefix":
+        ops = [_op(worker, k, "get") for k in keys]
+    elif kind == "cas":
+        ops = [_op(worker, key, "cas", value, _expected(history, key, rng))]
+    else:
+        ops = [_op(worker, key, kind, value if kind == "put" else "")]
+    call = time.monotonic_ns()
+    for o in ops:
+        o["call"] = call
+    return kind, ops
+
+
+def record(history: History, kind: str, ops: list[dict[str, Any]], *, failed: bool) -> None:
+    """Write an operation down: a failed read observed nothing (dropped); a failed write's outcome is
+    unknown (no return time); a serializable read is kept apart (not linearizable by contract)."""
+    if failed:
+        if kind in ("get", "serial", "prefix"):
+            return
+        for o in ops:
+            o["return"] = None
+    elif kind == "serial":
+        with history.lock:
+            history.serial.append((ops[0]["key"], ops[0]["got"] if ops[0]["found"] else None))
+        return
+    else:
+        returned = time.monotonic_ns()
+        for o in ops:
+            o["return"] = returned
+    history.add(*ops)
 
 
 def _do(client: etcd3.Etcd3Client, kind: str, ops: list[dict[str, Any]], prefix: str, timeout: float) -> None:
@@ -228,20 +243,26 @@ def lease_worker(client: etcd3.Etcd3Client, history: History, prefix: str, worke
         except etcd3.Etcd3Exception:
             stop.wait(0.2)
             continue
-        rec = LeaseRecord(f"{prefix}lease/{worker}-{n}", lease.id, ttl, time.monotonic_ns())
-        with history.lock:
-            history.leases.append(rec)
-
-        def lost(_: object, rec: LeaseRecord = rec) -> None:
-            rec.lost = time.monotonic_ns()
-
-        lease.keep_alive(on_lost=lost)
+        rec = kept(history, lease, f"{prefix}lease/{worker}-{n}", ttl)
         with contextlib.suppress(etcd3.Etcd3Exception):  # the key may or may not exist: the checks read etcd's
             history.timed("put with lease", timeout, client.put, rec.key, "x", lease=lease, timeout=timeout)
         stop.wait(rng.uniform(1.0, 6.0))
         if rec.lost is None:
             rec.revoke_called = time.monotonic_ns()
             lease.give_up()  # revoke now, or in the background if the cluster is out of reach
+
+
+def kept(history: History, lease: Any, key: str, ttl: int) -> LeaseRecord:
+    """A granted lease written down and kept alive (either face); its record notes when it was lost."""
+    rec = LeaseRecord(key, lease.id, ttl, time.monotonic_ns())
+    with history.lock:
+        history.leases.append(rec)
+
+    def lost(_: object) -> None:
+        rec.lost = time.monotonic_ns()
+
+    lease.keep_alive(on_lost=lost)
+    return rec
 
 
 # ---- locks and elections ----

@@ -13,6 +13,7 @@ import pytest
 import resilient_etcd as etcd3
 from resilient_etcd import aio
 from resilient_etcd.testing import EtcdCluster, EtcdMember, netns_available
+from resilient_etcd.testing.etcd import ROOT_PASSWORD_DEFAULT
 
 from ..client.test_faults import LoopResult
 from .conftest import SLOW_CALLBACK, run
@@ -370,3 +371,56 @@ def test_a_read_caught_by_a_hang_is_hedged(etcd_cluster: EtcdCluster, fault: str
     first, second = run(main())
     assert first < 0.6, f"the read waited {first:.2f} s"
     assert second < 0.1, f"the next read went to the hung member again ({second:.2f} s)"
+
+
+@pytest.mark.etcd_cluster(size=1, auth=True)
+def test_token_lost_in_restart_is_renewed(etcd_cluster: EtcdCluster) -> None:
+    """Simple tokens live in the member's memory: a restart invalidates them. Calls, a watch and a lease
+    keeper go on after one re-authentication; the password appears nowhere."""
+
+    async def main() -> None:
+        async with aio.client(endpoints=etcd_cluster.endpoints, user="root", password=ROOT_PASSWORD_DEFAULT,
+                              timeout=5) as c:
+            assert ROOT_PASSWORD_DEFAULT not in repr(c)
+            await c.put("/auth/k", "1")
+            events, cancel = await c.watch("/auth/w")
+            await asyncio.to_thread(etcd_cluster.members[0].restart)
+            await c.put("/auth/k", "2")  # a mutation too: a rejected token means it was not applied
+            assert (await c.get("/auth/k"))[0] == b"2"
+            await c.put("/auth/w", "after")
+            event = await asyncio.wait_for(anext(events), 10)  # the watch re-authenticated and resumed
+            assert event.value == b"after"
+            await cancel()
+        with pytest.raises(etcd3.AuthenticationError):
+            async with aio.client(endpoints=etcd_cluster.endpoints, user="root", password="wrong", timeout=5):
+                pass
+
+    run(main())
+
+
+def test_quorum_loss_watch_says_no_leader_then_resumes(etcd_cluster: EtcdCluster) -> None:
+    """S9: two of three members stopped. A read fails typed within its deadline; the watch reports the
+    transient NoLeaderError instead of going silent, keeps its place, and delivers the next write."""
+
+    async def main() -> None:
+        async with aio.client(endpoints=etcd_cluster.endpoints, timeout=3) as c:
+            responses, cancel = await c.watch_response("/q/s9")
+            await c.put("/q/s9", "before")
+            assert (await anext(responses)).events[0].value == b"before"
+            await asyncio.to_thread(etcd_cluster.stop_quorum)
+            try:
+                with pytest.raises(etcd3.NoLeaderError):
+                    await asyncio.wait_for(anext(responses), 15)
+                started = time.monotonic()
+                with pytest.raises(etcd3.Etcd3Exception):
+                    await c.get("/q/s9")
+                assert time.monotonic() - started < 3 + SLACK
+            finally:
+                await asyncio.to_thread(etcd_cluster.restore_quorum)
+            async with aio.client(endpoints=etcd_cluster.endpoints, timeout=10) as writer:
+                rev = (await writer.put("/q/s9", "after")).header.revision
+            resp = await asyncio.wait_for(anext(responses), 15)  # the same iterator goes on
+            assert [(e.value, e.mod_revision) for e in resp.events] == [(b"after", rev)]
+            await cancel()
+
+    run(main())

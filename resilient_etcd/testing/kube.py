@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,34 @@ from .etcd import EtcdCluster
 from .toxiproxy import Proxy, ToxiproxyServer
 
 if TYPE_CHECKING:
+    from .netns import NetnsHost
     from .tls import CertFiles
+
+
+class SilencedFlow:
+    """One TCP flow to an etcd member DROPped both ways in the member's namespace (see
+    :meth:`KubeApiServer.silence_resource`); :meth:`restore` removes exactly these rules."""
+
+    def __init__(self, netns: NetnsHost, port: int) -> None:
+        self.netns = netns
+        self.port = port  # the apiserver's side of the connection
+        self._rules = (["INPUT", "-p", "tcp", "--sport", str(port), "-j", "DROP"],
+                       ["OUTPUT", "-p", "tcp", "--dport", str(port), "-j", "DROP"])
+
+    def install(self) -> SilencedFlow:
+        for rule in self._rules:
+            self.netns.exec("iptables", "-A", *rule)
+        return self
+
+    def restore(self) -> None:
+        for rule in self._rules:
+            self.netns.exec("iptables", "-D", *rule, check=False)
+
+    def __enter__(self) -> SilencedFlow:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
 
 
 class ApiServerStartError(WaitAborted):
@@ -159,6 +187,44 @@ class KubeApiServer(ServerProcess):
         if self.proxy is None:
             raise HarnessError("this kube-apiserver has no proxy: pass toxiproxy=")
         return self.proxy
+
+    def etcd_flows(self) -> dict[int, tuple[str, int]]:
+        """This apiserver's TCP connections to etcd: ``{local port: (member address, bytes it sent)}``."""
+        assert self._proc is not None, "the apiserver is not running"
+        members = {m.direct_endpoint for m in self.etcd.members}
+        out = subprocess.run(["ss", "-tinpH", "state", "established"], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+        flows: dict[int, tuple[str, int]] = {}
+        for head, info in zip(out[::2], out[1::2], strict=False):
+            fields = head.split()
+            if len(fields) < 4 or f"pid={self._proc.pid}," not in head or fields[3] not in members:
+                continue
+            sent = next((int(f.split(":")[1]) for f in info.split() if f.startswith("bytes_acked:")), 0)
+            flows[int(fields[2].rsplit(":", 1)[1])] = (fields[3], sent)
+        return flows
+
+    def silence_resource(self, traffic: Callable[[], object]) -> SilencedFlow:
+        """The incident: one resource's etcd connection of this apiserver goes silent, nothing else does.
+
+        kube-apiserver keeps one etcd client — one TCP connection per member — for each resource.
+        ``traffic()`` writes that resource through this apiserver; the connection whose sent bytes grow
+        the most meanwhile is the resource's, and it is DROPped both ways inside the member's network
+        namespace (the cluster must be started with ``netns=True``). ``/readyz`` and every other resource
+        stay fine. The apiserver's own etcd client notices after its TCP_USER_TIMEOUT (~10 s) and
+        redials on a new port, which is not silenced (in the incident a kernel bug kept that timer from
+        firing for hours). Undo with :meth:`SilencedFlow.restore` (or ``with``)."""
+        before = self.etcd_flows()
+        traffic()
+        after = self.etcd_flows()
+        grown = {port: sent - before.get(port, (addr, 0))[1] for port, (addr, sent) in after.items()}
+        if not grown or max(grown.values()) <= 0:
+            raise HarnessError(f"no etcd connection of the apiserver carried the traffic: {after}")
+        port = max(grown, key=lambda p: grown[p])
+        address = after[port][0]
+        member = next(m for m in self.etcd.members if m.direct_endpoint == address)
+        if member.netns is None:
+            raise HarnessError("silence_resource() needs an etcd cluster started with netns=True")
+        return SilencedFlow(member.netns, port).install()
 
     def close(self) -> None:
         """Stop the apiserver and its proxy; remove its files."""

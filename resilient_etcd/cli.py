@@ -7,7 +7,10 @@ authentication works, and whether it answers an HTTP/2 PING (what gRPC keepalive
 
 Each API server (the kubeconfig's, plus ``--apiservers``) is checked on its own connection:
 ``/readyz``, the protocol negotiated, an HTTP/2 PING round trip (the keepalive the client relies
-on), and whether the kubeconfig's credentials are accepted (``GET /api``).
+on), and whether the kubeconfig's credentials are accepted (``GET /api``). With ``--resources
+configmaps,pods,…``, each resource is LISTed (``limit=1``) on each API server: one resource slow or
+failing on one API server while the others answer is the incident where that API server's etcd
+connection for the resource hung, which ``/readyz`` does not show.
 
 Exit status 0 when everything is healthy, 1 when anything is not, 2 on bad arguments — so it can
 gate a deploy or a readiness probe.
@@ -184,6 +187,64 @@ def check_apiserver(url: str, configuration: Any, timeout: float) -> ApiServerRe
     return report
 
 
+@dataclass
+class ResourceReport:
+    apiserver: str
+    resource: str
+    healthy: bool
+    latency_ms: float | None = None
+    error: str | None = None
+
+
+def check_resources(url: str, configuration: Any, resources: list[str], timeout: float) -> list[ResourceReport]:
+    """Per resource, a ``limit=1`` LIST through ``url`` (core resources by name, others as
+    ``resource.group``): its latency or error. One resource slow or failing on one apiserver while the
+    others answer is the incident where that apiserver's etcd connection for it hung."""
+    import json as _json
+
+    from .kube import ApiClient, KubePolicy
+
+    cfg = copy.copy(configuration)
+    cfg.refresh_api_key_hook = None
+    cfg.host = url
+    api = ApiClient(cfg, policy=KubePolicy(probe_interval=0, connect_timeout=timeout, read_idle_timeout=timeout,
+                                           default_timeout=timeout))
+    base = url.rstrip("/")
+    out = []
+    try:
+        for name in resources:
+            report = ResourceReport(url, name, healthy=False)
+            try:
+                if "." in name:
+                    res, group = name.split(".", 1)
+                    found = api.rest_client.pool_manager.request("GET", f"{base}/apis/{group}",
+                                                                 headers=api.auth_headers(), timeout=timeout)
+                    version = _json.loads(found.data)["preferredVersion"]["groupVersion"]
+                    path = f"/apis/{version}/{res}"
+                else:
+                    path = f"/api/v1/{name}"
+                started = time.monotonic()
+                resp = api.rest_client.pool_manager.request("GET", f"{base}{path}?limit=1", headers=api.auth_headers(),
+                                                            timeout=timeout)
+                report.latency_ms = round((time.monotonic() - started) * 1000, 2)
+                report.healthy = resp.status == 200
+                if not report.healthy:
+                    report.error = f"{resp.status}: {resp.data[:200].decode(errors='replace')}"
+            except Exception as e:  # any failure is the report's content
+                report.error = f"{type(e).__name__}: {e}"
+            out.append(report)
+    finally:
+        api.close()
+    return out
+
+
+def _resource_table(reports: list[ResourceReport]) -> str:
+    cols = ["apiserver", "resource", "healthy", "LIST limit=1", "error"]
+    rows = [[r.apiserver, r.resource, "yes" if r.healthy else "NO",
+             f"{r.latency_ms:.1f} ms" if r.latency_ms is not None else "-", _cut(r.error, 48)] for r in reports]
+    return _grid(cols, rows)
+
+
 def _grid(cols: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
@@ -243,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--kubeconfig", help="check the API server of this kubeconfig (and --apiservers)")
     d.add_argument("--context", help="kubeconfig context")
     d.add_argument("--apiservers", help="extra API server URLs (comma-separated), same credentials")
+    d.add_argument("--resources", help="with --kubeconfig: also a limit=1 LIST of each of these resources "
+                                       "(comma-separated: configmaps,pods,deployments.apps) on every API server")
     d.add_argument("--timeout", type=float, default=2.0, help="deadline per endpoint, seconds (default 2)")
     d.add_argument("--user")
     d.add_argument("--password", help=f"visible to other users in `ps`: prefer ${PASSWORD_ENV} or --password-file")
@@ -285,12 +348,20 @@ def main(argv: list[str] | None = None) -> int:
             p.error(str(e))
     reports = [check(e, a.timeout, a.user, a.password, a.ca_cert, a.cert_key, a.cert_cert) for e in endpoints]
     kube = [check_apiserver(u, kube_config, a.timeout) for u in apiservers]
+    names = [r.strip() for r in (a.resources or "").split(",") if r.strip()]
+    if names and not apiservers:
+        p.error("--resources needs --kubeconfig")
+    per_resource = [r for u in apiservers for r in check_resources(u, kube_config, names, a.timeout)] if names else []
     if a.json:
-        out: Any = {"etcd": [asdict(r) for r in reports], "kubernetes": [asdict(r) for r in kube]}
+        out: Any = {"etcd": [asdict(r) for r in reports], "kubernetes": [asdict(r) for r in kube],
+                    "resources": [asdict(r) for r in per_resource]}
         print(json.dumps(out, indent=1))
     else:
-        print("\n\n".join(t for t in (_table(reports) if reports else "", _kube_table(kube) if kube else "") if t))
-    return 0 if all(r.healthy for r in reports) and all(r.healthy for r in kube) else 1
+        tables = (_table(reports) if reports else "", _kube_table(kube) if kube else "",
+                  _resource_table(per_resource) if per_resource else "")
+        print("\n\n".join(t for t in tables if t))
+    healthy = [r.healthy for r in reports] + [r.healthy for r in kube] + [r.healthy for r in per_resource]
+    return 0 if all(healthy) else 1
 
 
 if __name__ == "__main__":

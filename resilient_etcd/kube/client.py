@@ -58,6 +58,7 @@ from ..exceptions import ClientClosedError, ConfigurationError, DeadlineExceeded
 from ..metrics import METRICS
 from ..policies import HealthPolicy, _count, _seconds
 from .h2pool import H2PoolManager, StreamRefused, ssl_context_for
+from .resources import Resources, abort, resource_of
 
 log = logging.getLogger("resilient_etcd.kube")
 
@@ -81,6 +82,10 @@ class KubePolicy:
     probe of an apiserver nothing waits on. ``read_idle_timeout``: how long a non-watch response may
     stop arriving. ``keepalive_*``/``user_timeout``: kernel-level TCP liveness (both protocols).
     ``max_retry_after``: the longest ``Retry-After`` honoured in one wait.
+    ``resource_check_interval``/``resource_check_timeout``: health per (apiserver, resource) — a watch
+    quiet this long has its resource checked on its apiserver with a ``limit=1`` LIST, and a resource put
+    out on an apiserver (no answer to a request or a check) is checked this often; no answer within the
+    timeout puts it out there (see ``resilient_etcd.kube.resources``).
     """
 
     connect_timeout: float = 2.0
@@ -97,10 +102,13 @@ class KubePolicy:
     keepalive_count: int = 3
     user_timeout: float = 10.0
     max_retry_after: float = 10.0
+    resource_check_interval: float = 1.0
+    resource_check_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "read_idle_timeout", "default_timeout", "user_timeout", "max_retry_after",
-                     "ping_idle", "ping_timeout", "probe_dead_after", "idle_probe_interval"):
+                     "ping_idle", "ping_timeout", "probe_dead_after", "idle_probe_interval",
+                     "resource_check_interval", "resource_check_timeout"):
             _seconds(self, name)
         if self.probe_interval != 0 or isinstance(self.probe_interval, bool):
             _seconds(self, "probe_interval")
@@ -234,6 +242,10 @@ class ApiClient(k8s.ApiClient):
             self.rest_client.pool_manager = self._h2  # type: ignore[assignment]
             servers.h2 = self._h2
         self._servers = servers
+        self.resources = Resources(self.policy.resource_check_interval, self.policy.resource_check_timeout)
+        if servers is not None:
+            servers.resources = self.resources
+        self._watch_target = threading.local()  # where this thread's last watch request went
         self.health = {srv.name: srv.health for srv in servers.peers} if servers else {}
         self._finalizer = weakref.finalize(self, _shutdown, self._stop, self.rest_client.pool_manager, servers)
         _lifecycle.register(self)
@@ -344,10 +356,17 @@ class ApiClient(k8s.ApiClient):
         counted = not watch or self._h2 is None
 
         failed: list[_ApiServer] = []  # apiservers whose connection failed this call: tried last
+        resource = resource_of(path)
 
         def attempt() -> rest.RESTResponse:
             srv = servers.pick(failed[-1] if failed else None)
+            if resource is not None and self.resources.is_out(srv.name, resource[0]):
+                # that resource gets no answers there: another apiserver, if one serves it
+                srv = next((p for p in servers.peers if p.health.usable and p not in failed
+                            and not self.resources.is_out(p.name, resource[0])), srv)
             endpoint = srv.name
+            if watch:
+                self._watch_target.value = (endpoint, resource)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise DeadlineExceeded(f"deadline exceeded before {method} {path}")
@@ -373,6 +392,16 @@ class ApiClient(k8s.ApiClient):
                 raise _Retryable(e) from e
             except _BROKEN_ERRORS as e:
                 failed.append(srv)
+                if resource is not None and not watch and safe and _read_timeout(e) and len(servers.peers) > 1:
+                    # no answer for this resource, and nothing says the apiserver is down: that resource's
+                    # path there (its etcd connection) is broken; a probe of the apiserver will tell the rest
+                    for stream in self.resources.put_out(endpoint, *resource, f"{method} got no answer within "
+                                                                            f"{t[1]} s"):
+                        abort(stream)
+                    srv.want_probe = True
+                    servers.wake()
+                    METRICS.inc("retries", endpoint)
+                    raise _Retryable(e) from e
                 if _never_sent(e):
                     self._failover(srv, e)
                     raise _Retryable(e) from e
@@ -415,6 +444,11 @@ class ApiClient(k8s.ApiClient):
             raise e.error from None  # type: ignore[misc]
         return result
 
+    def watch_target(self) -> tuple[str, tuple[str, str] | None] | None:
+        """Where this thread's last watch request went: ``(endpoint, (resource, list path))`` (for the
+        quiet-watch check of ``resilient_etcd.kube.watch``)."""
+        return getattr(self._watch_target, "value", None)
+
     def _failover(self, srv: _ApiServer, error: BaseException) -> None:
         """A call's connection to ``srv`` failed or hung: eject it (the next attempt goes elsewhere, panic
         included: every apiserver gets its turn)."""
@@ -444,6 +478,7 @@ class _ApiServers(HealthDriver[_ApiServer]):
         self.kube_policy = policy
         self._client = weakref.ref(client)  # the prober holds us weakly, we hold the client weakly
         self.h2: H2PoolManager | None = None
+        self.resources: Resources | None = None
 
     @property
     def registration(self) -> Registration | None:
@@ -470,6 +505,34 @@ class _ApiServers(HealthDriver[_ApiServer]):
 
     def _send_probe(self, srv: _ApiServer) -> None:
         PROBER.run_blocking(functools.partial(_probe, weakref.ref(self), srv))
+
+    def _after_round(self, now: float) -> float:
+        """The per-resource checks due (quiet watches, resources out), on the prober's workers."""
+        if self.resources is None:
+            return float("inf")
+        for endpoint, resource, list_path in self.resources.due(now):
+            PROBER.run_blocking(functools.partial(_check, weakref.ref(self), endpoint, resource, list_path))
+        return self.resources.next_check(now)
+
+    def check_resource(self, endpoint: str, resource: str, list_path: str) -> None:
+        """A ``limit=1`` LIST of ``resource`` on ``endpoint`` (on a prober worker): answered within the check
+        timeout, the resource is in use there; not, it is out there and its watches there end (they resume
+        elsewhere)."""
+        client, resources = self._client(), self.resources
+        if client is None or resources is None:
+            return
+        timeout = resources.check_timeout
+        try:
+            resp = client.rest_client.pool_manager.request(
+                "GET", f"{endpoint}{list_path}?limit=1", headers=client.auth_headers(), preload_content=True,
+                timeout=urllib3.Timeout(connect=min(self.kube_policy.connect_timeout, timeout), read=timeout))
+            error = None if resp.status < 500 else f"a limit=1 LIST answered {resp.status}"
+        except Exception as e:  # no answer: that resource's path on that apiserver is broken
+            error = f"a limit=1 LIST got no answer within {timeout} s ({type(e).__name__})"
+        del client
+        for stream in resources.checked(endpoint, resource, error):
+            abort(stream)
+        self.wake()
 
     def probe(self, srv: _ApiServer) -> None:
         """One ``/readyz`` probe, already marked sent by the balancer (on a prober worker thread)."""
@@ -513,6 +576,18 @@ def _probe(ref: weakref.ReferenceType[_ApiServers], srv: _ApiServer) -> None:
     servers = ref()
     if servers is not None:
         servers.probe(srv)
+
+
+def _check(ref: weakref.ReferenceType[_ApiServers], endpoint: str, resource: str, list_path: str) -> None:
+    servers = ref()
+    if servers is not None:
+        servers.check_resource(endpoint, resource, list_path)
+
+
+def _read_timeout(error: BaseException) -> bool:
+    """No answer within the read timeout (the request went out; the apiserver stayed silent)."""
+    return isinstance(error, urllib3.exceptions.ReadTimeoutError) or isinstance(
+        getattr(error, "reason", None), urllib3.exceptions.ReadTimeoutError)
 
 
 def _shutdown(stop: threading.Event, pool: Any, servers: _ApiServers | None) -> None:

@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import logging
@@ -34,6 +33,7 @@ from tenacity import wait_random_exponential
 
 from .. import _lifecycle
 from ..balancer.retrying import delay_after
+from .resources import abort
 
 log = logging.getLogger("resilient_etcd.kube.watch")
 
@@ -103,8 +103,10 @@ def _watch(list_func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
             continue
         error: ApiException | None = None
         token = _STOPPER.add(stop, resp)
+        quiet = _QuietCheck(list_func, resp)  # its resource checked on its apiserver while it is quiet
         try:
             for line in _lines(resp):
+                quiet.heard()
                 event = json.loads(line)
                 kind = event.get("type")
                 obj = event.get("object") or {}
@@ -126,9 +128,33 @@ def _watch(list_func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
             log.debug("watch stream ended (%s); resuming from %s", type(e).__name__, rv)
         finally:
             _STOPPER.remove(token)
+            quiet.close()
             resp.release_conn()
         if error is not None:
             pause(error)  # raises the permanent ones
+
+
+class _QuietCheck:
+    """A watch stream's place in its ``ApiClient``'s per-resource checks (none on other clients)."""
+
+    def __init__(self, list_func: Callable[..., Any], resp: Any) -> None:
+        api: Any = getattr(getattr(list_func, "__self__", None), "api_client", None)
+        target = api.watch_target() if hasattr(api, "watch_target") else None
+        self._at: tuple[Any, str, str, int] | None = None
+        if target is not None and target[1] is not None:
+            endpoint, (resource, list_path) = target
+            self._at = (api.resources, endpoint, resource,
+                        api.resources.watch_opened(endpoint, resource, list_path, resp))
+
+    def heard(self) -> None:
+        if self._at is not None:
+            resources, endpoint, resource, token = self._at
+            resources.watch_heard(endpoint, resource, token)
+
+    def close(self) -> None:
+        if self._at is not None:
+            resources, endpoint, resource, token = self._at
+            resources.watch_closed(endpoint, resource, token)
 
 
 class _Stopper:
@@ -166,7 +192,7 @@ class _Stopper:
                 for t, _ in due:
                     del self._open[t]
             for _, resp in due:
-                _abort(resp)
+                abort(resp)
 
     def close(self) -> None:
         self._closed.set()
@@ -180,13 +206,6 @@ STOP_TICK = 0.1
 """Seconds between the stopper's looks at the watches' ``stop`` events."""
 _STOPPER = _Stopper()
 _lifecycle.register(_STOPPER)
-
-
-def _abort(resp: Any) -> None:
-    """End a response being read in another thread: our HTTP/2 response, or urllib3's (>= 2.3)."""
-    end = getattr(resp, "abort", None) or getattr(resp, "shutdown", None) or resp.release_conn
-    with contextlib.suppress(Exception):
-        end()
 
 
 def _relist(list_func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from resilient_etcd.testing import EtcdCluster, ToxiproxyServer, netns_available
 
-from . import aio, leader, report, slow
+from . import aio, incident, leader, report, slow
 from .baselines import CLIENTS
 from .scenarios import (
     FAULTS,
@@ -35,7 +35,7 @@ from .scenarios import (
 )
 
 ALL = ["S1", "S2", "S3", "S4", "S8", "S6", "S7", "S1-restart", "steady", "watch-stall", "watch-1000", "S12", "idle",
-       "S7-all", "S2-leader", "aio-steady", "aio-watch-stall", "aio-watch-10000"]
+       "S7-all", "S2-leader", "aio-steady", "aio-watch-stall", "aio-watch-10000", "S13"]
 QUICK = ["S3", "S1-restart", "steady"]
 
 
@@ -169,6 +169,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for t in slow.kube_trials(api, quick=args.quick):
                     trials.append(t)
                     log(f"S7-all {t.client}: {t.extra}")
+        if "S13" in scenarios:
+            if netns_available() is not None:
+                log(f"S13 skipped: {netns_available()}")
+            else:
+                trials += incident.run(args.quick, log)
         if "S1-restart" in scenarios:
             with EtcdCluster(size=1, toxiproxy=tp, proxied=False) as single:
                 each_client(single, "S1-restart", lambda s: restart_gap_trial(single, s, cap=max(cap, 15.0)))

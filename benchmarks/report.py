@@ -38,6 +38,12 @@ DESCRIPTIONS = {
     "watch-1000": "1,000 watches on one key, one client; the member in use is killed; time until every "
                   "watch has delivered a write made right after the kill; Python heap per watch",
     "watch-10000": "as watch-1000 with 10,000 watches on one asyncio client (`resilient-aio`)",
+    "S13-resource": "Kubernetes, the incident: apiserver A's etcd connection for ConfigMaps DROPped (its /readyz and "
+                    "other resources fine), a second apiserver B on the same etcd; recovery = a quiet ConfigMap "
+                    "watch delivering a write made through B; also the time of a ConfigMap LIST and of a "
+                    "namespaces LIST; `plain` = the official client from A's kubeconfig",
+    "S13-override": "as S13-resource, A storing ConfigMaps through `--etcd-servers-overrides` via a proxy that is "
+                    "blackholed (A's /readyz fails)",
 }
 
 
@@ -123,7 +129,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        if r["scenario"] in ("S6", "S7") or r["scenario"].startswith(("watch", "idle", "S7-")):
+        if r["scenario"] in ("S6", "S7") or r["scenario"].startswith(("watch", "idle", "S7-", "S13")):
             continue
         capped = r["capped"] > 0
         out.append(
@@ -192,6 +198,21 @@ def markdown(results: dict[str, Any]) -> str:
                 pairs = sorted(st["pair_ratios"])
                 out[-1] += (f" (median of {len(pairs)} back-to-back pairs of rounds, order alternating; "
                             f"pairs ranged {pairs[0]:.3f} to {pairs[-1]:.3f})")
+    s13 = [t for t in results["trials"] if t["scenario"].startswith("S13")]
+    if s13:
+        out += ["", "## The Kubernetes incident (S13)", "",
+                "| scenario | client | trials | watch delivered (p50 / max) | ConfigMap LIST (max) "
+                "| namespaces LIST (max) |", "|---|---|---|---|---|---|"]
+        for scenario, client in sorted({(t["scenario"], t["client"]) for t in s13}):
+            ts = [t for t in s13 if (t["scenario"], t["client"]) == (scenario, client)]
+            cap = ts[0]["cap"]
+            got = sorted(_recovery(t) for t in ts)
+            lists = [t["extra"]["list_seconds"] for t in ts]
+            lst = math.inf if any(v is None for v in lists) else max(lists)
+            other = max(t["extra"]["other_resource_seconds"] for t in ts)
+            out.append(f"| {scenario} | {client} | {len(ts)} | {_fmt(_pct(got, 0.5), False, cap)} / "
+                       f"{_fmt(got[-1], math.isinf(got[-1]), cap)} | {_fmt(lst, math.isinf(lst), cap)} "
+                       f"| {_fmt(other, False, cap)} |")
     out += ["", "## Scenarios", ""]
     out += [f"- **{k}**: {v}" for k, v in DESCRIPTIONS.items()]
     out += ["", "![recovery p99](benchmarks.png)", "",
@@ -206,7 +227,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in summarize(results["trials"])
-            if r["scenario"] not in ("S6", "S7", "S7-all") and not r["scenario"].startswith(("idle", "watch-1"))]
+            if r["scenario"] not in ("S6", "S7", "S7-all")
+            and not r["scenario"].startswith(("idle", "watch-1", "S13"))]
     scenarios = sorted({r["scenario"] for r in rows})
     clients = [c for c in CLIENTS if any(r["client"] == c for r in rows)]
     fig, ax = plt.subplots(figsize=(10, 4.5))

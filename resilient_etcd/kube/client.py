@@ -242,7 +242,8 @@ class ApiClient(k8s.ApiClient):
             self.rest_client.pool_manager = self._h2  # type: ignore[assignment]
             servers.h2 = self._h2
         self._servers = servers
-        self.resources = Resources(self.policy.resource_check_interval, self.policy.resource_check_timeout)
+        self.resources = Resources(self.policy.resource_check_interval, self.policy.resource_check_timeout,
+                                   wake=functools.partial(_wake, weakref.ref(servers)) if servers else lambda: None)
         if servers is not None:
             servers.resources = self.resources
         self._watch_target = threading.local()  # where this thread's last watch request went
@@ -582,6 +583,12 @@ def _check(ref: weakref.ReferenceType[_ApiServers], endpoint: str, resource: str
     servers = ref()
     if servers is not None:
         servers.check_resource(endpoint, resource, list_path)
+
+
+def _wake(ref: weakref.ReferenceType[_ApiServers]) -> None:
+    servers = ref()
+    if servers is not None:
+        servers.wake()
 
 
 def _read_timeout(error: BaseException) -> bool:

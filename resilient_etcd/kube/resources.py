@@ -27,6 +27,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,9 +77,11 @@ class _State:
 class Resources:
     """The per-(apiserver, resource) records of one ``ApiClient`` (see the module docstring)."""
 
-    def __init__(self, check_interval: float, check_timeout: float) -> None:
+    def __init__(self, check_interval: float, check_timeout: float,
+                 wake: Callable[[], None] = lambda: None) -> None:
         self.check_interval = check_interval
         self.check_timeout = check_timeout
+        self._wake = wake  # the prober's schedule changed (a watch to check, a resource out)
         self._lock = threading.Lock()
         self._states: dict[tuple[str, str], _State] = {}
         self._tokens = itertools.count(1)
@@ -105,6 +108,7 @@ class Resources:
                             resource, why, extra={"endpoint": endpoint, "resource": resource,
                                                   "event": "resource_out", "reason": why})
             streams = [w[0] for w in st.watches.values()]
+        self._wake()
         if streams:
             METRICS.inc("stale_watch_moves", f"{endpoint} {resource}", len(streams))
         return streams
@@ -123,7 +127,8 @@ class Resources:
         with self._lock:
             token = next(self._tokens)
             self._state(endpoint, resource, list_path).watches[token] = [stream, time.monotonic()]
-            return token
+        self._wake()
+        return token
 
     def watch_heard(self, endpoint: str, resource: str, token: int) -> None:
         st = self._states.get((endpoint, resource))

@@ -284,6 +284,7 @@ class AsyncEtcd3Client(ClientBase):
         scope = deadlines.remaining()
         by_scope = scope is not None and (timeout is None or scope < timeout)
         wait = deadlines.call_timeout(timeout, None)
+        end = None if wait is None else time.monotonic() + wait
         responses, cancel = await self.watch_response(key, timeout=wait, **kwargs)
 
         async def first() -> WatchResponse:
@@ -292,8 +293,8 @@ class AsyncEtcd3Client(ClientBase):
                     return resp
             raise ClientClosedError("the watch ended before an event")
 
-        try:
-            return await asyncio.wait_for(first(), wait)
+        try:  # one deadline for the watch's creation and its first event
+            return await asyncio.wait_for(first(), None if end is None else max(0.0, end - time.monotonic()))
         except asyncio.TimeoutError:
             if by_scope:
                 raise DeadlineExceeded(f"deadline exceeded waiting for an event on {key!r}") from None

@@ -66,8 +66,10 @@ class AsyncTransport(TransportCore):
     # ---- auth ----
     async def authenticate(self, timeout: float | None = None, *, stale: Metadata | None = None) -> None:
         """Fetch a fresh token within ``timeout`` (and the scope), one ``Authenticate`` at a time: tasks
-        that saw the same token rejected wait for the one renewing it, then use the new token."""
+        that saw the same token rejected wait for the one renewing it, then use the new token. The wait
+        for the lock comes out of the same budget."""
         budget = deadlines.call_timeout(timeout, self.default_timeout)
+        end = None if budget is None else time.monotonic() + budget
         session = self._session
         lock: asyncio.Lock = session.token_lock
         try:
@@ -77,8 +79,11 @@ class AsyncTransport(TransportCore):
                                    "re-authentication") from None
         try:
             if stale is None or session.token_md == stale:  # else renewed while we waited
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    raise DeadlineExceeded("deadline exceeded waiting for another task's re-authentication")
                 resp = await self.unary("auth", "Authenticate", session.auth_request(), with_token=False,
-                                        timeout=budget)
+                                        timeout=left)
                 session.token_md = (("token", resp.token),)
                 METRICS.inc("token_renewals")
         finally:

@@ -344,9 +344,13 @@ def test_a_read_caught_by_a_hang_is_hedged(etcd_cluster: EtcdCluster, fault: str
         async with aio.client(endpoints=etcd_cluster.endpoints, timeout=5,
                               health=etcd3.HealthPolicy(share_connections=False)) as c:
             await c.put("/hedge/k", "v")
+            for _ in range(50):
+                await c.get("/hedge/k")  # the endpoint's usual read time
             quiet = _count("hedges")
-            await asyncio.gather(*(c.get("/hedge/k") for _ in range(50)))  # the endpoint's usual read time
-            assert _count("hedges") == quiet, "healthy reads were hedged"
+            for _ in range(50):
+                await c.get("/hedge/k")
+            # steady state: at most the budget's 5 % (a read over the 0.1 s floor on a loaded machine)
+            assert _count("hedges") - quiet <= 2, "healthy reads were hedged"
             victim = member_in_use(c, etcd_cluster)
             if etcd_cluster.leader() is victim:  # a frozen leader stalls every linearizable read
                 await asyncio.to_thread(etcd_cluster.move_leader,

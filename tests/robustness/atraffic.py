@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import time
 from typing import Any
@@ -14,17 +15,32 @@ from resilient_etcd import aio
 
 from .traffic import CALL_TIMEOUT, SLACK_NS, History, Hold, kept, plan, record
 
+LAGS: list[tuple[int, int]] = []  # (when, how late) the event loop ran a 10 ms timer, from loop_canary
+
 
 async def timed(history: History, what: str, limit: float, call: Any) -> Any:
-    """Await ``call`` (a coroutine with a timeout), noted if it ended past its deadline."""
+    """Await ``call`` (a coroutine with a timeout), noted if it ended past its deadline (with how long the
+    event loop itself lagged meanwhile: the interpreter's stalls are the thread canary's, subtracted)."""
     called = time.monotonic_ns()
     try:
         return await call
     finally:
         returned = time.monotonic_ns()
         if returned - called > limit * 1e9 + SLACK_NS:
+            lag = sum(late for at, late in LAGS if called <= at <= returned)
             with history.lock:
-                history.overruns.append((what, called, returned, limit, 0, "(an asyncio task)"))
+                history.overruns.append((what, called, returned, limit, os.getpid(),
+                                         f"(an asyncio task; the event loop lagged {lag / 1e6:.0f} ms meanwhile)"))
+
+
+async def loop_canary(stop: asyncio.Event, period: float = 0.01) -> None:
+    """How late the event loop runs a timer (over 1 ms): for the overruns' explanation."""
+    while not stop.is_set():
+        before = time.monotonic_ns()
+        await asyncio.sleep(period)
+        late = time.monotonic_ns() - before - int(period * 1e9)
+        if late > 1_000_000:
+            LAGS.append((before, late))
 
 
 async def kv_traffic(client: aio.AsyncEtcd3Client, history: History, worker: int, keys: list[str],
@@ -138,6 +154,7 @@ async def child(endpoints: list[str], creds: dict[str, Any], history: History, k
                                                       random.Random(rng.random()))))
         tasks.append(asyncio.create_task(lock_worker(client, history, f"rob-{seed}", "lock-p2", stop,
                                                      random.Random(rng.random()))))
+        tasks.append(asyncio.create_task(loop_canary(stop)))
         await asyncio.sleep(duration)
         stop.set()
         await asyncio.gather(*tasks)

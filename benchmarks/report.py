@@ -213,6 +213,9 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(f"| {scenario} | {client} | {len(ts)} | {_fmt(_pct(got, 0.5), False, cap)} / "
                        f"{_fmt(got[-1], math.isinf(got[-1]), cap)} | {_fmt(lst, math.isinf(lst), cap)} "
                        f"| {_fmt(other, False, cap)} |")
+        out += ["", "The LIST is made after the watch's write arrived (for ours, the quiet-watch check has put "
+                "the resource out on A by then); a LIST with no watch to notice first answers after the read "
+                "timeout, 2.5 s (`tests/client/test_kube_resources.py`)."]
     out += ["", "## Scenarios", ""]
     out += [f"- **{k}**: {v}" for k, v in DESCRIPTIONS.items()]
     out += ["", "![recovery p99](benchmarks.png)", "",

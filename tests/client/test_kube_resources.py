@@ -13,7 +13,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from resilient_etcd import metrics
-from resilient_etcd.kube import ApiClient
+from resilient_etcd.kube import ApiClient, Informer
 from resilient_etcd.kube.resources import resource_of
 from resilient_etcd.testing import EtcdCluster, netns_available, wait_until
 from resilient_etcd.testing.kube import KubeApiServer
@@ -61,7 +61,13 @@ def test_a_silent_resource_moves_alone_to_the_other_apiserver(apiservers: tuple[
     writer = k8s.CoreV1Api(ApiClient.from_kubeconfig(b.kubeconfig(direct=True)))
     moves = sum(metrics.snapshot()["events"].get("stale_watch_moves", {}).values())
     c = Collector(v1)
-    wait_until(lambda: any(r["watches"] for r in api.resources.status()), timeout=10, what="the watch to start")
+    added: dict[str, float] = {}
+    informer = Informer(v1.list_namespaced_config_map, "default",
+                        on_add=lambda o: added.setdefault(o["metadata"]["name"], time.monotonic()))
+    informer.start()
+    assert informer.wait_synced(10)
+    wait_until(lambda: sum(r["watches"] for r in api.resources.status()) >= 2, timeout=10,
+               what="the watches to start")
     flow = _silence_configmaps(a)
     try:
         assert a.readyz(), "the fault must leave A's /readyz green, as in the incident"
@@ -71,6 +77,8 @@ def test_a_silent_resource_moves_alone_to_the_other_apiserver(apiservers: tuple[
         wait_until(lambda: c.arrived("after") is not None, timeout=10,
                    what="the write through B to reach the watch that was on A")
         delivered = (c.arrived("after") or 0) - started
+        wait_until(lambda: "after" in added, timeout=10, what="the informer to follow")
+        informed = added["after"] - started
         started = time.monotonic()
         names = {cm.metadata.name for cm in v1.list_namespaced_config_map("default").items}
         listed = time.monotonic() - started
@@ -88,10 +96,12 @@ def test_a_silent_resource_moves_alone_to_the_other_apiserver(apiservers: tuple[
     finally:
         flow.restore()  # type: ignore[attr-defined]
         c.close()
+        informer.stop()
         api.close()
-    print(f"S13-resource: watch delivered {delivered:.2f} s after the write, LIST {listed:.2f} s, "
-          f"namespaces {other * 1000:.0f} ms")
+    print(f"S13-resource: watch delivered {delivered:.2f} s after the write (informer {informed:.2f} s), "
+          f"LIST {listed:.2f} s, namespaces {other * 1000:.0f} ms")
     assert delivered < 3.5, f"the quiet watch took {delivered:.2f} s to leave A's silent ConfigMaps"
+    assert informed < 3.5, f"the informer took {informed:.2f} s"
     assert listed < 3.5, f"a ConfigMap LIST took {listed:.2f} s"
     assert out == [(a.direct_url, "configmaps")], out
     assert states[a.direct_url] == "healthy", states

@@ -5,7 +5,9 @@ installs the wheel into fresh venvs - core only, and with each user extra - and 
 
 * imports every public module that install should have (and nothing more is needed for it);
 * runs an unrelated one-test project under pytest (our pytest11 plugin loads there: it must stay inert);
-* with the core install: runs our unit tests against the installed wheel, not the source tree.
+* with the core install: runs our unit tests against the installed wheel, not the source tree;
+* with the testing extra on the oldest Python: runs the asyncio client's tests on real servers (asyncio's
+  cancellation semantics differ before 3.11).
 
 Also: the wheel holds ``py.typed``, the ``.proto`` files and the generated stubs; the sdist installs
 too. Prints one line per check and a closing ``N passed, N failed``; exits 1 on any failure.
@@ -29,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 CORE_MODULES = ["resilient_etcd", "resilient_etcd.exceptions", "resilient_etcd.deadlines", "resilient_etcd.policies",
-                "resilient_etcd.metrics", "resilient_etcd.cli", "resilient_etcd.testing"]
+                "resilient_etcd.metrics", "resilient_etcd.cli", "resilient_etcd.testing", "resilient_etcd.aio"]
 EXTRAS = {
     "": CORE_MODULES,
     "kube": [*CORE_MODULES, "resilient_etcd.kube"],
@@ -114,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                 name = f"py{version}-{extra or 'core'}"
                 spec = f"{wheel}[{extra}]" if extra else str(wheel)
                 # pytest: the user's unrelated project has it; hypothesis: our unit tests (core only)
-                py = c.venv(python, name, [spec, "pytest", *(["hypothesis"] if not extra else [])])
+                asyncio_suite = extra == "testing" and version == PYTHONS[0]
+                py = c.venv(python, name, [spec, "pytest", *(["hypothesis"] if not extra else []),
+                                           *(["pytest-timeout"] if asyncio_suite else [])])
                 if py is None:
                     continue
                 imported = c.run([str(py), "-c", IMPORT_ALL, *modules])
@@ -130,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
                                    str(unit)], cwd=unit)
                     c.check(f"{name}: unit tests against the installed wheel", tests.returncode == 0,
                             tests.stdout + tests.stderr)
+                if asyncio_suite:
+                    # asyncio's cancellation semantics differ before 3.11 (no Task.cancelling()): the asyncio
+                    # client's suite on real servers, on the oldest Python promised (from the source tree)
+                    suite = c.run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/aio"], cwd=ROOT)
+                    c.check(f"{name}: the asyncio client's tests on real servers", suite.returncode == 0
+                            and " passed" in suite.stdout, suite.stdout + suite.stderr)
         py = c.venv(sys.executable, "sdist", [str(sdist)])
         if py is not None:
             imported = c.run([str(py), "-c", "import resilient_etcd"])

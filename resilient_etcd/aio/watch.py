@@ -140,8 +140,8 @@ class AsyncWatchManager(WatchBook):
             if not self._idle:
                 self._ended(conn, gen, e.code(), e.details() or "")
         except asyncio.CancelledError:
-            if _cancelling() or not (self._cut or conn.generation != gen or self._t.pool.closed):
-                raise  # the reader itself is cancelled (close)
+            if self._closed or _cancelling() or not (self._cut or conn.generation != gen or self._t.pool.closed):
+                raise  # the reader itself is cancelled (close: Python 3.10 cannot tell it from a cut otherwise)
             if not self._idle:  # cut by the watchdog, or the channel closed under it (ejection)
                 self._ended(conn, gen, grpc.StatusCode.CANCELLED, "stream cut")
         except _StreamEnded:

@@ -10,7 +10,7 @@ from typing import Any
 
 log = logging.getLogger("mkdocs.hooks.docstrings")
 
-MODULES = ("resilient_etcd", "resilient_etcd.kube", "resilient_etcd.testing")
+MODULES = ("resilient_etcd", "resilient_etcd.aio", "resilient_etcd.kube", "resilient_etcd.testing")
 
 
 def undocumented(module_name: str) -> list[str]:

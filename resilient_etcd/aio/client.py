@@ -110,6 +110,7 @@ class AsyncEtcd3Client(ClientBase):
 
     async def get_prefix_response(self, key_prefix: Key, *, timeout: float | None = None,
                                   **kwargs: Any) -> rpc_pb2.RangeResponse:
+        """The raw ``RangeResponse`` for every key under ``key_prefix``."""
         return await self._range(shapes.prefix_request(key_prefix, kwargs), timeout)
 
     async def get_prefix(self, key_prefix: Key, *, timeout: float | None = None, **kwargs: Any) -> Values:
@@ -119,6 +120,7 @@ class AsyncEtcd3Client(ClientBase):
     async def get_range_response(self, range_start: Key, range_end: Key, sort_order: str | None = None,
                                  sort_target: str = "key", *, timeout: float | None = None,
                                  **kwargs: Any) -> rpc_pb2.RangeResponse:
+        """The raw ``RangeResponse`` for the keys in ``[range_start, range_end)``."""
         return await self._range(shapes.range_of(range_start, range_end, sort_order, sort_target, kwargs), timeout)
 
     async def get_range(self, range_start: Key, range_end: Key, *, timeout: float | None = None,
@@ -129,6 +131,7 @@ class AsyncEtcd3Client(ClientBase):
     async def get_all_response(self, sort_order: str | None = None, sort_target: str = "key",
                                keys_only: bool = False, *, timeout: float | None = None,
                                **kwargs: Any) -> rpc_pb2.RangeResponse:
+        """The raw ``RangeResponse`` for every key in the store."""
         return await self._range(shapes.all_request(sort_order, sort_target, keys_only, kwargs), timeout)
 
     async def get_all(self, *, timeout: float | None = None, **kwargs: Any) -> Values:
@@ -243,6 +246,7 @@ class AsyncEtcd3Client(ClientBase):
 
     async def add_watch_prefix_callback(self, key_prefix: Key, callback: Callable[[Any], None],
                                         **kwargs: Any) -> int:
+        """:meth:`add_watch_callback` for every key under ``key_prefix``."""
         p = to_bytes(key_prefix)
         return await self.add_watch_callback(p, callback, range_end=prefix_range_end(p), **kwargs)
 
@@ -265,6 +269,7 @@ class AsyncEtcd3Client(ClientBase):
 
     async def watch_prefix_response(self, key_prefix: Key,
                                     **kwargs: Any) -> tuple[WatchIterator, Callable[[], Awaitable[None]]]:
+        """:meth:`watch_response` for every key under ``key_prefix``."""
         p = to_bytes(key_prefix)
         return await self.watch_response(p, range_end=prefix_range_end(p), **kwargs)
 
@@ -275,6 +280,7 @@ class AsyncEtcd3Client(ClientBase):
 
     async def watch_prefix(self, key_prefix: Key,
                            **kwargs: Any) -> tuple[EventIterator, Callable[[], Awaitable[None]]]:
+        """:meth:`watch` for every key under ``key_prefix``."""
         p = to_bytes(key_prefix)
         return await self.watch(p, range_end=prefix_range_end(p), **kwargs)
 
@@ -303,15 +309,18 @@ class AsyncEtcd3Client(ClientBase):
             await cancel()
 
     async def watch_once(self, key: Key, timeout: float | None = None, **kwargs: Any) -> Event:
+        """The next event on ``key`` (timeouts as :meth:`watch_once_response`)."""
         event: Event = (await self.watch_once_response(key, timeout=timeout, **kwargs)).events[0]
         return event
 
     async def watch_prefix_once(self, key_prefix: Key, timeout: float | None = None, **kwargs: Any) -> Event:
+        """:meth:`watch_once` for every key under ``key_prefix``."""
         p = to_bytes(key_prefix)
         return await self.watch_once(p, timeout=timeout, range_end=prefix_range_end(p), **kwargs)
 
     async def watch_prefix_once_response(self, key_prefix: Key, timeout: float | None = None,
                                          **kwargs: Any) -> WatchResponse:
+        """:meth:`watch_once_response` for every key under ``key_prefix``."""
         p = to_bytes(key_prefix)
         return await self.watch_once_response(p, timeout=timeout, range_end=prefix_range_end(p), **kwargs)
 
@@ -338,13 +347,16 @@ class AsyncEtcd3Client(ClientBase):
         return [Member.from_proto(m, None) for m in resp.members]
 
     async def add_member(self, urls: list[str], *, timeout: float | None = None) -> Member:
+        """Add a member with peer ``urls`` to the cluster; the new :class:`Member` (start it afterwards)."""
         resp = await self._unary("cluster", "MemberAdd", rpc_pb2.MemberAddRequest(peerURLs=urls), timeout=timeout)
         return Member.from_proto(resp.member, None)
 
     async def remove_member(self, member_id: int, *, timeout: float | None = None) -> None:
+        """Remove member ``member_id`` from the cluster."""
         await self._unary("cluster", "MemberRemove", rpc_pb2.MemberRemoveRequest(ID=member_id), timeout=timeout)
 
     async def update_member(self, member_id: int, peer_urls: list[str], *, timeout: float | None = None) -> None:
+        """Change the peer URLs of member ``member_id``."""
         await self._unary("cluster", "MemberUpdate", rpc_pb2.MemberUpdateRequest(ID=member_id, peerURLs=peer_urls),
                           timeout=timeout)
 
@@ -397,9 +409,11 @@ class AsyncEtcd3Client(ClientBase):
 
     async def list_alarms(self, member_id: int = 0, alarm_type: str = "none",
                           *, timeout: float | None = None) -> list[Alarm]:
+        """The active alarms (of ``member_id``, 0: all members; of ``alarm_type``, "none": all types)."""
         return await self._alarm(rpc_pb2.AlarmRequest.GET, member_id, shapes.alarm_type(alarm_type), timeout)
 
     async def disarm_alarm(self, member_id: int = 0, *, timeout: float | None = None) -> list[Alarm]:
+        """Clear the NOSPACE alarm (of ``member_id``, 0: every member); the alarms it cleared."""
         return await self._alarm(rpc_pb2.AlarmRequest.DEACTIVATE, member_id, rpc_pb2.NOSPACE, timeout)
 
 

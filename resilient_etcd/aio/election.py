@@ -30,15 +30,19 @@ class AsyncElection(ElectionCore):
         return bool(await adrive(self._campaign_steps(value, timeout), apply))
 
     async def is_leader(self) -> bool:
+        """True while this candidate's key is the oldest under the prefix and its lease is alive."""
         return bool(await adrive(self._is_leader_steps(), apply))
 
     async def proclaim(self, value: Key) -> None:
+        """Publish a new value as the current leader, without re-election."""
         await adrive(self._proclaim_steps(value), apply)
 
     async def resign(self) -> None:
+        """Give up leadership (or candidacy); the lease is revoked whatever happens to the delete."""
         await adrive(self._resign_steps(), apply)
 
     async def leader(self) -> tuple[bytes, KVMetadata] | None:
+        """``(value, metadata)`` of the current leader's key, or None when nobody leads."""
         result: tuple[bytes, KVMetadata] | None = await adrive(self._leader_steps(), apply)
         return result
 

@@ -63,10 +63,12 @@ class AsyncLease(LeaseState):
 
     @property
     def granted_ttl(self) -> Awaitable[int]:
+        """The TTL the server granted (``await lease.granted_ttl``)."""
         return _field(self._info(), lambda r: int(r.grantedTTL))
 
     @property
     def keys(self) -> Awaitable[list[bytes]]:
+        """The keys attached to the lease (``await lease.keys``)."""
         return _field(self._info(), lambda r: list(r.keys))
 
     # ---- the keeper ----

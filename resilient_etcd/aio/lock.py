@@ -32,10 +32,12 @@ class AsyncLock(LockCore):
         return bool(await adrive(self._release_steps(), apply))
 
     async def refresh(self) -> list[Any]:
+        """Refresh the lock's lease once (what keeps a ``keep_alive=False`` lock held)."""
         result: list[Any] = await apply(self._refresh_call())
         return result
 
     async def is_acquired(self) -> bool:
+        """True while we hold it: our value is on the key and the lease has not been lost."""
         return bool(await adrive(self._held_steps(), apply))
 
     async def __aenter__(self) -> AsyncLock:

@@ -22,7 +22,7 @@ from .. import deadlines
 from .._steps import adrive
 from ..balancer.health import State
 from ..balancer.retrying import make_async_retrying
-from ..exceptions import ClientClosedError, DeadlineExceeded
+from ..exceptions import ClientClosedError, ConfigurationError, DeadlineExceeded
 from ..metrics import METRICS
 from ..transport import core
 from ..transport.channels import Channels, Stubs
@@ -41,7 +41,11 @@ class AsyncTransport(TransportCore):
     """Endpoints, health, auth token and retries for one asyncio client (made on its event loop)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.loop = asyncio.get_running_loop()
+        try:
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise ConfigurationError("an asyncio client is made inside a running event loop (in an async def), "
+                                     "whose thread it then stays on") from None
         super().__init__(*args, **kwargs)
         self._racing: dict[_Race, None] = {}  # hedgeable reads out now, for the sweeper
         self._sweeper: asyncio.TimerHandle | None = None

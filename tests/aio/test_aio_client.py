@@ -76,6 +76,9 @@ def test_answers_match_the_sync_client(etcd_cluster: EtcdCluster) -> None:
 
 
 def test_bad_arguments_fail_at_construction() -> None:
+    with pytest.raises(etcd3.ConfigurationError, match="running event loop"):
+        aio.client(endpoints=["127.0.0.1:2379"])  # no loop: grpc.aio channels belong to one
+
     async def main() -> None:
         with pytest.raises(etcd3.ConfigurationError):
             aio.client(endpoints=[])

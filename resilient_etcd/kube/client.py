@@ -38,6 +38,7 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,7 +244,8 @@ class ApiClient(k8s.ApiClient):
             servers.h2 = self._h2
         self._servers = servers
         self.resources = Resources(self.policy.resource_check_interval, self.policy.resource_check_timeout,
-                                   wake=functools.partial(_wake, weakref.ref(servers)) if servers else lambda: None)
+                                   wake=functools.partial(_if_alive, weakref.ref(servers), _ApiServers.wake)
+                                   if servers else lambda: None)
         if servers is not None:
             servers.resources = self.resources
         self._watch_target = threading.local()  # where this thread's last watch request went
@@ -505,14 +507,15 @@ class _ApiServers(HealthDriver[_ApiServer]):
                     self.report_failure(srv, reason, hard=True)
 
     def _send_probe(self, srv: _ApiServer) -> None:
-        PROBER.run_blocking(functools.partial(_probe, weakref.ref(self), srv))
+        PROBER.run_blocking(functools.partial(_if_alive, weakref.ref(self), _ApiServers.probe, srv))
 
     def _after_round(self, now: float) -> float:
         """The per-resource checks due (quiet watches, resources out), on the prober's workers."""
         if self.resources is None:
             return float("inf")
         for endpoint, resource, list_path in self.resources.due(now):
-            PROBER.run_blocking(functools.partial(_check, weakref.ref(self), endpoint, resource, list_path))
+            PROBER.run_blocking(functools.partial(_if_alive, weakref.ref(self), _ApiServers.check_resource,
+                                                  endpoint, resource, list_path))
         return self.resources.next_check(now)
 
     def check_resource(self, endpoint: str, resource: str, list_path: str) -> None:
@@ -573,22 +576,12 @@ class _ApiServers(HealthDriver[_ApiServer]):
         return [c.last_heard for c in self.h2.connections(_origin(endpoint))]
 
 
-def _probe(ref: weakref.ReferenceType[_ApiServers], srv: _ApiServer) -> None:
+def _if_alive(ref: weakref.ReferenceType[_ApiServers], method: Callable[..., None], *args: Any) -> None:
+    """``method(servers, *args)`` from the prober, unless the apiserver set was collected meanwhile (the
+    prober holds it weakly)."""
     servers = ref()
     if servers is not None:
-        servers.probe(srv)
-
-
-def _check(ref: weakref.ReferenceType[_ApiServers], endpoint: str, resource: str, list_path: str) -> None:
-    servers = ref()
-    if servers is not None:
-        servers.check_resource(endpoint, resource, list_path)
-
-
-def _wake(ref: weakref.ReferenceType[_ApiServers]) -> None:
-    servers = ref()
-    if servers is not None:
-        servers.wake()
+        method(servers, *args)
 
 
 def _read_timeout(error: BaseException) -> bool:

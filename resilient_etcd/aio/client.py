@@ -105,8 +105,7 @@ class AsyncEtcd3Client(ClientBase):
         if kwargs or not self._authenticated:
             return shapes.value_of(await self.get_response(key, timeout=timeout, **kwargs))
         # the hot path: one key is never paged, straight to the transport
-        return shapes.value_of(await self._transport.unary("kv", "Range", rpc_pb2.RangeRequest(key=to_bytes(key)),
-                                                           timeout=timeout))
+        return shapes.value_of(await self._transport.read(rpc_pb2.RangeRequest(key=to_bytes(key)), timeout))
 
     async def get_prefix_response(self, key_prefix: Key, *, timeout: float | None = None,
                                   **kwargs: Any) -> rpc_pb2.RangeResponse:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import grpc
 
 from .. import deadlines
+from .._proto import rpc_pb2
 from .._steps import adrive
 from ..balancer.health import State
 from ..balancer.retrying import make_async_retrying
@@ -34,6 +35,7 @@ from ..transport.retry import RetryableError, RetryClass
 from .channels import AioChannels, rpc, translate
 
 T = TypeVar("T")
+_HEALTHY = State.HEALTHY  # (a module global: an enum member's lookup is the dearer one on the hot path)
 AsyncInvoke = Callable[[Stubs, float | None, Metadata], Awaitable[Any]]
 
 
@@ -98,37 +100,48 @@ class AsyncTransport(TransportCore):
                     idempotent: bool | None = None, pin: Connection | None = None, with_token: bool = True,
                     metadata: Metadata = ()) -> Any:
         """Call ``service.method`` (stub attribute names, e.g. ``"kv", "Range"``) with resilience; the
-        arguments mean what they mean for the blocking ``Transport.unary``.
+        arguments mean what they mean for the blocking ``Transport.unary``. A linearizable single-key
+        read goes to :meth:`read` (a serializable one may not move to a member further behind)."""
+        rclass = core._class_of(service, method) if idempotent is None and pin is None else \
+            core._rclass(core._qualified(service, method), idempotent, pin)
+        if method == "Range" and rclass is RetryClass.IDEMPOTENT and not request.range_end \
+                and not request.serializable:
+            return await self.read(request, timeout, with_token=with_token, metadata=metadata)
+        return await self._call(_Invoke(service, method, request), rclass, timeout, pin, with_token, metadata,
+                                self.default_timeout, method)
 
-        A linearizable single-key read is *hedged*: not answered within its endpoint's usual time
+    async def read(self, request: rpc_pb2.RangeRequest, timeout: float | None = None, *, with_token: bool = True,
+                   metadata: Metadata = ()) -> rpc_pb2.RangeResponse:
+        """A linearizable single-key ``Range`` (the caller's word: no ``range_end``, not serializable),
+        with resilience, *hedged*: not answered within its endpoint's usual time
         (``CallTimes.hedge_delay``), a copy goes to the fastest other healthy endpoint, within the hedge
         budget; the first answer wins and the other call is cancelled. Unlike grpcio's blocking call, the
         first copy keeps running: one extra request, not two. One loop timer watches every read out
         (:meth:`_sweep`), so a read answered in time costs a dict entry. Both copies failing: the first
-        one's error, for the usual recovery. This hot path is written out here, as the blocking face's is."""
-        rclass = core._class_of(service, method) if idempotent is None and pin is None else \
-            core._rclass(core._qualified(service, method), idempotent, pin)
-        # a linearizable single-key read (a serializable one may not move to a member further behind)
-        if self._hedge_floor is None or method != "Range" or rclass is not RetryClass.IDEMPOTENT \
-                or request.range_end or request.serializable or self._closed:
-            return await self._call(_Invoke(service, method, request), rclass, timeout, pin, with_token, metadata,
-                                    self.default_timeout, method)
+        one's error, for the usual recovery. The hot path of ``get``, written out as the blocking face's is."""
+        if self._hedge_floor is None or self._closed:
+            return await self._call(_Invoke("kv", "Range", request), RetryClass.IDEMPOTENT,  # type: ignore[no-any-return]
+                                    timeout, None, with_token, metadata, self.default_timeout, "Range")
         budget = deadlines.call_timeout(timeout, self.default_timeout)
         pool = self.pool
         conn = pool.pick()
-        race = _Race(service, method, request, conn, time.monotonic(), budget,
-                     (self._token_md + metadata) if with_token else metadata)
+        sent = time.monotonic()
+        race = _Race(request, conn, sent, budget, (self._token_md + metadata) if with_token else metadata)
         # the hedge (see _sweep): registered, unless the deadline comes first
         pool.hedges.deposit()
         delay = conn.call_times.hedge_delay(self._hedge_floor)
         if budget is None or delay < budget:
-            race.due = race.sent + delay
+            race.due = sent + delay
             self._racing[race] = None
             if self._sweeper is None:
                 self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
-        conn.begin()  # the frame of HealthDriver.arun, written out on the hot path
+        # conn.begin(), the frame of HealthDriver.arun, written out on the hot path without its lock: only
+        # this loop's thread counts calls on an asyncio pool's connections (the prober thread only reads)
+        conn.outstanding += 1
+        if conn.outstanding == 1:
+            conn.idle_ends()
         try:
-            race.first = race(conn.stubs, budget, race.md)
+            race.first = conn.stubs.kv.Range(request, timeout=budget, metadata=race.md)
             result = await race.first
         except BaseException as e:
             conn.end(core._answered(e))
@@ -139,20 +152,22 @@ class AsyncTransport(TransportCore):
             hedge = race.hedge
             if hedge is not None:
                 with contextlib.suppress(grpc.RpcError, ValueError):  # the hedge's answer, if it has one
-                    return await hedge
+                    return await hedge  # type: ignore[no-any-return]
             first: BaseException = error
         else:
-            conn.end(True)
+            now = time.monotonic()
+            conn.outstanding -= 1  # conn.end(True), as above
+            conn.health.last_heard = now
             self._racing.pop(race, None)
-            conn.call_times.observe(time.monotonic() - race.sent)
-            if conn.health.state is not State.HEALTHY:
+            conn.call_times.observe(now - sent)
+            if conn.health.state is not _HEALTHY:
                 pool.report_success(conn, race.gen)
-            return result
+            return result  # type: ignore[no-any-return]
         finally:
             if race.hedge is not None and not race.hedge.done():
                 race.hedge.cancel()
-        deadline = None if budget is None else race.sent + budget
-        return await self._recover(race, deadline, rclass, with_token, metadata,
+        deadline = None if budget is None else sent + budget
+        return await self._recover(race, deadline, RetryClass.IDEMPOTENT, with_token, metadata,  # type: ignore[no-any-return]
                                    core._Attempt(conn, race.gen, True, race.md), first)
 
     async def call(self, name: str, invoke: AsyncInvoke, *, timeout: float | None = None,
@@ -295,15 +310,15 @@ class _Invoke:
         return getattr(getattr(stubs, self.service), self.method)(self.request, timeout=left, metadata=md)
 
 
-class _Race(_Invoke):
-    """A hedgeable read out now (itself the invoke its copies are made with): the first copy's call, the
+class _Race:
+    """A hedged read out now (itself the invoke its copies are made with): the first copy's call, the
     hedge's task, and who won."""
 
-    __slots__ = ("beaten", "budget", "conn", "due", "first", "gen", "hedge", "md", "sent")
+    __slots__ = ("beaten", "budget", "conn", "due", "first", "gen", "hedge", "md", "request", "sent")
 
-    def __init__(self, service: str, method: str, request: Any, conn: Connection, sent: float,
-                 budget: float | None, md: Metadata) -> None:
-        self.service, self.method, self.request = service, method, request
+    def __init__(self, request: rpc_pb2.RangeRequest, conn: Connection, sent: float, budget: float | None,
+                 md: Metadata) -> None:
+        self.request = request
         self.conn = conn
         self.gen = conn.generation
         self.sent = sent
@@ -312,6 +327,9 @@ class _Race(_Invoke):
         self.first: Any = None  # the first copy's grpc.aio call
         self.hedge: asyncio.Task[Any] | None = None
         self.beaten = False  # the hedge answered first and cancelled the first copy's call
+
+    def __call__(self, stubs: Stubs, left: float | None, md: Metadata) -> Any:
+        return stubs.kv.Range(self.request, timeout=left, metadata=md)
 
     def cut(self) -> bool:
         """Was the first copy's call cancelled by us (beaten by the hedge, or its channel closed)?"""

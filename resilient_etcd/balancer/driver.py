@@ -58,6 +58,10 @@ class BasePeer:
         if first:
             self._wake()
 
+    def idle_ends(self) -> None:
+        """The first call on an idle endpoint started: the prober watches it from now on."""
+        self._wake()
+
     def end(self, answered: bool) -> None:
         """The call ended; ``answered``: the server answered it (proof of life, no probe needed)."""
         with self._count:

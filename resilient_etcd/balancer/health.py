@@ -61,7 +61,8 @@ class EndpointHealth:
         self.ejections = 0
         self.probe_timeouts = 0  # consecutive probes that got no answer in time
         self.readmit_at = 0.0
-        self.maintenance = 0  # our own long action runs on this member (defragment): no probes, no traffic
+        self._maintenance = 0
+        self.usable = True  # may carry traffic while other endpoints exist (see _refresh)
         self._confirm = False  # re-admitted: the next probe, sent at once, measures the path
         self._backoff = policy.readmit_backoff
 
@@ -84,9 +85,18 @@ class EndpointHealth:
         return base * (1 << self.probe_timeouts)
 
     @property
-    def usable(self) -> bool:
-        """May carry traffic while other endpoints exist (slow is not dead: suspect is usable)."""
-        return self.state in (State.HEALTHY, State.SUSPECT) and not self.maintenance
+    def maintenance(self) -> int:
+        """Our own long actions running on this member (a defragment): no probes, no traffic."""
+        return self._maintenance
+
+    @maintenance.setter
+    def maintenance(self, n: int) -> None:
+        self._maintenance = n
+        self._refresh()
+
+    def _refresh(self) -> None:
+        # ``usable`` is read on every call's pick: an attribute kept current, not a property computed there
+        self.usable = self.state in (State.HEALTHY, State.SUSPECT) and not self._maintenance
 
     # ---- probes ----
     def probe_due(self, now: float, busy: bool = True) -> bool:
@@ -189,4 +199,5 @@ class EndpointHealth:
         t = Transition(self.state, new, reason)
         self.state = new
         self.since = now
+        self._refresh()
         return t

@@ -34,7 +34,8 @@ class CallTimes:
         """How long a read may go unanswered before it is hedged."""
         if self.mean is None:
             return floor
-        return max(floor, self.mean + 4 * self.dev)
+        delay = self.mean + 4 * self.dev
+        return delay if delay > floor else floor
 
 
 class HedgeBudget:

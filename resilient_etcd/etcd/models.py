@@ -34,21 +34,53 @@ def prefix_range_end(prefix: bytes) -> bytes:
 
 class KVMetadata:
     """Metadata of a key-value pair: ``key``, ``create_revision``, ``mod_revision``, ``version``,
-    ``lease_id`` and the ``response_header`` of the response it came in."""
+    ``lease_id`` and the ``response_header`` of the response it came in.
 
-    __slots__ = ("create_revision", "key", "lease_id", "mod_revision", "response_header", "version")
+    The fields are read from the message on first use (most callers of ``get`` look at the value
+    only, and five protobuf reads are a fifth of a read's Python cost); after that they are plain
+    attributes, as python-etcd3's are."""
+
+    __slots__ = ("_kv", "_response", "create_revision", "key", "lease_id", "mod_revision", "response_header",
+                 "version")
+
+    key: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease_id: int
+    response_header: rpc_pb2.ResponseHeader | None
+    _kv: Any
+    _response: Any  # (set by ``of`` only: the response whose header is read on first use)
 
     def __init__(self, keyvalue: Any, header: rpc_pb2.ResponseHeader | None) -> None:
-        self.key: bytes = keyvalue.key
-        self.create_revision: int = keyvalue.create_revision
-        self.mod_revision: int = keyvalue.mod_revision
-        self.version: int = keyvalue.version
-        self.lease_id: int = keyvalue.lease
+        self._kv = keyvalue
         self.response_header = header
+
+    @classmethod
+    def of(cls, keyvalue: Any, response: Any) -> KVMetadata:
+        """The metadata of ``keyvalue``, one of ``response``'s (its header too is read on first use)."""
+        m = cls.__new__(cls)
+        m._kv, m._response = keyvalue, response
+        return m
+
+    def __getattr__(self, name: str) -> Any:
+        # only for a slot not set yet: a field never read (or ``_kv`` itself, unpickled without it)
+        if name == "response_header":
+            self.response_header = header = self._response.header
+            return header
+        if name not in _KV_FIELDS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        kv = self._kv
+        self.key, self.create_revision, self.mod_revision = kv.key, kv.create_revision, kv.mod_revision
+        self.version, self.lease_id = kv.version, kv.lease
+        return object.__getattribute__(self, name)
 
     def __repr__(self) -> str:
         return (f"KVMetadata(key={self.key!r}, create_revision={self.create_revision}, "
                 f"mod_revision={self.mod_revision}, version={self.version}, lease_id={self.lease_id})")
+
+
+_KV_FIELDS = frozenset(("key", "create_revision", "mod_revision", "version", "lease_id"))
 
 
 class Member:

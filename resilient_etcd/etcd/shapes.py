@@ -146,15 +146,16 @@ def alarm_type(name: str) -> Any:
 # ---- answers ----
 def value_of(resp: rpc_pb2.RangeResponse) -> tuple[bytes, KVMetadata] | tuple[None, None]:
     """``get``'s answer: ``(value, metadata)``, or ``(None, None)`` when the key does not exist."""
-    if not resp.kvs:
+    kvs = resp.kvs
+    if not kvs:
         return None, None
-    kv = resp.kvs[0]
-    return kv.value, KVMetadata(kv, resp.header)
+    kv = kvs[0]
+    return kv.value, KVMetadata.of(kv, resp)
 
 
 def items(resp: rpc_pb2.RangeResponse) -> Iterator[tuple[bytes, KVMetadata]]:
     """``(value, metadata)`` of every key in a range answer."""
-    return ((kv.value, KVMetadata(kv, resp.header)) for kv in resp.kvs)
+    return ((kv.value, KVMetadata.of(kv, resp)) for kv in resp.kvs)
 
 
 def txn_result(resp: rpc_pb2.TxnResponse) -> tuple[bool, list[Any]]:

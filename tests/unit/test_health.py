@@ -181,3 +181,23 @@ def test_a_thawed_member_does_not_stretch_the_next_dead_time() -> None:
     h.probe_sent(5.0)
     h.probe_answered(5.001)  # the confirmation: a fast path
     assert h.dead_time() == P.dead_after
+
+
+def test_usable_follows_state_and_maintenance() -> None:
+    """``usable`` is kept as an attribute (the pick reads it on every call): every way it can change
+    must update it."""
+    h = EndpointHealth(P, 0.0)
+    assert h.usable
+    h.maintenance += 1
+    assert not h.usable, "a member under our own defragment carries no traffic"
+    h.maintenance += 1
+    h.maintenance -= 1
+    assert not h.usable, "two actions: still one running"
+    h.maintenance -= 1
+    assert h.usable
+    h.probe_sent(0.0)
+    assert h.probe_failed(1.0, "UNAVAILABLE") is not None
+    assert h.state is State.EJECTED and not h.usable
+    h.maintenance += 1
+    h.maintenance -= 1
+    assert not h.usable, "the end of a maintenance does not re-admit an ejected member"

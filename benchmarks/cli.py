@@ -122,13 +122,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     trials.append(t)
                     log(f"idle 100x{procs} {kind}: {t.extra}")
             if "steady" in scenarios:
-                steady = steady_throughput(cluster, calls=500 if args.quick else 3000, rounds=3 if args.quick else 7)
+                # many short pairs: a shift of the shared machine falls within one pair, not across them
+                steady = steady_throughput(cluster, calls=300, rounds=11 if args.quick else 61)
                 log(f"steady: ratio {steady['ratio']:.3f}")
-                steady16 = steady_throughput(cluster, calls=800 if args.quick else 8000, rounds=3 if args.quick else 9,
-                                             threads=16)
+                steady16 = steady_throughput(cluster, calls=1600, rounds=11 if args.quick else 61, threads=16)
                 log(f"steady, 16 threads: ratio {steady16['ratio']:.3f}")
             if "aio-steady" in scenarios:
-                steady64 = aio.steady64(cluster, calls=1280 if args.quick else 12800, rounds=3 if args.quick else 9)
+                steady64 = aio.steady64(cluster, calls=1280, rounds=11 if args.quick else 101)
                 log(f"asyncio steady, 64 tasks: ratio {steady64['ratio']:.3f}")
             if "aio-watch-stall" in scenarios:
                 for i in range(ours_trials):

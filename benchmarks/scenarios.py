@@ -202,7 +202,9 @@ def steady_throughput(cluster: EtcdCluster, calls: int, rounds: int, threads: in
     """Range calls in this process from ``threads`` threads: raw generated stubs vs resilient_etcd, in
     pairs of back-to-back rounds, the order alternating (ABBA), so the machine's drift (toxiproxy and
     three etcd members share its two cores; a round of 16 threads varies by ±15 %) falls on both alike.
-    The ratio is the median of the pairs' ratios."""
+    The ratio is the median of the pairs' ratios. Rounds are short (a fraction of a second) and many:
+    with rounds of seconds, a shift of the machine between the two halves of a pair moved the median of
+    nine pairs by ±3 % from run to run; with 60-100 short pairs, by about ±1 %."""
     endpoint = cluster.endpoints[0]
     opts = [("grpc.use_local_subchannel_pool", 1)]
     results: dict[str, list[float]] = {"raw": [], "resilient": []}

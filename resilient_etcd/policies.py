@@ -141,7 +141,8 @@ class HealthPolicy:
     four deviations of recent reads, at least ``hedge_delay_min``; None turns hedging off) is sent again
     to that endpoint and to another healthy one, and the first answer wins — so a read caught by a hang
     waits ~0.1 s, not the ~0.9 s detection takes. Hedges add at most ``hedge_max_extra`` (5 %) to the
-    reads sent (a token bucket, as gRPC's retry throttling). Writes are never hedged.
+    reads sent (a token bucket, as gRPC's retry throttling). Writes are never hedged, nor is anything on
+    a client with a single endpoint (nowhere to hedge to).
     """
 
     probe_interval: float = 0.1

@@ -127,14 +127,17 @@ class AsyncTransport(TransportCore):
         conn = pool.pick()
         sent = time.monotonic()
         race = _Race(request, conn, sent, budget, (self._token_md + metadata) if with_token else metadata)
-        # the hedge (see _sweep): registered, unless the deadline comes first
-        pool.hedges.deposit()
-        delay = conn.call_times.hedge_delay(self._hedge_floor)
-        if budget is None or delay < budget:
-            race.due = sent + delay
-            self._racing[race] = None
-            if self._sweeper is None:
-                self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
+        # the hedge (see _sweep): registered, unless the deadline comes first — or there is no other
+        # endpoint to hedge to (a silent connection with calls out is the prober's to check then)
+        hedged = len(pool.balancer.peers) > 1
+        if hedged:
+            pool.hedges.deposit()
+            delay = conn.call_times.hedge_delay(self._hedge_floor)
+            if budget is None or delay < budget:
+                race.due = sent + delay
+                self._racing[race] = None
+                if self._sweeper is None:
+                    self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
         # conn.begin(), the frame of HealthDriver.arun, written out on the hot path without its lock: only
         # this loop's thread counts calls on an asyncio pool's connections (the prober thread only reads)
         conn.outstanding += 1
@@ -158,8 +161,9 @@ class AsyncTransport(TransportCore):
             now = time.monotonic()
             conn.outstanding -= 1  # conn.end(True), as above
             conn.health.last_heard = now
-            self._racing.pop(race, None)
-            conn.call_times.observe(now - sent)
+            if hedged:
+                self._racing.pop(race, None)
+                conn.call_times.observe(now - sent)
             if conn.health.state is not _HEALTHY:
                 pool.report_success(conn, race.gen)
             return result  # type: ignore[no-any-return]

@@ -120,8 +120,9 @@ class Transport(TransportCore):
         md = (self._token_md + metadata) if with_token else metadata
         wait = budget
         # a linearizable single-key read (a serializable one may not move to a member further behind)
+        # (one endpoint: nothing to hedge to; a silent connection with calls out is the prober's to check)
         hedge = self._hedge_floor is not None and method == "Range" and rclass is RetryClass.IDEMPOTENT \
-            and not request.range_end and not request.serializable
+            and len(self.pool.balancer.peers) > 1 and not request.range_end and not request.serializable
         if hedge:  # cut at its endpoint's usual time and hedged, if the budget allows
             self.pool.hedges.deposit()
             delay = conn.call_times.hedge_delay(self._hedge_floor)  # type: ignore[arg-type]

@@ -380,6 +380,34 @@ def test_a_read_caught_by_a_hang_is_hedged(etcd_cluster: EtcdCluster, fault: str
     assert second < 0.1, f"the next read went to the hung member again ({second:.2f} s)"
 
 
+def test_one_endpoint_reads_are_sent_once_however_slow(etcd_cluster: EtcdCluster) -> None:
+    """As the blocking face's: with one endpoint a slow read is not hedged (and not registered for it)."""
+    from ..client.test_hedging import _count, _CountingRange
+
+    member = etcd_cluster.members[0]
+
+    async def go() -> int:
+        async with aio.client(endpoints=[member.endpoint], timeout=5,
+                              health=etcd3.HealthPolicy(share_connections=False)) as c:
+            await c.put("/hedge/one-aio", "v")
+            for _ in range(50):
+                await c.get("/hedge/one-aio")
+            conn = c._transport.pool.conns[0]
+            spy = _CountingRange(conn.stubs.kv)
+            conn.stubs.kv = spy
+            await asyncio.to_thread(member.require_proxy().latency, 300)
+            try:
+                assert (await c.get("/hedge/one-aio"))[0] == b"v"
+                assert conn.call_times.mean is None, "no hedge bookkeeping: nothing to hedge to"
+            finally:
+                await asyncio.to_thread(member.require_proxy().heal)
+            return spy.sent
+
+    hedges = _count("hedges")
+    assert run(go()) == 1
+    assert _count("hedges") == hedges
+
+
 @pytest.mark.etcd_cluster(size=1, auth=True)
 def test_token_lost_in_restart_is_renewed(etcd_cluster: EtcdCluster) -> None:
     """Simple tokens live in the member's memory: a restart invalidates them. Calls, a watch and a lease

@@ -91,3 +91,40 @@ def test_hedge_delay_follows_the_usual_read_time_and_the_budget_caps_extra_load(
     assert not b.affordable(2), "2 extra requests per 40 reads: 5 %"
     b.deposit()
     assert b.withdraw(2)
+
+
+class _CountingRange:
+    """A spy on a connection's real KV stub: how many Range calls the client sent on it."""
+
+    def __init__(self, kv: object) -> None:
+        self._kv = kv
+        self.sent = 0
+
+    def Range(self, *args: object, **kwargs: object) -> object:
+        self.sent += 1
+        return self._kv.Range(*args, **kwargs)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._kv, name)
+
+
+def test_one_endpoint_reads_are_sent_once_however_slow(etcd_cluster: EtcdCluster) -> None:
+    """With one endpoint there is nowhere to hedge to: a read slower than the hedge delay is neither cut
+    nor sent again on the same connection (it once was: two round trips instead of one)."""
+    member = etcd_cluster.members[0]
+    with etcd3.client(endpoints=[member.endpoint], timeout=5,
+                      health=etcd3.HealthPolicy(share_connections=False)) as c:
+        c.put("/hedge/one", "v")
+        for _ in range(50):
+            c.get("/hedge/one")  # a usual read time of ~1 ms: the hedge delay is its floor, 0.1 s
+        conn = c._transport.pool.conns[0]
+        spy = _CountingRange(conn.stubs.kv)
+        conn.stubs.kv = spy
+        hedges = _count("hedges")
+        member.require_proxy().latency(300)
+        try:
+            assert c.get("/hedge/one")[0] == b"v"
+        finally:
+            member.require_proxy().heal()
+    assert spy.sent == 1, f"the slow read was sent {spy.sent} times"
+    assert _count("hedges") == hedges

@@ -1,5 +1,7 @@
-"""The docs site builds with ``mkdocs build --strict``, its generated reference is current, and every
-Python sample in docs/*.md and the README runs against a real etcd cluster and kube-apiserver."""
+"""The docs site builds with ``mkdocs build --strict``, its generated reference is current, every
+Python sample in docs/*.md runs against a real etcd cluster and kube-apiserver, and the README's
+samples (short forms of the docs' ones, with made-up addresses) at least compile and name only what
+the package exports."""
 
 from __future__ import annotations
 
@@ -63,6 +65,23 @@ def test_samples_run(page: Path, etcd_cluster: EtcdCluster, toxiproxy_server: To
     finally:
         if api is not None:
             api.close()
+
+
+def test_readme_samples_compile_and_name_what_exists() -> None:
+    import importlib
+    import importlib.util
+
+    readme = (ROOT / "README.md").read_text()
+    found = SAMPLE.findall(readme)
+    assert found, "the README has no Python sample"
+    for i, code in enumerate(found):
+        compile(code, f"README.md[sample {i + 1}]", "exec")
+    for module, names in re.findall(r"^from (resilient_etcd[\w.]*) import (.+)$", readme, re.M):
+        mod = importlib.import_module(module)
+        for name in (n.strip() for n in names.split("#")[0].split(",")):
+            assert hasattr(mod, name) or importlib.util.find_spec(f"{module}.{name}"), f"README: {module} has no {name}"
+    for attr in re.findall(r"\betcd3\.(\w+)\(", readme):
+        assert hasattr(importlib.import_module("resilient_etcd"), attr), f"README: resilient_etcd has no {attr}"
 
 
 def test_every_public_name_has_a_docstring() -> None:

@@ -24,13 +24,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ..metrics import METRICS
 from ..policies import HealthPolicy
 from .choice import SLOW_MARGIN, Balancer
-from .health import EndpointHealth, State, Transition
+from .health import EndpointHealth, State, Timing, Transition
 from .prober import PROBER, Registration, Waker
 
 Cleanup = Callable[[], None]
@@ -41,7 +42,7 @@ class BasePeer:
     """One endpoint of a client: its health record and the calls waiting on it. ``generation`` counts
     the fresh connections dialled to it (a failure seen on an older one says nothing of the new)."""
 
-    def __init__(self, name: str, policy: HealthPolicy, wake: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, name: str, policy: Timing, wake: Callable[[], None] = lambda: None) -> None:
         self.name = name
         self.health = EndpointHealth(policy, time.monotonic())
         self.outstanding = 0  # calls waiting on it now
@@ -77,6 +78,15 @@ class BasePeer:
 
 P = TypeVar("P", bound=BasePeer)
 T = TypeVar("T")
+D = TypeVar("D")
+
+
+def if_alive(ref: weakref.ReferenceType[D], method: Callable[..., None], *args: Any) -> None:
+    """``method(driver, *args)`` — work the prober runs later (a probe, a probe's completion) — unless the
+    driver was collected meanwhile: the prober holds drivers weakly, and so must the work it queues."""
+    driver = ref()
+    if driver is not None:
+        method(driver, *args)
 
 
 class HealthDriver(Generic[P]):

@@ -22,8 +22,27 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
-from ..policies import HealthPolicy
+
+class Timing(Protocol):
+    """The numbers the state machine runs on (seconds): an endpoint's come from its client's
+    :class:`~resilient_etcd.policies.HealthPolicy`, a Kubernetes resource path's from ``KubePolicy``."""
+
+    @property
+    def probe_interval(self) -> float: ...
+    @property
+    def idle_probe_interval(self) -> float: ...
+    @property
+    def dead_after(self) -> float: ...
+    @property
+    def latency_factor(self) -> float: ...
+    @property
+    def readmit_backoff(self) -> float: ...
+    @property
+    def readmit_backoff_max(self) -> float: ...
+    @property
+    def latency_window(self) -> int: ...
 
 
 class State(enum.Enum):
@@ -47,7 +66,7 @@ class Transition:
 class EndpointHealth:
     """The health record of one endpoint. Every method takes ``now`` (monotonic seconds)."""
 
-    def __init__(self, policy: HealthPolicy, now: float) -> None:
+    def __init__(self, policy: Timing, now: float) -> None:
         self.policy = policy
         self.state = State.HEALTHY
         self.since = now

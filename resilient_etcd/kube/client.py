@@ -38,7 +38,6 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ from kubernetes.client import rest
 from tenacity import RetryCallState
 
 from .. import _lifecycle, deadlines
-from ..balancer.driver import BasePeer, Cleanup, HealthDriver
+from ..balancer.driver import BasePeer, Cleanup, HealthDriver, if_alive
 from ..balancer.health import Transition
 from ..balancer.prober import PROBER, Registration, Waker
 from ..balancer.retrying import make_retrying
@@ -59,7 +58,7 @@ from ..exceptions import ClientClosedError, ConfigurationError, DeadlineExceeded
 from ..metrics import METRICS
 from ..policies import HealthPolicy, _count, _seconds
 from .h2pool import H2PoolManager, StreamRefused, ssl_context_for
-from .resources import Resources, abort, resource_of
+from .resources import ResourcePath, Resources, abort, resource_of
 
 log = logging.getLogger("resilient_etcd.kube")
 
@@ -244,7 +243,7 @@ class ApiClient(k8s.ApiClient):
             servers.h2 = self._h2
         self._servers = servers
         self.resources = Resources(self.policy.resource_check_interval, self.policy.resource_check_timeout,
-                                   wake=functools.partial(_if_alive, weakref.ref(servers), _ApiServers.wake)
+                                   wake=functools.partial(if_alive, weakref.ref(servers), _ApiServers.wake)
                                    if servers else lambda: None)
         if servers is not None:
             servers.resources = self.resources
@@ -507,34 +506,39 @@ class _ApiServers(HealthDriver[_ApiServer]):
                     self.report_failure(srv, reason, hard=True)
 
     def _send_probe(self, srv: _ApiServer) -> None:
-        PROBER.run_blocking(functools.partial(_if_alive, weakref.ref(self), _ApiServers.probe, srv))
+        PROBER.run_blocking(functools.partial(if_alive, weakref.ref(self), _ApiServers.probe, srv))
 
     def _after_round(self, now: float) -> float:
         """The per-resource checks due (quiet watches, resources out), on the prober's workers."""
         if self.resources is None:
             return float("inf")
-        for endpoint, resource, list_path in self.resources.due(now):
-            PROBER.run_blocking(functools.partial(_if_alive, weakref.ref(self), _ApiServers.check_resource,
-                                                  endpoint, resource, list_path))
+        for path in self.resources.due(now):
+            PROBER.run_blocking(functools.partial(if_alive, weakref.ref(self), _ApiServers.check_resource, path))
         return self.resources.next_check(now)
 
-    def check_resource(self, endpoint: str, resource: str, list_path: str) -> None:
-        """A ``limit=1`` LIST of ``resource`` on ``endpoint`` (on a prober worker): answered within the check
-        timeout, the resource is in use there; not, it is out there and its watches there end (they resume
-        elsewhere)."""
+    def check_resource(self, path: ResourcePath) -> None:
+        """A ``limit=1`` LIST of a resource on one apiserver (on a prober worker), already marked sent:
+        answered within the check's dead time, the resource is in use there; not, it is out there and its
+        watches there end (they resume elsewhere)."""
         client, resources = self._client(), self.resources
         if client is None or resources is None:
             return
-        timeout = resources.check_timeout
+        # the check's dead time (longer after answers that were slow); capped, as a check holds one of the
+        # prober's few workers: one cut by the cap before its dead time is no verdict, and is sent again
+        timeout = min(path.health.dead_time(), _CHECK_CAP * resources.policy.dead_after)
+        timed_out = False
         try:
             resp = client.rest_client.pool_manager.request(
-                "GET", f"{endpoint}{list_path}?limit=1", headers=client.auth_headers(), preload_content=True,
+                "GET", f"{path.endpoint}{path.list_path}?limit=1", headers=client.auth_headers(),
+                preload_content=True,
                 timeout=urllib3.Timeout(connect=min(self.kube_policy.connect_timeout, timeout), read=timeout))
             error = None if resp.status < 500 else f"a limit=1 LIST answered {resp.status}"
         except Exception as e:  # no answer: that resource's path on that apiserver is broken
-            error = f"a limit=1 LIST got no answer within {timeout} s ({type(e).__name__})"
+            timed_out = isinstance(e, urllib3.exceptions.TimeoutError) or isinstance(
+                getattr(e, "reason", None), urllib3.exceptions.TimeoutError)
+            error = f"a limit=1 LIST got no answer within {timeout:.3g} s ({type(e).__name__})"
         del client
-        for stream in resources.checked(endpoint, resource, error):
+        for stream in resources.checked(path, error, timed_out=timed_out):
             abort(stream)
         self.wake()
 
@@ -576,12 +580,7 @@ class _ApiServers(HealthDriver[_ApiServer]):
         return [c.last_heard for c in self.h2.connections(_origin(endpoint))]
 
 
-def _if_alive(ref: weakref.ReferenceType[_ApiServers], method: Callable[..., None], *args: Any) -> None:
-    """``method(servers, *args)`` from the prober, unless the apiserver set was collected meanwhile (the
-    prober holds it weakly)."""
-    servers = ref()
-    if servers is not None:
-        method(servers, *args)
+_CHECK_CAP = 4  # the longest per-resource check, in check timeouts
 
 
 def _read_timeout(error: BaseException) -> bool:

@@ -10,14 +10,19 @@ see it; this module judges it per resource:
   to be down puts *that resource on that apiserver* out (:meth:`Resources.put_out`): the request is
   retried on another apiserver, later requests for the resource go elsewhere, and other resources keep
   using the apiserver;
-* a watch on a resource is *quiet-checked*: while it has been silent for ``check_interval``, a cheap
-  ``limit=1`` LIST of the resource is sent to its apiserver (one per resource per interval, however many
-  watches share it); no answer within ``check_timeout`` puts the resource out there and ends those
-  watches' streams, which resume on another apiserver from the last version they delivered;
-* a resource out on an apiserver is re-admitted when the same ``limit=1`` LIST answers there in time.
+* a watch on a resource is *quiet-checked*: while its watches there have all been silent for
+  ``check_interval``, a cheap ``limit=1`` LIST of the resource is sent to its apiserver (one per
+  resource per interval, however many watches share it); no answer within the check's dead time puts
+  the resource out there and ends those watches' streams, which resume on another apiserver from the
+  last version they delivered;
+* a resource out on an apiserver is re-admitted when the same ``limit=1`` LIST answers there.
 
-Pure bookkeeping: the checks themselves are sent by the ``ApiClient``'s apiserver set on the process's
-prober workers (see ``kube/client.py``).
+Each (apiserver, resource) is a :class:`~resilient_etcd.balancer.driver.BasePeer` judged by the
+balancer's own health state machine (:class:`~resilient_etcd.balancer.health.EndpointHealth`), with
+the check as its probe: "out" is *ejected* or *probing*, re-admission backs off as an endpoint's does,
+a check that waited while the watches delivered events is no verdict, and the dead time grows with the
+checks' own answer times (slow is not dead). Pure bookkeeping: the checks themselves are sent by the
+``ApiClient``'s apiserver set on the process's prober workers (see ``kube/client.py``).
 """
 
 from __future__ import annotations
@@ -25,15 +30,20 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from ..balancer.driver import BasePeer
+from ..balancer.health import State, Transition
 from ..metrics import METRICS
 
 log = logging.getLogger("resilient_etcd.kube")
+
+_READMIT_BACKOFF_MAX = 5.0  # a resource out everywhere is checked at least this often on each apiserver
 
 
 def resource_of(path: str) -> tuple[str, str] | None:
@@ -63,122 +73,144 @@ def abort(stream: Any) -> None:
         end()
 
 
-@dataclass
-class _State:
-    """One resource on one apiserver."""
+@dataclass(frozen=True)
+class CheckTiming:
+    """The state machine's numbers for a resource path (``KubePolicy.resource_check_*``): its probe is
+    the ``limit=1`` LIST, sent when its watches have been quiet for ``probe_interval``; a path in use
+    with no watch is never probed (``idle_probe_interval``)."""
 
-    list_path: str
-    out: str | None = None  # why it is out, when it is
-    checked_at: float = 0.0  # when the last check was sent
-    checking: bool = False
-    watches: dict[int, list[Any]] = field(default_factory=dict)  # token -> [stream, last heard]
+    probe_interval: float
+    dead_after: float
+    readmit_backoff: float
+    readmit_backoff_max: float
+    idle_probe_interval: float = math.inf
+    latency_factor: float = 3.0
+    latency_window: int = 10
+
+
+class ResourcePath(BasePeer):
+    """One resource on one apiserver (named ``"<apiserver> <resource>"``), and the watches on it there."""
+
+    def __init__(self, endpoint: str, resource: str, list_path: str, policy: CheckTiming) -> None:
+        super().__init__(f"{endpoint} {resource}", policy)
+        self.endpoint, self.resource, self.list_path = endpoint, resource, list_path
+        self.watches: dict[int, Any] = {}  # token -> the stream, to end when the resource goes out here
+
+    @property
+    def out(self) -> str | None:
+        """Why the resource is out on this apiserver, when it is."""
+        return None if self.health.usable else (self.health.last_error or "out")
 
 
 class Resources:
     """The per-(apiserver, resource) records of one ``ApiClient`` (see the module docstring)."""
 
-    def __init__(self, check_interval: float, check_timeout: float,
-                 wake: Callable[[], None] = lambda: None) -> None:
-        self.check_interval = check_interval
-        self.check_timeout = check_timeout
+    def __init__(self, check_interval: float, check_timeout: float, wake: Callable[[], None] = lambda: None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.policy = CheckTiming(probe_interval=check_interval, dead_after=check_timeout,
+                                  readmit_backoff=check_interval,
+                                  readmit_backoff_max=max(check_interval, _READMIT_BACKOFF_MAX))
         self._wake = wake  # the prober's schedule changed (a watch to check, a resource out)
+        self._clock = clock
         self._lock = threading.Lock()
-        self._states: dict[tuple[str, str], _State] = {}
+        self._paths: dict[tuple[str, str], ResourcePath] = {}
         self._tokens = itertools.count(1)
 
-    def _state(self, endpoint: str, resource: str, list_path: str) -> _State:
-        st = self._states.get((endpoint, resource))
-        if st is None:
-            st = self._states[(endpoint, resource)] = _State(list_path)
-        return st
+    def _path(self, endpoint: str, resource: str, list_path: str) -> ResourcePath:
+        p = self._paths.get((endpoint, resource))
+        if p is None:
+            p = self._paths[(endpoint, resource)] = ResourcePath(endpoint, resource, list_path, self.policy)
+        return p
 
     def is_out(self, endpoint: str, resource: str) -> bool:
-        st = self._states.get((endpoint, resource))
-        return st is not None and st.out is not None
+        p = self._paths.get((endpoint, resource))
+        return p is not None and not p.health.usable
 
     def put_out(self, endpoint: str, resource: str, list_path: str, why: str) -> list[Any]:
         """``resource`` gets no answers through ``endpoint``: requests for it go elsewhere. Returns the
         watch streams on it there, for the caller to end (they resume elsewhere)."""
         with self._lock:
-            st = self._state(endpoint, resource, list_path)
-            if st.out is None:
-                st.out = why
-                METRICS.inc("resource_ejections", f"{endpoint} {resource}")
-                log.warning("apiserver %s: %s out (%s); its requests go to the other apiservers", endpoint,
-                            resource, why, extra={"endpoint": endpoint, "resource": resource,
-                                                  "event": "resource_out", "reason": why})
-            streams = [w[0] for w in st.watches.values()]
+            p = self._path(endpoint, resource, list_path)
+            streams = self._apply(p, p.health.fail(self._clock(), why, hard=True))
         self._wake()
-        if streams:
-            METRICS.inc("stale_watch_moves", f"{endpoint} {resource}", len(streams))
         return streams
-
-    def admit(self, endpoint: str, resource: str) -> None:
-        with self._lock:
-            st = self._states.get((endpoint, resource))
-            if st is None or st.out is None:
-                return
-            st.out = None
-        log.info("apiserver %s: %s answers again; back in use", endpoint, resource,
-                 extra={"endpoint": endpoint, "resource": resource, "event": "resource_in"})
 
     # ---- watches ----
     def watch_opened(self, endpoint: str, resource: str, list_path: str, stream: Any) -> int:
         with self._lock:
             token = next(self._tokens)
-            self._state(endpoint, resource, list_path).watches[token] = [stream, time.monotonic()]
+            p = self._path(endpoint, resource, list_path)
+            p.watches[token] = stream
+            p.health.last_heard = self._clock()  # the stream's headers: its quiet time counts from its opening
         self._wake()
         return token
 
-    def watch_heard(self, endpoint: str, resource: str, token: int) -> None:
-        st = self._states.get((endpoint, resource))
-        w = None if st is None else st.watches.get(token)
-        if w is not None:
-            w[1] = time.monotonic()
+    def watch_heard(self, endpoint: str, resource: str) -> None:
+        """A watch on ``resource`` through ``endpoint`` delivered something: that path is alive."""
+        p = self._paths.get((endpoint, resource))
+        if p is not None:
+            p.health.last_heard = self._clock()
 
     def watch_closed(self, endpoint: str, resource: str, token: int) -> None:
         with self._lock:
-            st = self._states.get((endpoint, resource))
-            if st is not None:
-                st.watches.pop(token, None)
+            p = self._paths.get((endpoint, resource))
+            if p is not None:
+                p.watches.pop(token, None)
 
-    # ---- checks ----
-    def due(self, now: float) -> list[tuple[str, str, str]]:
-        """``(endpoint, resource, list path)`` to check now: resources out (for re-admission), and resources
-        whose watches have all been quiet for ``check_interval`` — each at most once per interval."""
+    # ---- checks (the state machine's probes) ----
+    def due(self, now: float) -> list[ResourcePath]:
+        """The paths to check now, marked sent: those out (at their re-admission time) and those whose
+        watches have all been quiet for ``check_interval``. A resource in use with no watch is not checked
+        (its requests speak for it)."""
         todo = []
         with self._lock:
-            for (endpoint, resource), st in self._states.items():
-                if st.checking or now - st.checked_at < self.check_interval:
+            for p in self._paths.values():
+                h = p.health
+                if (h.usable and not p.watches) or not h.probe_due(now):
                     continue
-                quiet = bool(st.watches) and all(now - w[1] >= self.check_interval for w in st.watches.values())
-                if st.out is not None or quiet:
-                    st.checking, st.checked_at = True, now
-                    todo.append((endpoint, resource, st.list_path))
+                self._apply(p, h.probe_sent(now))
+                todo.append(p)
         return todo
 
-    def checked(self, endpoint: str, resource: str, error: str | None) -> list[Any]:
-        """A check ended: answered in time (``error`` None) re-admits; else the resource is out there (the
-        watch streams to end are returned)."""
+    def checked(self, p: ResourcePath, error: str | None, *, timed_out: bool = False) -> list[Any]:
+        """A check of ``p`` ended: answered (``error`` None) re-admits; else the resource is out there
+        (the watch streams to end are returned)."""
+        now = self._clock()
         with self._lock:
-            st = self._states.get((endpoint, resource))
-            if st is None:
-                return []
-            st.checking = False
-            list_path = st.list_path
-        if error is None:
-            self.admit(endpoint, resource)
-            return []
-        return self.put_out(endpoint, resource, list_path, error)
+            h = p.health
+            t = h.probe_answered(now) if error is None else h.probe_failed(now, error, timed_out=timed_out)
+            return self._apply(p, t)
 
     def next_check(self, now: float) -> float:
-        """When the next check may be due (for the prober's schedule): soon while anything is watched or out."""
+        """When the next check may be due (for the prober's schedule)."""
         with self._lock:
-            busy = any(st.watches or st.out is not None for st in self._states.values())
-        return now + self.check_interval / 2 if busy else float("inf")
+            return min((p.health.next_probe_at() for p in self._paths.values()
+                        if p.watches or not p.health.usable), default=float("inf"))
+
+    def _apply(self, p: ResourcePath, t: Transition | None) -> list[Any]:
+        """Log and count a transition (lock held); an ejection returns the watch streams to end."""
+        if t is None:
+            return []
+        fields = {"endpoint": p.endpoint, "resource": p.resource, "from_state": t.old.value,
+                  "to_state": t.new.value, "reason": t.reason}
+        if t.ejected:
+            METRICS.inc("resource_ejections", p.name)
+            log.warning("apiserver %s: %s out (%s); its requests go to the other apiservers", p.endpoint,
+                        p.resource, t.reason, extra={**fields, "event": "resource_out"})
+            streams = list(p.watches.values())
+            if streams:
+                METRICS.inc("stale_watch_moves", p.name, len(streams))
+            return streams
+        if t.new is State.HEALTHY and t.old is State.PROBING:
+            log.info("apiserver %s: %s answers again; back in use", p.endpoint, p.resource,
+                     extra={**fields, "event": "resource_in"})
+        else:  # suspect and back, a re-admission check sent
+            log.debug("apiserver %s: %s %s -> %s: %s", p.endpoint, p.resource, t.old.value, t.new.value, t.reason,
+                      extra={**fields, "event": "resource_state"})
+        return []
 
     def status(self) -> list[dict[str, Any]]:
-        """Per (apiserver, resource): out or not (and why), watches open."""
+        """Per (apiserver, resource): its state, out or not (and why), watches open."""
         with self._lock:
-            return [{"endpoint": ep, "resource": r, "out": st.out, "watches": len(st.watches)}
-                    for (ep, r), st in sorted(self._states.items())]
+            return [{"endpoint": p.endpoint, "resource": p.resource, "state": p.health.state.value, "out": p.out,
+                     "watches": len(p.watches)} for _, p in sorted(self._paths.items())]

@@ -148,8 +148,8 @@ class _QuietCheck:
 
     def heard(self) -> None:
         if self._at is not None:
-            resources, endpoint, resource, token = self._at
-            resources.watch_heard(endpoint, resource, token)
+            resources, endpoint, resource, _ = self._at
+            resources.watch_heard(endpoint, resource)
 
     def close(self) -> None:
         if self._at is not None:

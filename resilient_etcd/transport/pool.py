@@ -32,7 +32,7 @@ import grpc
 
 from .._proto import rpc_pb2
 from ..balancer.choice import Balancer
-from ..balancer.driver import BasePeer, Cleanup, HealthDriver
+from ..balancer.driver import BasePeer, Cleanup, HealthDriver, if_alive
 from ..balancer.health import State, Transition
 from ..balancer.hedge import CallTimes, HedgeBudget
 from ..balancer.prober import PROBER, Registration, Waker
@@ -475,7 +475,7 @@ class EndpointPool(HealthDriver[Connection]):
         try:
             via.start(_range, _LEADER_READ, self.policy.dead_after, self._probe_metadata(),
                       lambda f: PROBER.post(reg, functools.partial(
-                          _if_alive, me, EndpointPool._on_leader_answer, via, asked, f)))
+                          if_alive, me, EndpointPool._on_leader_answer, via, asked, f)))
         except ValueError:  # the channel closed under us; the next round asks again
             self._asking_leader = False
 
@@ -508,7 +508,7 @@ class EndpointPool(HealthDriver[Connection]):
         try:
             c.start(_status, _STATUS_REQUEST, c.health.dead_time(), self._probe_metadata(),
                     lambda f: PROBER.post(reg, functools.partial(
-                        _if_alive, me, EndpointPool._on_probe_done, c, gen, f)))
+                        if_alive, me, EndpointPool._on_probe_done, c, gen, f)))
         except ValueError:  # channel closed between redial and send; the next round probes again
             c.health.probe_sent_at = None
 
@@ -550,13 +550,6 @@ def _range(stubs: Stubs) -> Any:
 
 def _member_list(stubs: Stubs) -> Any:
     return stubs.cluster.MemberList
-
-
-def _if_alive(ref: weakref.ReferenceType[EndpointPool], method: Callable[..., None], *args: Any) -> None:
-    """A completion posted to the prober: ``method(pool, *args)`` unless the pool was collected meanwhile."""
-    pool = ref()
-    if pool is not None:
-        method(pool, *args)
 
 
 def _sync(ref: weakref.ReferenceType[EndpointPool]) -> None:

@@ -51,6 +51,11 @@ from .retry import RetryableError, RetryClass
 
 __all__ = ["_BASE_OPTIONS", "_PLANTED", "Metadata", "Transport", "_session_key"]
 
+# (module globals: an enum member's lookup through its class is the dearer one on the hot path)
+_HEALTHY = State.HEALTHY
+_MUTATION = RetryClass.MUTATION
+_IDEMPOTENT = RetryClass.IDEMPOTENT
+
 
 class Transport(TransportCore):
     """Endpoints, health, auth token and retries for one client: the blocking face."""
@@ -110,18 +115,18 @@ class Transport(TransportCore):
         started = time.monotonic()
         rclass = _class_of(service, method) if idempotent is None and pin is None else \
             _rclass(_qualified(service, method), idempotent, pin)
-        if rclass is RetryClass.IDEMPOTENT:  # no wait for a leader: inline pick
+        if rclass is _IDEMPOTENT:  # no wait for a leader: inline pick
             conn = self.pool.pick()
         else:
             conn, budget = self._first_conn(rclass, pin, None if budget is None else started + budget, budget)
         gen = conn.generation
         # a mutation's proof of "never sent" needs the transport's state before the call (classify)
-        ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
+        ready = True if rclass is _IDEMPOTENT else conn.transport_ready()
         md = (self._token_md + metadata) if with_token else metadata
         wait = budget
         # a linearizable single-key read (a serializable one may not move to a member further behind)
         # (one endpoint: nothing to hedge to; a silent connection with calls out is the prober's to check)
-        hedge = self._hedge_floor is not None and method == "Range" and rclass is RetryClass.IDEMPOTENT \
+        hedge = self._hedge_floor is not None and method == "Range" and rclass is _IDEMPOTENT \
             and len(self.pool.balancer.peers) > 1 and not request.range_end and not request.serializable
         if hedge:  # cut at its endpoint's usual time and hedged, if the budget allows
             self.pool.hedges.deposit()
@@ -129,8 +134,12 @@ class Transport(TransportCore):
             hedge = (budget is None or delay < budget) and self.pool.hedges.affordable(2)
             if hedge:
                 wait = delay
-        conn.begin()
-        sent = time.monotonic()
+        with conn._count:  # conn.begin(), written out (a method call less per call)
+            conn.outstanding += 1
+            first_call = conn.outstanding == 1
+        if first_call:
+            conn.idle_ends()
+        sent = started if rclass is _IDEMPOTENT else time.monotonic()  # (a write may have waited for a leader)
         try:
             result = getattr(getattr(conn.stubs, service), method)(request, timeout=wait, metadata=md)
         except (grpc.RpcError, ValueError) as e:
@@ -155,15 +164,18 @@ class Transport(TransportCore):
                 except _HedgeLost as lost:  # neither copy was answered: the usual recovery, from the last
                     conn, gen, first = lost.conn, lost.gen, lost.error
         else:
-            conn.end(True)
-            took = time.monotonic() - sent
+            now = time.monotonic()
+            with conn._count:  # conn.end(True), written out; one clock read for the proof of life and the time
+                conn.outstanding -= 1
+            conn.health.last_heard = now
+            took = now - sent
             if hedge:
                 conn.call_times.observe(took)
             if took > self.pool.slow_call:
                 conn.want_probe = True  # a slow call: the prober measures the connection against the others
-            if conn.health.state is not State.HEALTHY:
+            if conn.health.state is not _HEALTHY:
                 self.pool.report_success(conn, gen)
-            if rclass is RetryClass.MUTATION:
+            if rclass is _MUTATION:
                 self.pool.saw_header(conn, result.header)  # the member behind conn; a newer term: a new leader
             return result
 
@@ -200,7 +212,7 @@ class Transport(TransportCore):
         rclass = _rclass(name, idempotent, pin)
         conn, budget = self._first_conn(rclass, pin, deadline, budget)
         gen = conn.generation
-        ready = True if rclass is RetryClass.IDEMPOTENT else conn.transport_ready()
+        ready = True if rclass is _IDEMPOTENT else conn.transport_ready()
         md = (self._token_md + metadata) if with_token else metadata
         try:
             return self.pool.run(conn, lambda peer: invoke(peer.stubs, budget, md), generation=gen,

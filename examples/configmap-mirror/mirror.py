@@ -134,7 +134,14 @@ def _serve(args: argparse.Namespace, stop: threading.Event, client: etcd3.Etcd3C
     while not stop.is_set():
         lost = threading.Event()
         election = client.election("configmap-mirror", ttl=args.ttl, on_lost=lambda _, lost=lost: lost.set())
-        if not election.campaign(args.name, timeout=2.0):
+        try:
+            if not election.campaign(args.name, timeout=2.0):  # bounded, so a stop request is noticed
+                continue
+        except etcd3.ClientClosedError:
+            raise
+        except etcd3.Etcd3Exception as e:  # e.g. the lease grant was cut off with its member: campaign again
+            say(event="campaign-error", name=args.name, error=str(e))
+            stop.wait(0.2)
             continue
         mirror = Mirror(client, election, args.prefix)
         say(event="leader", name=args.name, revision=mirror.fence)

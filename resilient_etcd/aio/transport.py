@@ -247,6 +247,7 @@ class AsyncTransport(TransportCore):
             return
         METRICS.inc("hedges", conn.name)
         race.hedge = self.loop.create_task(self._hedge_copy(race, other, race, left, race.md))
+        race.hedge.add_done_callback(_retrieved)
 
     async def _hedge_copy(self, race: _Race, other: Connection, invoke: AsyncInvoke, left: float | None,
                           md: Metadata) -> Any:
@@ -338,6 +339,13 @@ class _Race:
     def cut(self) -> bool:
         """Was the first copy's call cancelled by us (beaten by the hedge, or its channel closed)?"""
         return self.beaten or self.conn.generation != self.gen
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """A hedge's failure is nobody's to report once the first copy answered (and the first copy's own
+    error is the one recovered from): taken here, so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _settle_soon(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("kubernetes", reason="resilient_etcd.kube needs the 'kube' extra")
+
 from resilient_etcd.balancer.health import State
 from resilient_etcd.kube.resources import Resources
 

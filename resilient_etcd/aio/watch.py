@@ -19,7 +19,7 @@ from ..etcd.events import Event, WatchResponse
 from ..etcd.watch import _PROGRESS, ResponseItems, WatchBook, _end, _safe, _StreamEnded, _Watch, progress_is_ordered
 from ..exceptions import ClientClosedError, Etcd3Exception, WatchTimedOut
 from ..transport.pool import Connection
-from .channels import _cancelling
+from .channels import _cancelling, rpc
 
 if TYPE_CHECKING:
     from .transport import AsyncTransport
@@ -159,12 +159,14 @@ class AsyncWatchManager(WatchBook):
         cached = conn.server_version
         if cached is not None and cached[0] == conn.generation:
             return cached[1]
-        try:
-            st = await conn.stubs.maintenance.Status(rpc_pb2.StatusRequest(), timeout=self.stall_timeout,
-                                                     metadata=self._t.token_metadata)
+        gen, pool = conn.generation, self._t.pool
+        try:  # a channel closed under the call ends it with CancelledError: rpc() makes that CANCELLED
+            st = await rpc(conn.stubs.maintenance.Status(rpc_pb2.StatusRequest(), timeout=self.stall_timeout,
+                                                         metadata=self._t.token_metadata),
+                           lambda: conn.generation != gen or pool.closed)
         except (grpc.RpcError, ValueError, grpc.aio.UsageError):
             return None
-        conn.server_version = (conn.generation, st.version)
+        conn.server_version = (gen, st.version)
         return str(st.version)
 
     def _cut_stream(self) -> None:

@@ -134,11 +134,7 @@ class Transport(TransportCore):
             hedge = (budget is None or delay < budget) and self.pool.hedges.affordable(2)
             if hedge:
                 wait = delay
-        with conn._count:  # conn.begin(), written out (a method call less per call)
-            conn.outstanding += 1
-            first_call = conn.outstanding == 1
-        if first_call:
-            conn.idle_ends()
+        conn.begin()
         sent = started if rclass is _IDEMPOTENT else time.monotonic()  # (a write may have waited for a leader)
         try:
             result = getattr(getattr(conn.stubs, service), method)(request, timeout=wait, metadata=md)
@@ -164,11 +160,8 @@ class Transport(TransportCore):
                 except _HedgeLost as lost:  # neither copy was answered: the usual recovery, from the last
                     conn, gen, first = lost.conn, lost.gen, lost.error
         else:
-            now = time.monotonic()
-            with conn._count:  # conn.end(True), written out; one clock read for the proof of life and the time
-                conn.outstanding -= 1
-            conn.health.last_heard = now
-            took = now - sent
+            conn.end(True)
+            took = time.monotonic() - sent
             if hedge:
                 conn.call_times.observe(took)
             if took > self.pool.slow_call:

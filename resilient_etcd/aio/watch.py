@@ -16,7 +16,7 @@ import grpc
 
 from .._proto import rpc_pb2
 from ..etcd.events import Event, WatchResponse
-from ..etcd.watch import _PROGRESS, ResponseItems, WatchBook, _end, _safe, _StreamEnded, _Watch, progress_is_ordered
+from ..etcd.watch import _PROGRESS, ResponseItems, WatchBook, _end, _safe, _StreamEnded, _Watch
 from ..exceptions import ClientClosedError, Etcd3Exception, WatchTimedOut
 from ..transport.pool import Connection
 from .channels import _cancelling, rpc
@@ -121,7 +121,7 @@ class AsyncWatchManager(WatchBook):
         conn = self._t.pool.pick(avoid=self._avoid)
         self._avoid = None
         gen = conn.generation
-        ordered = progress_is_ordered(await self._server_version(conn))
+        version = await self._server_version(conn)
         requests: asyncio.Queue[rpc_pb2.WatchRequest | None] = asyncio.Queue()
         try:
             call = conn.stubs.watch.Watch(_drain(requests), metadata=self._metadata())
@@ -130,12 +130,15 @@ class AsyncWatchManager(WatchBook):
         delivered = False
         with self._lock:
             self._requests, self._call, self._cut = requests, call, False
-            for req in self._opened(ordered):
+            for req in self._opened(version):
                 requests.put_nowait(req)
         try:
             async for resp in call:
                 self._received(conn, resp)
                 delivered = True
+                if self._version_unknown:  # the member answers now: ask once more
+                    self._learn_version(await self._server_version(conn))
+                    self._version_unknown = False
         except grpc.RpcError as e:
             if not self._idle:
                 self._ended(conn, gen, e.code(), e.details() or "")

@@ -168,6 +168,7 @@ class WatchBook:
         self._unanswered: collections.deque[int] = collections.deque()
         self._last_activity = 0.0
         self._progress_ordered = False  # may progress answers raise the floor? (per stream, by server version)
+        self._version_unknown = False  # the stream opened before its server's version could be asked
         self._progress_sent: float | None = None  # when the progress request out now was sent (one at a time)
         self._progress_requests = 0  # progress requests sent by this manager
         self._last_progress = 0.0
@@ -187,9 +188,12 @@ class WatchBook:
         md: Metadata = self._t.token_metadata
         return md + ((("hasleader", "true"),) if self._require_leader else ())
 
-    def _opened(self, ordered: bool) -> list[rpc_pb2.WatchRequest]:
-        """A new stream is up (lock held): the creates to send on it, every watch from its resume point."""
-        self._progress_ordered = ordered
+    def _opened(self, version: str | None) -> list[rpc_pb2.WatchRequest]:
+        """A new stream is up (lock held): the creates to send on it, every watch from its resume point.
+        ``version`` is the server's etcd version, None when it could not be asked (asked again once the
+        stream has answered: a stream opened while its member restarts would otherwise never trust a
+        progress answer)."""
+        self._learn_version(version)
         self._stalled = False
         self._progress_sent = None
         self._last_activity = self._last_progress = time.monotonic()
@@ -197,6 +201,10 @@ class WatchBook:
         for w in self._watches.values():
             w.on_stream = True
         return [w.create_request() for w in self._watches.values()]
+
+    def _learn_version(self, version: str | None) -> None:
+        self._progress_ordered = progress_is_ordered(version)
+        self._version_unknown = version is None
 
     def _closed_stream(self) -> None:
         """The stream ended (lock held): no watch is on one."""
@@ -460,19 +468,22 @@ class WatchManager(WatchBook):
         gen = conn.generation
         q: queue.SimpleQueue[rpc_pb2.WatchRequest | None] = queue.SimpleQueue()
         delivered = False
-        ordered = progress_is_ordered(self._server_version(conn))
+        version = self._server_version(conn)
         try:
             call = conn.stubs.watch.Watch(_requests(q), metadata=self._metadata())
         except ValueError:  # channel closed under us: pick again
             return False
         with self._lock:
             self._stream = (call, q)
-            for req in self._opened(ordered):
+            for req in self._opened(version):
                 q.put(req)
         try:
             for resp in call:
                 self._received(conn, resp)
                 delivered = True
+                if self._version_unknown:  # the member answers now: ask once more
+                    self._learn_version(self._server_version(conn))
+                    self._version_unknown = False
         except grpc.RpcError as e:
             if self._closed.is_set() or self._idle:
                 return True

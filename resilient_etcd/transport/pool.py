@@ -292,6 +292,7 @@ class EndpointPool(HealthDriver[Connection]):
     def _learn_leader(self, c: Connection, resp: rpc_pb2.StatusResponse) -> None:
         """Take the leader named in a Status answer, unless an answer of a newer term named another (lock held)."""
         c.member_id = resp.header.member_id
+        c.server_version = (c.generation, resp.version)  # watches ask it only when no probe has told
         term, leader = resp.raftTerm, resp.leader
         if leader == 0 and self.policy.prefer_leader:
             self._hunt()  # an election is under way: ask again each probe interval until it is over

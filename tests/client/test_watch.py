@@ -331,7 +331,8 @@ def test_watch_on_etcd_34_resumes_without_trusting_progress_answers(etcd_cluster
 @pytest.mark.etcd_cluster(size=1)
 def test_watch_on_etcd_36_trusts_progress_answers(etcd_cluster: EtcdCluster) -> None:
     revisions, ordered = _resumed_history(etcd_cluster, 150)
-    assert ordered and revisions == sorted(set(revisions))
+    assert ordered, "a 3.6 member's progress answers move the resume floor"
+    assert revisions == sorted(set(revisions)), "in order, no duplicates"
 
 
 def test_progress_order_by_version() -> None:

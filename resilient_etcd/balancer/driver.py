@@ -8,15 +8,16 @@ and a place in the process's prober. What is the same for every transport lives 
   (:meth:`BasePeer.begin` / :meth:`BasePeer.end`; the first on an idle endpoint wakes the prober), its
   answer taken as proof of life, an endpoint not marked healthy re-admitted by it;
 * the outcome of a real call (:meth:`HealthDriver.report_failure` / :meth:`HealthDriver.report_success`)
-  and of a probe (:meth:`HealthDriver.probe_result`) fed to the health state machine, and every
+  and of a probe (:meth:`HealthDriver.probe_ended`) fed to the health state machine, and every
   transition logged and counted the same way;
 * the prober's step (:meth:`HealthDriver.probe_step`): late probes marked, the probes that buy
   something sent, the next wake-up worked out.
 
-What differs is I/O, left to the subclass: how a probe is sent (:meth:`HealthDriver._send_probe`),
-what an ejection closes (:meth:`HealthDriver._changed`, returning the closing work to run outside the
-lock), and, for the etcd pool, the raft leader (:meth:`HealthDriver._before_round`,
-:meth:`HealthDriver._after_round`).
+What differs is I/O, left to the subclass: how a probe is sent (:meth:`HealthDriver._send_probe`) and
+what its answer says beyond health (:meth:`HealthDriver._probe_answered`; the etcd pool learns the raft
+leader there), what an ejection closes (:meth:`HealthDriver._changed`, returning the closing work to run
+outside the lock), and what a round adds (:meth:`HealthDriver._before_round`, :meth:`HealthDriver._after_round`:
+the etcd pool's leader hunt, the Kubernetes client's per-resource checks).
 """
 
 from __future__ import annotations
@@ -264,6 +265,35 @@ class HealthDriver(Generic[P]):
     def _send_probe(self, peer: P) -> None:
         """Send one probe of ``peer``, already marked sent (lock held: must not block)."""
         raise NotImplementedError
+
+    def probe_ended(self, peer: P, error: str | None = None, *, timed_out: bool = False,
+                    generation: int | None = None, answer: Any = None) -> None:
+        """A probe of ``peer`` ended (on whatever thread the transport finishes it; lock not held):
+        answered (``error`` None; ``answer`` is what the transport got back, for :meth:`_probe_answered`)
+        or failed. A probe of a connection already replaced (``generation``), or sent before the
+        endpoint's maintenance began, says nothing. Transitions are applied and the prober woken."""
+        now = time.monotonic()
+        with self._lock:
+            h = peer.health
+            if (generation is not None and generation != peer.generation) or h.maintenance:
+                h.probe_sent_at = None
+                return
+            if error is not None:
+                self._probe_failing(peer)
+            t = self.probe_result(peer, now, error, timed_out=timed_out)
+            if error is None:
+                self._probe_answered(peer, answer)
+            cleanup = self._apply(peer, t)
+        if cleanup is not None:
+            cleanup()
+        if t is not None:
+            self.wake()  # an ejection or a re-admission changes the schedule
+
+    def _probe_failing(self, peer: P) -> None:
+        """Before a failed probe's verdict (lock held): e.g. take a later proof of life into account."""
+
+    def _probe_answered(self, peer: P, answer: Any) -> None:
+        """After an answered probe's verdict (lock held): e.g. learn what the answer says of the cluster."""
 
     def probe_result(self, peer: P, now: float, error: str | None = None, *,
                      timed_out: bool = False) -> Transition | None:

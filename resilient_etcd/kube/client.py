@@ -547,31 +547,25 @@ class _ApiServers(HealthDriver[_ApiServer]):
         client = self._client()
         if client is None:
             return
-        endpoint, h = srv.name, srv.health
-        METRICS.inc("probes", endpoint)
+        METRICS.inc("probes", srv.name)
+        h = srv.health
         try:
             resp = client.rest_client.pool_manager.request(
-                "GET", endpoint + "/readyz", headers=client.auth_headers(), preload_content=True,
+                "GET", srv.name + "/readyz", headers=client.auth_headers(), preload_content=True,
                 timeout=urllib3.Timeout(connect=min(self.kube_policy.connect_timeout, h.dead_time()),
                                         read=h.dead_time()))
         except Exception as e:  # any failure of the probe is the endpoint's
             del client
-            with self._lock:
-                # a probe queued behind a large answer still arriving on the same HTTP/2 connection is no
-                # verdict: the silence that counts runs from the last frame the connection delivered
-                h.last_heard = max([h.last_heard, *self._frames_heard(endpoint)])
-                t = self.probe_result(srv, time.monotonic(), f"/readyz: {type(e).__name__}: {e}",
-                                      timed_out=isinstance(e, urllib3.exceptions.TimeoutError))
-                cleanup = self._apply(srv, t)
+            self.probe_ended(srv, f"/readyz: {type(e).__name__}: {e}",
+                             timed_out=isinstance(e, urllib3.exceptions.TimeoutError))
         else:
             del client
-            done = time.monotonic()
-            with self._lock:
-                t = self.probe_result(srv, done, None if resp.status == 200 else f"/readyz answered {resp.status}")
-                cleanup = self._apply(srv, t)
-        if cleanup is not None:
-            cleanup()
-        self.wake()  # an ejection or a re-admission changes the schedule
+            self.probe_ended(srv, None if resp.status == 200 else f"/readyz answered {resp.status}")
+
+    def _probe_failing(self, srv: _ApiServer) -> None:
+        # a probe queued behind a large answer still arriving on the same HTTP/2 connection is no verdict:
+        # the silence that counts runs from the last frame the connection delivered
+        srv.health.last_heard = max([srv.health.last_heard, *self._frames_heard(srv.name)])
 
     def _frames_heard(self, endpoint: str) -> list[float]:
         """When each HTTP/2 connection to ``endpoint`` last received bytes (none on HTTP/1.1)."""

@@ -514,28 +514,18 @@ class EndpointPool(HealthDriver[Connection]):
             c.health.probe_sent_at = None
 
     def _on_probe_done(self, c: Connection, gen: int, fut: Outcome) -> None:
-        now = time.monotonic()
         code = fut.code()
-        with self._lock:
-            if gen != c.generation:
-                c.health.probe_sent_at = None
-                return
-            if c.health.maintenance:
-                c.health.probe_sent_at = None  # sent before our own defragment began: says nothing
-                return
-            # any answer from the server — even an error status — proves the connection carries data
-            if code in NOT_ANSWERS:
-                t = self.probe_result(c, now, f"probe: {code.name}: {fut.details()}",
-                                      timed_out=code == grpc.StatusCode.DEADLINE_EXCEEDED)
-            else:
-                c.permanent_error = None
-                t = self.probe_result(c, now)
-                if code == grpc.StatusCode.OK:
-                    self._learn_leader(c, fut.result())
-                self._compare_leader()
-            cleanup = self._apply(c, t)
-        if cleanup is not None:
-            cleanup()
+        if code in NOT_ANSWERS:
+            self.probe_ended(c, f"probe: {code.name}: {fut.details()}", generation=gen,
+                             timed_out=code == grpc.StatusCode.DEADLINE_EXCEEDED)
+        else:  # any answer from the server — even an error status — proves the connection carries data
+            self.probe_ended(c, generation=gen, answer=fut.result() if code == grpc.StatusCode.OK else None)
+
+    def _probe_answered(self, c: Connection, answer: rpc_pb2.StatusResponse | None) -> None:
+        c.permanent_error = None
+        if answer is not None:
+            self._learn_leader(c, answer)
+        self._compare_leader()
 
     def close(self) -> None:
         self._finalizer()

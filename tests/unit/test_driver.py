@@ -126,3 +126,37 @@ def test_a_real_call_counts_while_it_runs_and_an_answer_readmits_its_endpoint() 
     d.report_failure(a, "reset", hard=True)
     d.run(a, lambda p: None, counted=False)  # a stream's answer (not counted) re-admits it too
     assert a.health.state is State.HEALTHY and a.outstanding == 0 and a.health.last_heard > 0
+
+
+class Hooked(Driver):
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.seen: list[tuple[str, object, bool]] = []
+
+    def _probe_failing(self, peer: BasePeer) -> None:
+        self.seen.append(("failing", peer.health.state, _owned(self._lock)))
+
+    def _probe_answered(self, peer: BasePeer, answer: object) -> None:
+        self.seen.append(("answered", answer, _owned(self._lock)))
+
+
+def test_a_probe_end_runs_the_transport_hooks_under_the_lock_and_ignores_stale_or_maintenance_probes() -> None:
+    import time
+
+    d = Hooked()
+    a, b = d.peers
+    d.probe_step(time.monotonic())  # new endpoints: both probed at once
+    assert sorted(d.sent) == ["m0", "m1"] and a.health.probe_sent_at is not None
+    a.generation = 2
+    d.probe_ended(a, "reset", generation=1)  # sent on a connection since replaced: no verdict
+    assert d.seen == [] and a.health.probe_sent_at is None and a.health.state is State.HEALTHY
+    d.probe_ended(b, answer="status")
+    assert d.seen == [("answered", "status", True)] and b.health.probe_sent_at is None and len(b.health.round_trips) == 1
+    b.health.probe_sent_at = time.monotonic()
+    b.health.maintenance = True  # our own defragment: a probe sent before it began says nothing
+    d.probe_ended(b, "timed out", timed_out=True)
+    assert len(d.seen) == 1 and b.health.probe_sent_at is None
+    b.health.maintenance = False
+    a.health.probe_sent_at = time.monotonic()
+    d.probe_ended(a, "timed out", timed_out=True, generation=2)
+    assert d.seen[1] == ("failing", State.HEALTHY, True)

@@ -151,7 +151,8 @@ def test_a_probe_end_runs_the_transport_hooks_under_the_lock_and_ignores_stale_o
     d.probe_ended(a, "reset", generation=1)  # sent on a connection since replaced: no verdict
     assert d.seen == [] and a.health.probe_sent_at is None and a.health.state is State.HEALTHY
     d.probe_ended(b, answer="status")
-    assert d.seen == [("answered", "status", True)] and b.health.probe_sent_at is None and len(b.health.round_trips) == 1
+    assert d.seen == [("answered", "status", True)]
+    assert b.health.probe_sent_at is None and len(b.health.round_trips) == 1, "an answer is a round trip measured"
     b.health.probe_sent_at = time.monotonic()
     b.health.maintenance = True  # our own defragment: a probe sent before it began says nothing
     d.probe_ended(b, "timed out", timed_out=True)

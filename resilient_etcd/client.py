@@ -365,7 +365,9 @@ class Etcd3Client(ClientBase):
     # ---- cluster ----
     @property
     def members(self) -> Iterator[Member]:
-        """Every member of the cluster."""
+        """Every member of the cluster, as the member asked knows it (a serializable read, as in
+        python-etcd3: it answers without a quorum; with several endpoints a member change just made
+        through another one may show a moment later)."""
         resp = self._transport.unary("cluster", "MemberList", rpc_pb2.MemberListRequest())
         return (Member.from_proto(m, self) for m in resp.members)
 

@@ -38,6 +38,7 @@ import grpc
 from tenacity import wait_random_exponential
 
 from .._proto import rpc_pb2
+from ..balancer.prober import PROBER
 from ..balancer.retrying import delay_after
 from ..exceptions import ClientClosedError, Etcd3Exception, NoLeaderError, RevisionCompactedError, WatchTimedOut
 from ..metrics import METRICS
@@ -425,7 +426,10 @@ class WatchManager(WatchBook):
             else:
                 stream = None
         if stream is not None:
-            stream[0].cancel()
+            # not on the caller's time: grpc's cancel waits for the call's lock, which the stream's own
+            # threads may hold a while on a loaded machine (a lock acquire returned 122 ms past its
+            # deadline, 50 ms of it here); the reader takes the end as idle, not as a failure
+            PROBER.run_blocking(stream[0].cancel)
         if w is not None and threading.current_thread() is not self._reader:
             with self._callback_done:  # a callback of this watch that was running has returned
                 while self._running is w:

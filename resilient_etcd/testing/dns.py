@@ -11,6 +11,7 @@ dnspython's default resolver, for code that takes none (python-etcd3's ``SRVDisc
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from typing import Any
@@ -66,6 +67,8 @@ class SrvServer:
         if self._saved is not None:
             dns.resolver.default_resolver = self._saved
             self._saved = None
+        with contextlib.suppress(OSError):  # closing a UDP socket does not wake its recvfrom; this does
+            self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
         self._thread.join(timeout=5)
 

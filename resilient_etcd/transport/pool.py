@@ -451,7 +451,10 @@ class EndpointPool(HealthDriver[Connection]):
         for c in added:
             METRICS.set_state(c.name, c.health.state.value)
         for c in gone:
-            c.close()
+            if c.outstanding:  # a write cut by the close would fail as "may have been applied"
+                PROBER.run_blocking(functools.partial(_retire, c, time.monotonic() + _RETIRE_GRACE))
+            else:
+                c.close()
         if added or gone:
             log.info("%s: added %s, removed %s", source, [c.name for c in added], [c.name for c in gone],
                      extra={"event": "sync", "added": [c.name for c in added], "removed": [c.name for c in gone]})
@@ -529,6 +532,17 @@ class EndpointPool(HealthDriver[Connection]):
 
     def close(self) -> None:
         self._finalizer()
+
+
+_RETIRE_GRACE = 5.0  # the longest a connection that left the endpoint set waits for its calls (s)
+
+
+def _retire(c: Connection, until: float) -> None:
+    """Close ``c``, which left the endpoint set, once the calls still on it have ended (or at ``until``):
+    it takes no new ones, and a member that left the list may still be serving (on a prober worker)."""
+    while c.outstanding and time.monotonic() < until:
+        time.sleep(0.01)  # a rare event off every call's path: polling keeps the hot path free of it
+    c.close()
 
 
 def _status(stubs: Stubs) -> Any:

@@ -133,10 +133,12 @@ def test_member_add_update_remove(client: etcd3.Etcd3Client) -> None:
     try:
         assert new.peer_urls == ["http://127.0.0.1:1"]
         client.update_member(new.id, ["http://127.0.0.1:2"])
-        assert [m.peer_urls for m in client.members if m.id == new.id] == [["http://127.0.0.1:2"]]
+        # MemberList is serializable: the member asked may apply the change a moment after the one that took it
+        wait_until(lambda: [m.peer_urls for m in client.members if m.id == new.id] == [["http://127.0.0.1:2"]],
+                   timeout=5, what="the member update on the member asked")
     finally:
         new.remove()
-    assert new.id not in {m.id for m in client.members}
+    wait_until(lambda: new.id not in {m.id for m in client.members}, timeout=5, what="the removal on the member asked")
 
 
 def test_errors_are_python_etcd3_types(client: etcd3.Etcd3Client) -> None:

@@ -7,7 +7,10 @@ import asyncio
 import contextlib
 import os
 import random
+import sys
+import threading
 import time
+import traceback
 from typing import Any
 
 import resilient_etcd as etcd3
@@ -16,21 +19,53 @@ from resilient_etcd import aio
 from .traffic import CALL_TIMEOUT, SLACK_NS, History, Hold, kept, plan, record
 
 LAGS: list[tuple[int, int]] = []  # (when, how late) the event loop ran a 10 ms timer, from loop_canary
+LOOP_TICK = [0]  # when loop_canary last ran (monotonic ns)
+# (since when, seen at) the event loop had not run loop_canary for 100 ms, and where its thread was then
+BLOCKED: list[tuple[int, int, str]] = []
 
 
 async def timed(history: History, what: str, limit: float, call: Any) -> Any:
     """Await ``call`` (a coroutine with a timeout), noted if it ended past its deadline (with how long the
-    event loop itself lagged meanwhile: the interpreter's stalls are the thread canary's, subtracted)."""
+    event loop itself lagged meanwhile: the interpreter's stalls are the thread canary's, subtracted, and
+    where the task was awaiting 50 ms past its deadline: the overrun's explanation)."""
     called = time.monotonic_ns()
+    task = asyncio.current_task()
+    seen: list[str] = []
+    late = asyncio.get_running_loop().call_later(limit + 0.05, lambda: seen.append(awaiting(task)))
     try:
         return await call
     finally:
+        late.cancel()
         returned = time.monotonic_ns()
         if returned - called > limit * 1e9 + SLACK_NS:
             lag = sum(late for at, late in LAGS if called <= at <= returned)
+            stuck = "".join(f"the event loop had not run for {(at - since) / 1e6:.0f} ms; its thread was at:\n{where}"
+                            for since, at, where in BLOCKED if called <= at <= returned)
             with history.lock:
                 history.overruns.append((what, called, returned, limit, os.getpid(),
-                                         f"(an asyncio task; the event loop lagged {lag / 1e6:.0f} ms meanwhile)"))
+                                         f"(an asyncio task; the event loop lagged {lag / 1e6:.0f} ms meanwhile)\n"
+                                         + "".join(seen) + stuck))
+
+
+def awaiting(task: asyncio.Task[Any] | None, depth: int = 0) -> str:
+    """Where a suspended task is: its chain of awaits, innermost last, and the chains of the unfinished
+    tasks its frames hold (``wait_for``'s inner task, a ``gather``'s children): ``Task.get_stack`` gives
+    only the outermost frame of a suspended coroutine."""
+    if task is None or depth > 3:
+        return ""
+    indent = "  " * depth
+    lines = [f"{indent}{task.get_name()}:\n"]
+    held: list[asyncio.Task[Any]] = []
+    aw: Any = task.get_coro()
+    while aw is not None:
+        frame = getattr(aw, "cr_frame", None) or getattr(aw, "gi_frame", None) or getattr(aw, "ag_frame", None)
+        if frame is None:
+            lines.append(f"{indent}  awaiting {aw!r:.200}\n")
+            break
+        lines.append(f'{indent}  File "{frame.f_code.co_filename}", line {frame.f_lineno}, in {frame.f_code.co_name}\n')
+        held += [v for v in frame.f_locals.values() if isinstance(v, asyncio.Task) and not v.done() and v is not task]
+        aw = getattr(aw, "cr_await", None) or getattr(aw, "gi_yieldfrom", None)
+    return "".join(lines) + "".join(awaiting(t, depth + 1) for t in held)
 
 
 async def loop_canary(stop: asyncio.Event, period: float = 0.01) -> None:
@@ -38,9 +73,23 @@ async def loop_canary(stop: asyncio.Event, period: float = 0.01) -> None:
     while not stop.is_set():
         before = time.monotonic_ns()
         await asyncio.sleep(period)
-        late = time.monotonic_ns() - before - int(period * 1e9)
+        LOOP_TICK[0] = now = time.monotonic_ns()
+        late = now - before - int(period * 1e9)
         if late > 1_000_000:
             LAGS.append((before, late))
+
+
+def loop_watchdog(loop_thread: int, stop: threading.Event, after: float = 0.1) -> None:
+    """On its own thread: when the event loop has not run :func:`loop_canary` for ``after`` seconds, note
+    where the loop's thread is (a blocking call on the loop, or the GIL: the thread canary tells which)."""
+    sampled = 0
+    while not stop.wait(0.01):
+        tick, now = LOOP_TICK[0], time.monotonic_ns()
+        if tick and tick != sampled and now - tick > after * 1e9:
+            sampled = tick
+            frame = sys._current_frames().get(loop_thread)
+            BLOCKED.append((tick, now, "".join(traceback.format_stack(frame)[-12:]) if frame is not None
+                            else "(no Python frame)\n"))
 
 
 async def kv_traffic(client: aio.AsyncEtcd3Client, history: History, worker: int, keys: list[str],
@@ -155,6 +204,13 @@ async def child(endpoints: list[str], creds: dict[str, Any], history: History, k
         tasks.append(asyncio.create_task(lock_worker(client, history, f"rob-{seed}", "lock-p2", stop,
                                                      random.Random(rng.random()))))
         tasks.append(asyncio.create_task(loop_canary(stop)))
-        await asyncio.sleep(duration)
-        stop.set()
-        await asyncio.gather(*tasks)
+        done = threading.Event()
+        watchdog = threading.Thread(target=loop_watchdog, args=(threading.get_ident(), done), name="loop-watchdog")
+        watchdog.start()
+        try:
+            await asyncio.sleep(duration)
+            stop.set()
+            await asyncio.gather(*tasks)
+        finally:
+            done.set()
+            watchdog.join()

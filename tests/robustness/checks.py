@@ -132,7 +132,7 @@ def check_serializable(history: History) -> list[str]:
     return [f"serializable reads returned {len(bad)} values never written, first {bad[:3]}"] if bad else []
 
 
-def check_deadlines(history: History) -> list[str]:
+def check_deadlines(history: History, t0: int = 0) -> list[str]:
     """No call may return later than its deadline + 100 ms, beyond the time the interpreter itself was
     stalled in that window (the canary's late wake-ups: a saturated 2-core machine running three
     etcd members, toxiproxy and two busy Python processes)."""
@@ -142,8 +142,9 @@ def check_deadlines(history: History) -> list[str]:
         stalled = sum(late for at, late, p in history.stalls if p == pid and deadline - late <= at <= returned)
         over = returned - deadline
         if over > 100_000_000 + stalled:
-            problems.append(f"deadline: {what} returned {over / 1e6:.0f} ms after its {limit:g} s deadline "
-                            f"(the interpreter stalled {stalled / 1e6:.0f} ms of it); 50 ms late it was at:\n{stack}")
+            problems.append(f"deadline: {what} called at {(called - t0) / 1e9:.2f} s (pid {pid}) returned "
+                            f"{over / 1e6:.0f} ms after its {limit:g} s deadline (the interpreter stalled "
+                            f"{stalled / 1e6:.0f} ms of it); 50 ms late it was at:\n{stack}")
     return problems
 
 

@@ -212,7 +212,7 @@ def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, *, workers:
             result.violations += checks.check_watch(seg, truth, scheduler.compacted)
     result.violations += checks.check_unique_writes(truth, set(names))
     result.violations += checks.check_serializable(history)
-    result.violations += checks.check_deadlines(history)
+    result.violations += checks.check_deadlines(history, int(t0 * 1e9))
     result.violations += checks.check_leases(history, dict(recorder.deleted), int(t0 * 1e9))
     for name, holds in history.holds.items():
         bad, windows = checks.check_exclusion(name, holds)
@@ -220,7 +220,8 @@ def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, *, workers:
         result.windows += windows
     result.counts = _counts(history, scheduler.log, truth, watches, recorder)
     result.timeline = sorted(((o["call"] / 1e9 - t0), o["op"]) for o in history.ops)
-    history.write_porcupine(out / f"history-{seed}.json")
+    applied = {(e.key, e.value) for e in truth if e.kind == "PUT"}
+    result.counts["unknown writes never applied"] = history.write_porcupine(out / f"history-{seed}.json", applied)
     (out / f"faults-{seed}.log").write_text("".join(f"{f}\n" for f in scheduler.log))
     return result
 

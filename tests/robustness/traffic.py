@@ -52,6 +52,7 @@ class History:
     # thread -> its timed calls, outermost first: (deadline ns, stack seen late). A list, because a timed call
     # may make timed calls of its own (a lock acquire, its lease grant): the outer one must stay watched.
     calls: dict[int, list[tuple[int, list[str]]]] = field(default_factory=dict)
+    canary_at: int = 0  # when the canary last looked (monotonic ns): an overrun it never saw says how long ago
 
     def add(self, *ops: dict[str, Any]) -> None:
         with self.lock:
@@ -71,8 +72,10 @@ class History:
             returned = time.monotonic_ns()
             watched.remove(entry)
             if returned - called > limit * 1e9 + SLACK_NS:
+                ago = (returned - self.canary_at) / 1e6
+                where = "".join(seen) or f"(not sampled: the canary last looked {ago:.0f} ms before it returned)\n"
                 with self.lock:
-                    self.overruns.append((what, called, returned, limit, os.getpid(), "".join(seen)))
+                    self.overruns.append((what, called, returned, limit, os.getpid(), where))
 
     def to_json(self) -> dict[str, Any]:
         with self.lock:
@@ -91,9 +94,18 @@ class History:
             for name, holds in other["holds"].items():
                 self.holds.setdefault(name, []).extend(Hold(**h) for h in holds)
 
-    def write_porcupine(self, path: Path) -> None:
+    def write_porcupine(self, path: Path, applied: set[tuple[str, str]]) -> int:
+        """The history for porcupine-checker, without the writes of unknown outcome that etcd never applied:
+        ``applied`` is every (key, value) etcd's complete event history put (values are unique), so such a
+        put or compare-and-swap provably had no effect. Left in, each would be an operation that may take
+        effect at any time until the end, and a few hundred of them on a fault-heavy seed make the search
+        explode (seed 1 timed out at 120 s with 608 of them). Unknown deletes stay (a delete event carries
+        no value to match). Returns how many were dropped."""
         with self.lock:
-            path.write_text(json.dumps(self.ops))
+            kept = [o for o in self.ops if o.get("return") is not None or o["op"] not in ("put", "cas")
+                    or (o["key"], o["value"]) in applied]
+            path.write_text(json.dumps(kept))
+            return len(self.ops) - len(kept)
 
 
 def canary(history: History, stop: threading.Event, period: float = 0.01) -> None:
@@ -104,7 +116,7 @@ def canary(history: History, stop: threading.Event, period: float = 0.01) -> Non
     while not stop.is_set():
         before = time.monotonic_ns()
         time.sleep(period)  # the measurement itself: how late does a sleeping thread wake?
-        now = time.monotonic_ns()
+        now = history.canary_at = time.monotonic_ns()
         late = now - before - int(period * 1e9)
         # every late wake-up beyond timer noise counts: a saturated machine is late by a few ms on most of
         # them, and 30 wake-ups 4 ms late each are a 120 ms stall (a 5 ms floor left those out: seed 3's

@@ -33,6 +33,7 @@ from ..metrics import METRICS
 from ..policies import HealthPolicy
 from .choice import SLOW_MARGIN, Balancer
 from .health import EndpointHealth, State, Timing, Transition
+from .hedge import CallTimes, HedgeBudget
 from .prober import PROBER, Registration, Waker
 
 Cleanup = Callable[[], None]
@@ -49,6 +50,7 @@ class BasePeer:
         self.outstanding = 0  # calls waiting on it now
         self.want_probe = False  # a call took long: measure its round trip against the others
         self.generation = 0
+        self.call_times = CallTimes()  # of its hedgeable reads: when to hedge one
         self._count = threading.Lock()
         self._wake = wake
 
@@ -110,6 +112,7 @@ class HealthDriver(Generic[P]):
         # the prober's step while anything waits, is out or is unwell (suspect marking needs it)
         self._tick = min(policy.probe_interval / 2, tick_cap)
         self._reg: Registration | None = None
+        self.hedges = HedgeBudget(policy.hedge_max_extra)
         for p in peers:
             METRICS.set_state(p.name, p.health.state.value)
 
@@ -146,12 +149,32 @@ class HealthDriver(Generic[P]):
             return self.balancer.choose(avoid)
 
     # ---- real calls ----
+    # ---- hedged reads (the I/O is the transport's) ----
+    def hedge_target(self, peer: P, also: Callable[[P], bool] = lambda p: True) -> P | None:
+        """Where a hedge of a read on ``peer`` goes — or a question that must not go to ``peer`` (the
+        leader-liveness read): the healthy other endpoint (and ``also(it)``) with the shortest recent
+        round trip. The endpoint in use does not change."""
+        others = [p for p in self.balancer.peers if p is not peer and p.health.state is State.HEALTHY
+                  and not p.health.maintenance and also(p)]
+        if not others:
+            return None
+        return min(others, key=lambda p: p.health.round_trip() or 0.0)
+
+    def hedge_won(self, slow: P, fast: P) -> None:
+        """A read on ``slow`` was answered by its hedge on ``fast`` first: reads move there (``slow`` is
+        probed, and wins them back like any endpoint once it answers as fast)."""
+        with self._lock:
+            if self.balancer.active is slow and fast.health.usable:
+                self.balancer.activate(fast, f"a hedged read was answered by {fast.name} before {slow.name}")
+
     def run(self, peer: P, call: Callable[[P], T], *, generation: int | None = None, counted: bool = True,
-            answered: Callable[[BaseException], bool] = lambda error: False) -> T:
+            answered: Callable[[BaseException], bool] = lambda error: False,
+            proof: Callable[[T], bool] = lambda result: True) -> T:
         """One real call on ``peer``: it counts as waiting there while it runs (``counted``: a quiet stream
         that its connection's own check covers does not), an answer is proof of life, and an endpoint not
         marked healthy is re-admitted by it. A failure propagates for the caller to classify and report
-        (``answered(error)``: the server's own error status, which still proves the connection alive)."""
+        (``answered(error)``: the server's own error status, which still proves the connection alive).
+        ``proof(result)``: False when the result came from elsewhere (a hedge's copy won): no proof of life."""
         if counted:
             peer.begin()
         try:
@@ -160,11 +183,12 @@ class HealthDriver(Generic[P]):
             if counted:
                 peer.end(answered(e))
             raise
+        alive = proof(result)
         if counted:
-            peer.end(True)
-        else:
+            peer.end(alive)
+        elif alive:
             peer.heard()
-        if peer.health.state is not State.HEALTHY:
+        if alive and peer.health.state is not State.HEALTHY:
             self.report_success(peer, generation)
         return result
 

@@ -57,7 +57,7 @@ from ..balancer.retrying import make_retrying
 from ..exceptions import ClientClosedError, ConfigurationError, DeadlineExceeded
 from ..metrics import METRICS
 from ..policies import HealthPolicy, _count, _seconds
-from .h2pool import H2PoolManager, StreamRefused, ssl_context_for
+from .h2pool import H2PoolManager, Hedge, StreamRefused, hedging, ssl_context_for
 from .resources import ResourcePath, Resources, abort, resource_of
 
 log = logging.getLogger("resilient_etcd.kube")
@@ -86,6 +86,10 @@ class KubePolicy:
     quiet this long has its resource checked on its apiserver with a ``limit=1`` LIST, and a resource put
     out on an apiserver (no answer to a request or a check) is checked this often; no answer within the
     timeout puts it out there (see ``resilient_etcd.kube.resources``).
+    ``hedge_delay_min``/``hedge_max_extra``: a GET (not a watch) over HTTP/2 with no response headers
+    after its apiserver's usual time (smoothed plus four deviations, at least ``hedge_delay_min``; None
+    turns hedging off) is sent also to another healthy apiserver; the first response wins and the other
+    stream is reset. Hedges add at most ``hedge_max_extra`` of the GETs sent (a token bucket).
     """
 
     connect_timeout: float = 2.0
@@ -104,6 +108,8 @@ class KubePolicy:
     max_retry_after: float = 10.0
     resource_check_interval: float = 1.0
     resource_check_timeout: float = 1.0
+    hedge_delay_min: float | None = 0.25
+    hedge_max_extra: float = 0.05
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "read_idle_timeout", "default_timeout", "user_timeout", "max_retry_after",
@@ -119,11 +125,17 @@ class KubePolicy:
             _count(self, name)
         if not isinstance(self.http2, bool):
             raise ConfigurationError(f"KubePolicy.http2 must be a bool, got {self.http2!r}")
+        if self.hedge_delay_min is not None:
+            _seconds(self, "hedge_delay_min")
+        extra = self.hedge_max_extra
+        if isinstance(extra, bool) or not isinstance(extra, (int, float)) or not 0 < extra <= 1:
+            raise ConfigurationError(f"KubePolicy.hedge_max_extra must be a fraction in (0, 1], got {extra!r}")
 
     def health_policy(self) -> HealthPolicy:
         """The :class:`HealthPolicy` the apiserver probes use, derived from this policy."""
         return HealthPolicy(probe_interval=self.probe_interval or 1.0, dead_after=self.probe_dead_after,
-                            idle_probe_interval=max(self.idle_probe_interval, self.probe_interval or 1.0))
+                            idle_probe_interval=max(self.idle_probe_interval, self.probe_interval or 1.0),
+                            hedge_delay_min=self.hedge_delay_min, hedge_max_extra=self.hedge_max_extra)
 
     def socket_options(self) -> list[tuple[int, int, int]]:
         """Socket options for every apiserver connection (TCP keepalive, TCP_USER_TIMEOUT)."""
@@ -359,6 +371,9 @@ class ApiClient(k8s.ApiClient):
 
         failed: list[_ApiServer] = []  # apiservers whose connection failed this call: tried last
         resource = resource_of(path)
+        # a GET over HTTP/2 not answered in its apiserver's usual time is sent to another one too
+        hedgeable = self._h2 is not None and not watch and method.upper() == "GET" \
+            and self.policy.hedge_delay_min is not None and len(servers.peers) > 1
 
         def attempt() -> rest.RESTResponse:
             srv = servers.pick(failed[-1] if failed else None)
@@ -374,11 +389,13 @@ class ApiClient(k8s.ApiClient):
                 raise DeadlineExceeded(f"deadline exceeded before {method} {path}")
             connect, read = timeout
             t = (min(connect, left) if left else connect, (min(read, left) if left and read else read))
+            plan = self._hedge_plan(servers, srv, failed, resource, t[1]) if hedgeable else None
 
             def send(srv: _ApiServer) -> rest.RESTResponse:
                 # the scope bounds the whole response as it is read, not only each read (a LIST that keeps
                 # trickling in must still end at the deadline); a watch without a deadline streams on
-                with deadlines.deadline(left) if left else contextlib.nullcontext():
+                with deadlines.deadline(left) if left else contextlib.nullcontext(), \
+                        hedging(plan) if plan is not None else contextlib.nullcontext():
                     resp: rest.RESTResponse = self.rest_client.request(
                         method, endpoint + path, headers=header_params, body=body, post_params=post_params,
                         _request_timeout=t)
@@ -387,12 +404,16 @@ class ApiClient(k8s.ApiClient):
                 return resp
 
             try:
-                resp = servers.run(srv, send, counted=counted)
+                resp = servers.run(srv, send, counted=counted,
+                                   proof=lambda _: plan is None or not plan.won_by_copy)
             except _NEVER_SENT as e:  # never sent: safe to retry anything, elsewhere
                 failed.append(srv)
                 self._failover(srv, e)
                 raise _Retryable(e) from e
             except _BROKEN_ERRORS as e:
+                if plan is not None and plan.won_by_copy:  # the winning copy's body broke, elsewhere: again
+                    METRICS.inc("retries", endpoint)
+                    raise _Retryable(e) from e
                 failed.append(srv)
                 if resource is not None and not watch and safe and _read_timeout(e) and len(servers.peers) > 1:
                     # no answer for this resource, and nothing says the apiserver is down: that resource's
@@ -411,6 +432,9 @@ class ApiClient(k8s.ApiClient):
                     raise
                 self._failover(srv, e)
                 raise _Retryable(e) from e
+            finally:
+                if plan is not None:
+                    servers.hedge_ended(srv, plan)
             if resp.status in _RETRY_STATUS and (safe or resp.status == 429):
                 METRICS.inc("retries", endpoint)
                 log.info("apiserver %s answered %s to %s %s; retrying", endpoint, resp.status, method, path,
@@ -450,6 +474,32 @@ class ApiClient(k8s.ApiClient):
         """Where this thread's last watch request went: ``(endpoint, (resource, list path))`` (for the
         quiet-watch check of ``resilient_etcd.kube.watch``)."""
         return getattr(self._watch_target, "value", None)
+
+    def _hedge_plan(self, servers: _ApiServers, srv: _ApiServer, failed: list[_ApiServer],
+                    resource: tuple[str, str] | None, read: float | None) -> Hedge | None:
+        """How a GET on ``srv`` is hedged (None: it is not, its usual time is beyond the read timeout). The
+        copy goes to the healthy apiserver with the shortest round trip that did not fail this call and
+        serves the resource, if the budget allows."""
+        servers.hedges.deposit()
+        assert self.policy.hedge_delay_min is not None
+        delay = srv.call_times.hedge_delay(self.policy.hedge_delay_min)
+        if read is not None and delay >= read:
+            return None
+
+        def serves(p: _ApiServer) -> bool:
+            return p not in failed and (resource is None or not self.resources.is_out(p.name, resource[0]))
+
+        def copy_to() -> str | None:
+            other = servers.hedge_target(srv, serves)
+            if other is None or not servers.hedges.withdraw(1):
+                return None
+            other.begin()
+            METRICS.inc("hedges", srv.name)
+            srv.want_probe = True  # how slow is that apiserver itself? (its probe tells; choice follows)
+            servers.wake()
+            return other.name
+
+        return Hedge(delay, copy_to)
 
     def _failover(self, srv: _ApiServer, error: BaseException) -> None:
         """A call's connection to ``srv`` failed or hung: eject it (the next attempt goes elsewhere, panic
@@ -496,6 +546,23 @@ class _ApiServers(HealthDriver[_ApiServer]):
         if t.ejected and self.h2 is not None:  # streams stuck there (quiet watches) fail now and resume elsewhere
             return functools.partial(self.h2.close_origin, _origin(srv.name), f"apiserver ejected: {t.reason}")
         return None
+
+    def hedge_ended(self, srv: _ApiServer, plan: Hedge) -> None:
+        """A hedged GET on ``srv`` ended: its copy's apiserver no longer waits on it, and the winner's time
+        to its response headers feeds its hedge delay. A copy that wins moves requests to its apiserver, as
+        a hedge won does on the etcd side (``srv`` is not ejected: its probe, sent now, judges it, and it
+        wins requests back like any apiserver once it answers as fast)."""
+        other = next((p for p in self.peers if p.name == plan.copy), None) if plan.copy else None
+        if other is not None:
+            other.end(plan.won_by_copy)
+        if plan.headers_after is None:
+            return
+        if plan.won_by_copy and other is not None:
+            METRICS.inc("hedges_won", other.name)
+            other.call_times.observe(plan.headers_after)
+            self.hedge_won(srv, other)
+        elif not plan.won_by_copy:
+            srv.call_times.observe(plan.headers_after)
 
     def connection_closed(self, origin: str, reason: str, broken: bool) -> None:
         """An HTTP/2 connection to ``origin`` closed (``broken``: it failed, it was not ours to close)."""

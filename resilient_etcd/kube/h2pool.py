@@ -25,6 +25,7 @@ a slow reader of a big LIST holds at most one window of it in memory.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import http
 import logging
 import os
@@ -92,19 +93,29 @@ _END = object()
 
 
 class _Stream:
-    def __init__(self, conn: H2Connection, stream_id: int, url: str) -> None:
+    def __init__(self, conn: H2Connection, stream_id: int, url: str, race: threading.Event | None) -> None:
         self.conn, self.id, self.url = conn, stream_id, url
         self.headers: list[tuple[bytes, bytes]] | None = None
         self.ready = threading.Event()
+        self.race = race  # set too when this stream is ready: the one event a hedged GET waits on
         self.error: BaseException | None = None
         self.chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.ended = False
 
+    def answered(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.headers = headers
+        self._ready()
+
     def fail(self, error: BaseException) -> None:
         if self.error is None:
             self.error = error
-        self.ready.set()
+        self._ready()
         self.chunks.put(error)
+
+    def _ready(self) -> None:
+        self.ready.set()
+        if self.race is not None:
+            self.race.set()
 
 
 class H2Connection:
@@ -175,6 +186,11 @@ class H2Connection:
 
     def request(self, method: str, path: str, headers: dict[str, str], body: bytes | None,
                 read_timeout: float | None) -> H2Response:
+        return self.response(self.open(method, path, headers, body), read_timeout)
+
+    def open(self, method: str, path: str, headers: dict[str, str], body: bytes | None,
+             race: threading.Event | None = None) -> _Stream:
+        """Send a request on a new stream (``race``: set too when its response headers, or its failure, arrive)."""
         url = self.origin + path
         out = [(b":method", method.encode()), (b":scheme", self.scheme.encode()),
                (b":authority", self._authority), (b":path", path.encode())]
@@ -189,14 +205,19 @@ class H2Connection:
                 self._h2.send_headers(sid, out, end_stream=not body)
             except h2.exceptions.H2Error as e:
                 raise StreamRefused(f"cannot open a stream to {self.origin}: {e!r}") from e
-            stream = _Stream(self, sid, url)
+            stream = _Stream(self, sid, url, race)
             self._streams[sid] = stream
             if body:
                 self._bodies[sid] = memoryview(body)
         self._wake()
-        if not stream.ready.wait(read_timeout):
+        return stream
+
+    def response(self, stream: _Stream, read_timeout: float | None, wait: float | bool | None = True) -> H2Response:
+        """The response of ``stream`` once its headers arrive (``ReadTimeoutError`` and a reset stream if they
+        do not within ``wait``, by default ``read_timeout``: the body's own idle limit)."""
+        if not stream.ready.wait(read_timeout if wait is True else wait):
             self.cancel(stream)
-            raise ReadTimeoutError(None, url, f"no response from {self.origin} within {read_timeout} s")  # type: ignore[arg-type]
+            raise ReadTimeoutError(None, stream.url, f"no response from {self.origin} within {read_timeout} s")  # type: ignore[arg-type]
         if stream.headers is None:
             assert stream.error is not None
             raise stream.error
@@ -328,8 +349,7 @@ class H2Connection:
             sid = getattr(ev, "stream_id", None)
             stream = self._streams.get(sid) if sid else None
             if isinstance(ev, h2.events.ResponseReceived) and stream:
-                stream.headers = list(ev.headers)
-                stream.ready.set()
+                stream.answered(list(ev.headers))
             elif isinstance(ev, h2.events.DataReceived):
                 if stream:
                     stream.chunks.put((ev.data, ev.flow_controlled_length))
@@ -494,6 +514,35 @@ class _StreamShutdown:
         self._resp.abort()
 
 
+class Hedge:
+    """How :meth:`H2PoolManager.request` hedges a GET made under :func:`hedging`. The decisions are the
+    caller's (its balancer): when ``delay`` passes without response headers, ``copy_to()`` names the base
+    URL of another apiserver for a copy, or None. The first response wins; the other stream is reset.
+    Afterwards ``copy`` says where a copy went (None: nowhere), ``won_by_copy`` which one won, and
+    ``headers_after`` how long the winner took to its headers (seconds)."""
+
+    __slots__ = ("copy", "copy_to", "delay", "headers_after", "won_by_copy")
+
+    def __init__(self, delay: float, copy_to: Callable[[], str | None]) -> None:
+        self.delay, self.copy_to = delay, copy_to
+        self.copy: str | None = None
+        self.won_by_copy = False
+        self.headers_after: float | None = None
+
+
+_HEDGE: contextvars.ContextVar[Hedge | None] = contextvars.ContextVar("resilient_etcd_h2_hedge", default=None)
+
+
+@contextlib.contextmanager
+def hedging(plan: Hedge) -> Iterator[Hedge]:
+    """GETs made in this block (over HTTP/2) are hedged as ``plan`` says."""
+    token = _HEDGE.set(plan)
+    try:
+        yield plan
+    finally:
+        _HEDGE.reset(token)
+
+
 class H2PoolManager:
     """The ``pool_manager`` of a kubernetes ``RESTClientObject``, speaking HTTP/2 where it can."""
 
@@ -538,9 +587,60 @@ class H2PoolManager:
                 self._http1.add(origin)
             return self.fallback.request(method, url, fields=fields, headers=headers, body=body,
                                          preload_content=preload_content, timeout=timeout, **kw)
-        resp = conn.request(method, path, dict(headers or {}), data, read)
+        plan = _HEDGE.get() if method == "GET" else None
+        if plan is None:
+            resp = conn.request(method, path, dict(headers or {}), data, read)
+        else:
+            resp = self._hedged(plan, conn, path, dict(headers or {}), connect, read)
         if preload_content:
             resp.data  # noqa: B018 - read it all now, like urllib3
+        return resp
+
+    def _hedged(self, plan: Hedge, conn: H2Connection, path: str, headers: dict[str, str], connect: float,
+                read: float | None) -> H2Response:
+        """A GET on ``conn``, and a copy elsewhere if ``plan`` says so once its delay passed unanswered."""
+        sent = time.monotonic()
+        end = None if read is None else sent + read
+
+        def left() -> float | None:
+            return None if end is None else max(0.0, end - time.monotonic())
+
+        race = threading.Event()
+        first = conn.open("GET", path, headers, None, race)
+        if first.ready.wait(plan.delay if read is None else min(plan.delay, read)) or (
+                read is not None and plan.delay >= read):
+            return self._won(plan, first, read, left(), sent)
+        base = plan.copy_to()
+        if base is None:
+            return self._won(plan, first, read, left(), sent)
+        plan.copy = base
+        parts = urlsplit(base)
+        copied = time.monotonic()
+        try:
+            other = self._connection(f"{parts.scheme}://{parts.hostname}:{parts.port or 443}", parts.hostname or "",
+                                     parts.port or 443, min(connect, left() or connect))
+            second = other.open("GET", path, headers, None, race)
+        except (_NoH2, urllib3.exceptions.HTTPError) as e:  # the copy could not be sent: the first goes on alone
+            log.debug("hedge of GET %s to %s not sent: %s", path, base, e)
+            return self._won(plan, first, read, left(), sent)
+        while True:
+            race.clear()  # before looking: an answer arriving after the look wakes the wait below
+            for stream, at in ((first, sent), (second, copied)):
+                if stream.headers is not None:
+                    loser = second if stream is first else first
+                    loser.conn.cancel(loser)
+                    plan.won_by_copy = stream is second
+                    return self._won(plan, stream, read, 0, at)
+            if first.ready.is_set() and second.ready.is_set():  # both failed: the first's error is the caller's
+                return conn.response(first, read, 0)
+            if not race.wait(left()) and end is not None and time.monotonic() >= end:
+                other.cancel(second)
+                return conn.response(first, read, 0)  # raises ReadTimeoutError and resets the first
+
+    @staticmethod
+    def _won(plan: Hedge, stream: _Stream, read: float | None, wait: float | None, since: float) -> H2Response:
+        resp = stream.conn.response(stream, read, wait)
+        plan.headers_after = time.monotonic() - since
         return resp
 
     def _connection(self, origin: str, host: str, port: int, connect_timeout: float) -> H2Connection:

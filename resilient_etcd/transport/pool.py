@@ -33,8 +33,7 @@ import grpc
 from .._proto import rpc_pb2
 from ..balancer.choice import Balancer
 from ..balancer.driver import BasePeer, Cleanup, HealthDriver, if_alive
-from ..balancer.health import State, Transition
-from ..balancer.hedge import CallTimes, HedgeBudget
+from ..balancer.health import Transition
 from ..balancer.prober import PROBER, Registration, Waker
 from ..metrics import METRICS
 from ..policies import HealthPolicy
@@ -82,7 +81,6 @@ class Connection(BasePeer):
         self.stubs = io.stubs(self.channel)
         self.server_version: tuple[int, str] | None = None  # (generation, etcd version) once asked
         self.member_id: int | None = None  # the etcd member behind this endpoint, from its Status answers
-        self.call_times = CallTimes()  # of its single-key reads: when to hedge one
         self.permanent_error: str | None = None  # why this endpoint can never work as configured (diagnose)
 
     def transport_ready(self) -> bool:
@@ -137,7 +135,6 @@ class EndpointPool(HealthDriver[Connection]):
         # (leader, member): our link to that leader is slow, writes go to that member (None: to the leader)
         self._write_via: tuple[Connection | None, Connection | None] = (None, None)
         self._probe_metadata = probe_metadata
-        self.hedges = HedgeBudget(policy.hedge_max_extra)
         sync = policy.auto_sync_interval
         self._sync_at = float("inf") if sync is None else time.monotonic() + sync
         self._syncing = False
@@ -166,23 +163,6 @@ class EndpointPool(HealthDriver[Connection]):
                 conn.health.last_probe_at = time.monotonic()
 
     # ---- choosing ----
-    def hedge_target(self, conn: Connection) -> Connection | None:
-        """Where a hedge of a read on ``conn`` goes — or a question that must not go to ``conn`` (the
-        leader-liveness read): the healthy other endpoint with the shortest recent round trip (the
-        endpoint in use does not change)."""
-        others = [c for c in self.balancer.peers if c is not conn and c.health.state is State.HEALTHY
-                  and not c.health.maintenance]
-        if not others:
-            return None
-        return min(others, key=lambda c: c.health.round_trip() or 0.0)
-
-    def hedge_won(self, slow: Connection, fast: Connection) -> None:
-        """A read cut on ``slow`` was answered by ``fast`` first: reads move there (``slow`` is probed, and
-        wins them back like any endpoint once it answers as fast)."""
-        with self._lock:
-            if self.balancer.active is slow and fast.health.usable:
-                self.balancer.activate(fast, f"a hedged read was answered by {fast.name} before {slow.name}")
-
     def pick_writer(self, deadline: float | None, avoid: Connection | None = None) -> Connection:
         """The connection for a write: the leader's while it is usable (see ``HealthPolicy.prefer_leader``).
         When the leader's connection is out, wait (up to ``leader_wait`` and ``deadline``) for the other

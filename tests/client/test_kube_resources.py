@@ -13,7 +13,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from resilient_etcd import metrics
-from resilient_etcd.kube import ApiClient, Informer
+from resilient_etcd.kube import ApiClient, Informer, KubePolicy
 from resilient_etcd.kube.resources import resource_of
 from resilient_etcd.testing import EtcdCluster, netns_available, wait_until
 from resilient_etcd.testing.kube import KubeApiServer
@@ -134,10 +134,11 @@ def test_the_official_client_waits_on_the_silent_resource(apiservers: tuple[Kube
 
 def test_a_list_on_the_silent_resource_answers_through_the_other_apiserver(
         apiservers: tuple[KubeApiServer, KubeApiServer]) -> None:
-    """No watch to notice first: the LIST itself gets no answer within the read timeout (2.5 s), the
-    resource is put out on A, and the retry answers through B."""
+    """No watch to notice first, no hedge (turned off): the LIST itself gets no answer within the read
+    timeout (2.5 s), the resource is put out on A, and the retry answers through B."""
     a, b = apiservers
-    api = ApiClient.from_kubeconfig(a.kubeconfig(direct=True), endpoints=[b.direct_url])
+    api = ApiClient.from_kubeconfig(a.kubeconfig(direct=True), endpoints=[b.direct_url],
+                                    policy=KubePolicy(hedge_delay_min=None))
     v1 = k8s.CoreV1Api(api)
     v1.list_namespace()
     flow = _silence_configmaps(a)
@@ -157,6 +158,49 @@ def test_a_list_on_the_silent_resource_answers_through_the_other_apiserver(
     assert listed < 3.5 and again < 0.5, (listed, again)
     assert out == [(a.direct_url, "configmaps")], out
     assert states[a.direct_url] == "healthy", states
+
+
+def _hedges() -> tuple[dict[str, int], dict[str, int]]:
+    events = metrics.snapshot()["events"]
+    return dict(events.get("hedges", {})), dict(events.get("hedges_won", {}))
+
+
+def test_a_list_on_the_silent_resource_is_hedged_to_the_other_apiserver(
+        apiservers: tuple[KubeApiServer, KubeApiServer]) -> None:
+    """The read timeout is 30 s, so only the hedge can answer in time: the LIST on A has no response
+    headers after its usual time (at least 0.25 s), a copy goes to B and wins, A's stream is reset, and
+    requests move to B (A is probed, not ejected). Without the hedge the LIST waits until A's own etcd
+    client gives up on the connection (~10 s, see the official client's test)."""
+    a, b = apiservers
+    api = ApiClient.from_kubeconfig(a.kubeconfig(direct=True), endpoints=[b.direct_url],
+                                    policy=KubePolicy(read_idle_timeout=30))
+    v1 = k8s.CoreV1Api(api)
+    for _ in range(5):  # A's usual time
+        v1.list_namespace()
+    sent, won = _hedges()
+    flow = _silence_configmaps(a)
+    try:
+        started = time.monotonic()
+        names = {cm.metadata.name for cm in v1.list_namespaced_config_map("default").items}
+        listed = time.monotonic() - started
+        started = time.monotonic()
+        v1.list_namespace()
+        other = time.monotonic() - started
+        states = api.endpoint_states()
+        active = api.active_endpoint
+        streams = [len(c._streams) for c in api._h2.connections(a.direct_url)]  # type: ignore[union-attr]
+    finally:
+        flow.restore()  # type: ignore[attr-defined]
+        api.close()
+    sent2, won2 = _hedges()
+    print(f"S13-resource LIST hedged: {listed:.2f} s, namespaces {other * 1000:.0f} ms")
+    assert {f"find-{i}" for i in range(10)} <= names
+    assert listed < 5, f"the hedged LIST took {listed:.2f} s (its read timeout is 30 s)"
+    assert sent2.get(a.direct_url, 0) > sent.get(a.direct_url, 0), (sent, sent2)
+    assert won2.get(b.direct_url, 0) > won.get(b.direct_url, 0), (won, won2)
+    assert streams == [0], f"A's stream of the LIST was not reset: {streams}"
+    assert states[a.direct_url] == "healthy" and active == b.direct_url, (states, active)
+    assert other < 1.0
 
 
 def test_doctor_shows_the_one_broken_resource(apiservers: tuple[KubeApiServer, KubeApiServer]) -> None:

@@ -105,7 +105,10 @@ class AsyncWatchManager(WatchBook):
     # ---- the reader ----
     async def _run(self) -> None:
         while True:
-            await self._have_watches.wait()
+            if not self._watches:  # the set decides, the event only wakes: etcd may cancel the last watch
+                self._have_watches.clear()  # (compacted, no leader) without going through cancel()
+                await self._have_watches.wait()
+                continue
             pause = self._pause_after(await self._pump())
             if pause:
                 await asyncio.sleep(pause)

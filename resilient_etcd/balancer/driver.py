@@ -148,7 +148,6 @@ class HealthDriver(Generic[P]):
         with self._lock:
             return self.balancer.choose(avoid)
 
-    # ---- real calls ----
     # ---- hedged reads (the I/O is the transport's) ----
     def hedge_target(self, peer: P, also: Callable[[P], bool] = lambda p: True) -> P | None:
         """Where a hedge of a read on ``peer`` goes — or a question that must not go to ``peer`` (the
@@ -167,6 +166,7 @@ class HealthDriver(Generic[P]):
             if self.balancer.active is slow and fast.health.usable:
                 self.balancer.activate(fast, f"a hedged read was answered by {fast.name} before {slow.name}")
 
+    # ---- real calls ----
     def run(self, peer: P, call: Callable[[P], T], *, generation: int | None = None, counted: bool = True,
             answered: Callable[[BaseException], bool] = lambda error: False,
             proof: Callable[[T], bool] = lambda result: True) -> T:

@@ -4,6 +4,7 @@ faults, and nothing left behind by a cancelled task or a closed client."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -238,6 +239,47 @@ def test_watch_iterator_and_once(etcd_cluster: EtcdCluster) -> None:
             assert (await waiter).value == b"x"
 
     run(main())
+
+
+@pytest.mark.etcd_cluster(size=1)
+def test_the_reader_waits_after_etcd_cancelled_the_last_watch(etcd_cluster: EtcdCluster) -> None:
+    """etcd cancelled the only watch (its start revision was compacted), and the stream then ended (a
+    restart): the reader found no watch, started the next stream at once, and again, never yielding —
+    the event loop froze for good (robustness seed 19: the asyncio process never ended)."""
+    async def main() -> None:
+        async with aio.client(endpoints=etcd_cluster.endpoints, timeout=5) as c:
+            for i in range(3):
+                rev = (await c.put("/cw/k", str(i))).header.revision
+            await c.compact(rev)
+            got: list[object] = []
+            await c.add_watch_callback("/cw/k", got.append, start_revision=1)
+            await poll(lambda: bool(got), timeout=10, what="etcd to cancel the watch")
+            assert isinstance(got[0], etcd3.RevisionCompactedError), got
+            manager = c._watch_manager
+            assert manager is not None and manager._call is not None, "the stream stays open, with no watch"
+            await asyncio.to_thread(etcd_cluster.members[0].restart)
+            await poll(lambda: manager._call is None, timeout=10, what="the stream to end with the restart")
+            await asyncio.sleep(0.2)  # the loop keeps running: the reader waits for the next watch
+            assert (await c.get("/cw/k"))[0] == b"2"
+            events, cancel = await c.watch("/cw/k")
+            await c.put("/cw/k", "3")
+            assert (await events.__anext__()).value == b"3"
+            await cancel()
+
+    done, errors = threading.Event(), []
+
+    def body() -> None:
+        try:
+            run(main())
+        except BaseException as e:  # re-raised below, on the test's thread
+            errors.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=body, daemon=True, name="frozen-loop-check").start()
+    assert done.wait(90), "the event loop froze (the reader spun without yielding)"
+    if errors:
+        raise errors[0]
 
 
 def test_lease_kept_alive_through_a_kill(etcd_cluster: EtcdCluster) -> None:

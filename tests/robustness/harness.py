@@ -213,6 +213,8 @@ def run(cluster: EtcdCluster, seed: int, duration: float, out: Path, *, workers:
     result.violations += checks.check_unique_writes(truth, set(names))
     result.violations += checks.check_serializable(history)
     result.violations += checks.check_deadlines(history, int(t0 * 1e9))
+    if history.canary_error is not None:
+        result.violations.append(f"harness: the canary stopped early ({history.canary_error}): deadlines unchecked")
     result.violations += checks.check_leases(history, dict(recorder.deleted), int(t0 * 1e9))
     for name, holds in history.holds.items():
         bad, windows = checks.check_exclusion(name, holds)

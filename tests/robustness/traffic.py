@@ -53,6 +53,7 @@ class History:
     # may make timed calls of its own (a lock acquire, its lease grant): the outer one must stay watched.
     calls: dict[int, list[tuple[int, list[str]]]] = field(default_factory=dict)
     canary_at: int = 0  # when the canary last looked (monotonic ns): an overrun it never saw says how long ago
+    canary_error: str | None = None  # why the canary stopped early, if it did
 
     def add(self, *ops: dict[str, Any]) -> None:
         with self.lock:
@@ -80,6 +81,7 @@ class History:
     def to_json(self) -> dict[str, Any]:
         with self.lock:
             return {"ops": self.ops, "serial": self.serial, "overruns": self.overruns, "stalls": self.stalls,
+                    "canary_error": self.canary_error,
                     "leases": [asdict(r) for r in self.leases],
                     "holds": {k: [asdict(h) for h in v] for k, v in self.holds.items()}}
 
@@ -89,6 +91,7 @@ class History:
             self.ops += other["ops"]
             self.serial += [(k, v) for k, v in other["serial"]]
             self.overruns += [(w, c, r, lim, pid, st) for w, c, r, lim, pid, st in other["overruns"]]
+            self.canary_error = self.canary_error or other.get("canary_error")
             self.stalls += [(a, b, pid) for a, b, pid in other["stalls"]]
             self.leases += [LeaseRecord(**r) for r in other["leases"]]
             for name, holds in other["holds"].items():
@@ -113,6 +116,14 @@ def canary(history: History, stop: threading.Event, period: float = 0.01) -> Non
     interpreter itself cannot run a thread for a while, and no library can answer faster than that.
     The deadline check subtracts these stalls (see :func:`.checks.check_deadlines`). It also notes
     where each timed call is when it is 50 ms past its deadline (the overrun's explanation)."""
+    try:
+        _watch(history, stop, period)
+    except BaseException as e:  # the deadline check is blind without it: the harness reports this
+        history.canary_error = repr(e)
+        raise
+
+
+def _watch(history: History, stop: threading.Event, period: float) -> None:
     while not stop.is_set():
         before = time.monotonic_ns()
         time.sleep(period)  # the measurement itself: how late does a sleeping thread wake?
@@ -127,9 +138,18 @@ def canary(history: History, stop: threading.Event, period: float = 0.01) -> Non
         for ident, watched in list(history.calls.items()):
             for deadline, seen in list(watched):
                 if now > deadline + 50_000_000 and not seen:
-                    frame = sys._current_frames().get(ident)
-                    seen.append("".join(traceback.format_stack(frame)[-8:]) if frame is not None
-                                else "(the thread has no Python frame)\n")
+                    seen.append(_stack_of(ident))
+
+
+def _stack_of(ident: int) -> str:
+    """Where thread ``ident`` is now (never raises: the canary must outlive what it looks at)."""
+    frame = sys._current_frames().get(ident)
+    if frame is None:
+        return "(the thread has no Python frame)\n"
+    try:
+        return "".join(traceback.format_stack(frame)[-8:])
+    except Exception as e:  # a running thread's frame may change under the formatting
+        return f"(its stack could not be read: {e!r})\n"
 
 
 def _op(worker: int, key: str, kind: str, value: str = "", expect: str | None = None) -> dict[str, Any]:

@@ -73,6 +73,31 @@ def test_the_first_call_on_an_idle_endpoint_asks_for_a_probe_round_and_an_answer
     assert a.outstanding == 0 and a.health.last_heard > 0
 
 
+def test_a_result_that_came_from_elsewhere_is_no_proof_of_life() -> None:
+    """A hedged call whose copy answered on another endpoint: the endpoint it ran on is not re-admitted."""
+    d = Driver()
+    a = d.peers[0]
+    d.report_failure(a, "reset", hard=True)
+    heard = a.health.last_heard
+    assert d.run(a, lambda p: "copy's answer", proof=lambda r: False) == "copy's answer"
+    assert a.health.state is State.EJECTED and a.health.last_heard == heard and a.outstanding == 0
+    d.run(a, lambda p: "its own answer")
+    assert a.health.state is not State.EJECTED and a.health.last_heard > heard
+
+
+def test_a_hedge_goes_to_the_healthy_endpoint_the_caller_allows_and_a_win_moves_reads_there() -> None:
+    d = Driver()
+    a, b, c = d.peers
+    b.health.round_trip = lambda: 0.001  # type: ignore[method-assign]
+    c.health.round_trip = lambda: 0.010  # type: ignore[method-assign]
+    assert d.hedge_target(a) is b, "the shortest round trip"
+    assert d.hedge_target(a, lambda p: p is not b) is c, "the caller's filter (a resource out there)"
+    d.report_failure(c, "reset", hard=True)
+    assert d.hedge_target(a, lambda p: p is not b) is None, "nowhere healthy to hedge to"
+    d.hedge_won(a, b)
+    assert d.pick() is b
+
+
 def test_retry_after_is_honoured_up_to_its_cap_and_never_past_the_deadline() -> None:
     class Busy(Exception):
         retry_after = 7.0

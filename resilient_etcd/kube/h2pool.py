@@ -615,13 +615,18 @@ class H2PoolManager:
             return self._won(plan, first, read, left(), sent)
         plan.copy = base
         parts = urlsplit(base)
+        origin = f"{parts.scheme}://{parts.hostname}:{parts.port or 443}"
         copied = time.monotonic()
         try:
-            other = self._connection(f"{parts.scheme}://{parts.hostname}:{parts.port or 443}", parts.hostname or "",
-                                     parts.port or 443, min(connect, left() or connect))
+            if origin in self._http1:
+                raise _NoH2(origin)
+            other = self._connection(origin, parts.hostname or "", parts.port or 443, min(connect, left() or connect))
             second = other.open("GET", path, headers, None, race)
-        except (_NoH2, urllib3.exceptions.HTTPError) as e:  # the copy could not be sent: the first goes on alone
-            log.debug("hedge of GET %s to %s not sent: %s", path, base, e)
+        except Exception as e:  # the copy could not be sent (no h2 there, a failed dial): the first goes on alone
+            if isinstance(e, _NoH2):
+                with self._lock:
+                    self._http1.add(origin)
+            log.debug("hedge of GET %s to %s not sent: %r", path, base, e)
             return self._won(plan, first, read, left(), sent)
         while True:
             race.clear()  # before looking: an answer arriving after the look wakes the wait below

@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             earlier["steady16"] = results.get("steady16") or earlier.get("steady16")
             earlier["steady64"] = results.get("steady64") or earlier.get("steady64")
             earlier.setdefault("merged_runs", []).append(
-                {k: results[k] for k in ("started", "duration_s", "scenarios_requested")})
+                {k: results[k] for k in ("started", "duration_s", "scenarios_requested", "machine")})
             results = earlier
         a.out.mkdir(parents=True, exist_ok=True)
         path = a.out / "results.json"

@@ -110,6 +110,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"- run: {results['started']} ({results['duration_s']:.0f} s), mode `{results['mode']}`",
         *[f"- merged run: {m['started']} ({m['duration_s']:.0f} s): {', '.join(m.get('scenarios_requested', []))}"
+          + (f" (on {m['machine']})" if m.get("machine") else "")
           for m in results.get("merged_runs", [])],
         f"- machine: {results['machine']}",
         f"- servers: etcd {results['etcd_version']}, 3 members on loopback, each behind toxiproxy "

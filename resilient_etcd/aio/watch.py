@@ -140,8 +140,7 @@ class AsyncWatchManager(WatchBook):
                 self._received(conn, resp)
                 delivered = True
                 if self._version_unknown:  # the member answers now: ask once more
-                    self._learn_version(await self._server_version(conn))
-                    self._version_unknown = False
+                    self._learn_version(await self._server_version(conn), again=True)
         except grpc.RpcError as e:
             if not self._idle:
                 self._ended(conn, gen, e.code(), e.details() or "")

@@ -203,9 +203,10 @@ class WatchBook:
             w.on_stream = True
         return [w.create_request() for w in self._watches.values()]
 
-    def _learn_version(self, version: str | None) -> None:
+    def _learn_version(self, version: str | None, *, again: bool = False) -> None:
+        """The stream's server version (None: unknown); ``again``: the one re-ask after its first answer."""
         self._progress_ordered = progress_is_ordered(version)
-        self._version_unknown = version is None
+        self._version_unknown = version is None and not again
 
     def _closed_stream(self) -> None:
         """The stream ended (lock held): no watch is on one."""
@@ -486,8 +487,7 @@ class WatchManager(WatchBook):
                 self._received(conn, resp)
                 delivered = True
                 if self._version_unknown:  # the member answers now: ask once more
-                    self._learn_version(self._server_version(conn))
-                    self._version_unknown = False
+                    self._learn_version(self._server_version(conn), again=True)
         except grpc.RpcError as e:
             if self._closed.is_set() or self._idle:
                 return True

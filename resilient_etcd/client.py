@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from . import _lifecycle, deadlines
 from ._base import ClientBase
@@ -602,3 +602,9 @@ class SRVDiscoveryEtcd3Client(MultiEndpointEtcd3Client):
         endpoints = resolve_srv(self.srv, lifetime=self.timeout, resolver=self._resolver)
         self._transport.pool.follow_endpoints(endpoints, f"SRV refresh of {self.srv}")
         return endpoints
+
+
+if TYPE_CHECKING:  # what its leases, locks, elections and watcher call back on it (they do not import it)
+    from .etcd.owner import SyncClient
+
+    _owner: type[SyncClient] = Etcd3Client

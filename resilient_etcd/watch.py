@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from .etcd.events import WatchResponse
 
 if TYPE_CHECKING:
-    from .client import Etcd3Client
+    from .etcd.owner import SyncClient
 
 __all__ = ["WatchResponse", "Watcher"]
 
@@ -16,7 +16,7 @@ class Watcher:
     """``client.watcher``: ``add_callback(key, callback, **kwargs)`` → watch id, ``cancel(watch_id)``.
     The watches run on the client's one resumable watch stream (``add_watch_callback``)."""
 
-    def __init__(self, client: Etcd3Client) -> None:
+    def __init__(self, client: SyncClient) -> None:
         self._client = client
 
     def add_callback(self, key: str | bytes, callback: Any, **kwargs: Any) -> int:

@@ -12,7 +12,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .. import deadlines
 from .._base import ClientBase
@@ -431,3 +431,9 @@ class AsyncWatcher:
 
 client = AsyncEtcd3Client
 """``resilient_etcd.aio.client(...)``: python-etcd3's ``etcd3.client(...)``, for asyncio."""
+
+
+if TYPE_CHECKING:  # what its leases, locks, elections and watcher call back on it (they do not import it)
+    from .owner import AsyncClient
+
+    _owner: type[AsyncClient] = AsyncEtcd3Client

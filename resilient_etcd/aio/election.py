@@ -11,15 +11,15 @@ from ..etcd.election import ElectionCore
 from ..etcd.models import Key, KVMetadata
 
 if TYPE_CHECKING:
-    from .client import AsyncEtcd3Client
     from .lease import AsyncLease
+    from .owner import AsyncClient
 
 
 class AsyncElection(ElectionCore):
     """``await campaign(value)``, ``await proclaim(value)``, ``await resign()``, ``await leader()``,
     ``observe()``; ``async with`` resigns on the way out. Leadership is lost with the lease (``on_lost``)."""
 
-    client: AsyncEtcd3Client
+    client: AsyncClient
     lease: AsyncLease | None
 
     def __repr__(self) -> str:

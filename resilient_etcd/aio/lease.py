@@ -16,7 +16,7 @@ from ..etcd.lease import LeaseState
 from ..exceptions import Etcd3Exception
 
 if TYPE_CHECKING:
-    from .client import AsyncEtcd3Client
+    from .owner import AsyncClient
 
 log = logging.getLogger("resilient_etcd.lease")
 
@@ -26,16 +26,16 @@ class AsyncLease(LeaseState):
     ``await granted_ttl`` and ``await keys`` ask the server each time. ``keep_alive(on_lost=…)`` starts a
     keeper task (see the sync ``Lease`` for what it promises)."""
 
-    etcd_client: AsyncEtcd3Client | None
+    etcd_client: AsyncClient | None
 
-    def __init__(self, lease_id: int, ttl: int, etcd_client: AsyncEtcd3Client | None = None, *,
+    def __init__(self, lease_id: int, ttl: int, etcd_client: AsyncClient | None = None, *,
                  expires_at: float | None = None) -> None:
         super().__init__(lease_id, ttl, etcd_client)
         if expires_at is not None:
             self.expires_at = expires_at
         self._abandoning: asyncio.Task[None] | None = None
 
-    def _client(self) -> AsyncEtcd3Client:
+    def _client(self) -> AsyncClient:
         if self.etcd_client is None:
             raise ValueError("this AsyncLease is not bound to a client")
         self.check()

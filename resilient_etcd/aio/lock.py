@@ -11,8 +11,8 @@ from .._steps import adrive, apply
 from ..etcd.lock import LockCore
 
 if TYPE_CHECKING:
-    from .client import AsyncEtcd3Client
     from .lease import AsyncLease
+    from .owner import AsyncClient
 
 
 class AsyncLock(LockCore):
@@ -20,7 +20,7 @@ class AsyncLock(LockCore):
     ``await is_acquired()``, ``async with lock:``. A task cancelled while taking it leaves no lease and
     no key behind (the attempt's lease is given up)."""
 
-    etcd_client: AsyncEtcd3Client | None
+    etcd_client: AsyncClient | None
     lease: AsyncLease | None
 
     async def acquire(self, timeout: float | None = 10) -> bool:

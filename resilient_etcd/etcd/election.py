@@ -21,7 +21,7 @@ from .lease import Lease
 from .models import Key, KVMetadata, to_bytes
 
 if TYPE_CHECKING:
-    from ..client import Etcd3Client
+    from .owner import SyncClient
 
 _NOPUT = 0  # only deletions
 
@@ -153,10 +153,10 @@ class ElectionCore:
 class Election(ElectionCore):
     """``campaign(value)``, ``proclaim(value)``, ``resign()``, ``leader()``, ``observe()``."""
 
-    client: Etcd3Client
+    client: SyncClient
     lease: Lease | None
 
-    def __init__(self, client: Etcd3Client, name: str, ttl: int = 10,
+    def __init__(self, client: SyncClient, name: str, ttl: int = 10,
                  on_lost: Callable[[Election], None] | None = None) -> None:
         super().__init__(client, name, ttl, on_lost)
 

@@ -16,7 +16,7 @@ from ..exceptions import Etcd3Exception, LeaseLostError
 from ..metrics import METRICS
 
 if TYPE_CHECKING:
-    from ..client import Etcd3Client
+    from .owner import SyncClient
 
 log = logging.getLogger("resilient_etcd.lease")
 
@@ -147,9 +147,9 @@ class Lease(LeaseState):
     owner calls ``refresh()`` in time (python-etcd3's behaviour), and ``on_lost`` says when it did.
     """
 
-    etcd_client: Etcd3Client | None
+    etcd_client: SyncClient | None
 
-    def _client(self) -> Etcd3Client:
+    def _client(self) -> SyncClient:
         if self.etcd_client is None:
             raise ValueError("this Lease is not bound to a client")
         self.check()

@@ -15,7 +15,7 @@ from ..exceptions import ConfigurationError, DeadlineExceeded, LockLostError, Wa
 from .lease import Lease
 
 if TYPE_CHECKING:
-    from ..client import Etcd3Client
+    from .owner import SyncClient
 
 LOCK_PREFIX = "/locks/"
 _NOPUT = 0  # WatchCreateRequest.FilterType.NOPUT: only deletions wake us
@@ -145,10 +145,10 @@ class Lock(LockCore):
     took the lock, larger for every later holder.
     """
 
-    etcd_client: Etcd3Client | None
+    etcd_client: SyncClient | None
     lease: Lease | None
 
-    def __init__(self, name: str, ttl: int = 60, etcd_client: Etcd3Client | None = None,
+    def __init__(self, name: str, ttl: int = 60, etcd_client: SyncClient | None = None,
                  on_lost: Callable[[Lock], None] | None = None, *, keep_alive: bool = True) -> None:
         super().__init__(name, ttl, etcd_client, on_lost, keep_alive=keep_alive)
 

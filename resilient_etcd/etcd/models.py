@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
 
 from .._proto import rpc_pb2
-
-if TYPE_CHECKING:
-    from ..client import Etcd3Client
 
 Key = str | bytes
 
@@ -83,11 +80,21 @@ class KVMetadata:
 _KV_FIELDS = frozenset(("key", "create_revision", "mod_revision", "version", "lease_id"))
 
 
+class _MemberClient(Protocol):
+    """What a :class:`Member` calls back on its client (the client builds members: it is not imported)."""
+
+    def remove_member(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def update_member(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def list_alarms(self, *args: Any, **kwargs: Any) -> Iterable[Alarm]: ...
+
+
 class Member:
     """A cluster member: ``id``, ``name``, ``peer_urls``, ``client_urls``; ``remove()``, ``update()``."""
 
     def __init__(self, id: int, name: str, peer_urls: list[str], client_urls: list[str],
-                 etcd_client: Etcd3Client | None = None) -> None:
+                 etcd_client: _MemberClient | None = None) -> None:
         self.id = id
         self.name = name
         self.peer_urls = peer_urls
@@ -103,7 +110,7 @@ class Member:
     def __hash__(self) -> int:
         return hash(self.id)
 
-    def _client(self) -> Etcd3Client:
+    def _client(self) -> _MemberClient:
         if self._etcd_client is None:
             raise ValueError("this Member is not bound to a client")
         return self._etcd_client
@@ -122,7 +129,7 @@ class Member:
         return iter(self._client().list_alarms(member_id=self.id))
 
     @classmethod
-    def from_proto(cls, m: rpc_pb2.Member, client: Etcd3Client | None) -> Member:
+    def from_proto(cls, m: rpc_pb2.Member, client: _MemberClient | None) -> Member:
         """A :class:`Member` from etcd's ``Member`` message, bound to ``client``."""
         return cls(m.ID, m.name, list(m.peerURLs), list(m.clientURLs), client)
 

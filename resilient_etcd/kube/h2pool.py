@@ -616,11 +616,14 @@ class H2PoolManager:
         plan.copy = base
         parts = urlsplit(base)
         origin = f"{parts.scheme}://{parts.hostname}:{parts.port or 443}"
-        copied = time.monotonic()
+        copied, budget = time.monotonic(), left()
         try:
             if origin in self._http1:
                 raise _NoH2(origin)
-            other = self._connection(origin, parts.hostname or "", parts.port or 443, min(connect, left() or connect))
+            if budget is not None and budget <= 0:
+                raise TimeoutError("no time left for a copy")
+            other = self._connection(origin, parts.hostname or "", parts.port or 443,
+                                     connect if budget is None else min(connect, budget))
             second = other.open("GET", path, headers, None, race)
         except Exception as e:  # the copy could not be sent (no h2 there, a failed dial): the first goes on alone
             if isinstance(e, _NoH2):

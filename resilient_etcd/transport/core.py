@@ -50,6 +50,7 @@ from .retry import (
     is_hard,
     may_retry,
     retry_class,
+    server_reset,
     to_exception,
 )
 
@@ -88,6 +89,8 @@ def _check_user_options(options: Sequence[tuple[str, Any]], keepalive: Keepalive
 
 # Known bugs the robustness tests plant, to show their checks catch them. Never set outside those tests.
 _PLANTED = {"retry_ambiguous_writes": False}
+# a server's reset this close to a deadline is that deadline (its clock may run a little ahead of ours)
+_RESET_SKEW = 0.01
 
 # grpc's words for a call that failed while its channel was dialing (the pick or the resolver failed);
 # used only to decide whether to diagnose the endpoint, never to decide a retry
@@ -248,6 +251,8 @@ class TransportCore:
                 if left > 0.01:
                     conn.permanent_error = yield Diagnose(conn, details, left)
             self.pool.report_failure(conn, f"{code.name}: {short(details)}", hard=is_hard(failure), generation=a.gen)
+            if server_reset(code, details) and deadline is not None and time.monotonic() >= deadline - _RESET_SKEW:
+                raise DeadlineExceeded(f"deadline exceeded: {conn.name} reset the call at its deadline") from error
         elif isinstance(error, ValueError) and _is_closed_channel(error):
             # proof of "never sent": grpcio refuses a call on a closed channel before creating it
             failure, details = Failure.NOT_SENT, str(error)

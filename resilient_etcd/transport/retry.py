@@ -70,6 +70,14 @@ _CONNECT_MARKERS = ("failed to connect to all addresses", "failed to connect to 
 _TOKEN_MARKERS = ("invalid auth token", "user name is empty", "auth token is expired")
 
 
+def server_reset(code: grpc.StatusCode | None, details: str | None) -> bool:
+    """The server reset the call's stream with CANCEL. gRPC servers do that when they see the call's deadline
+    expire before the client's own timer does (the protocol asks clients to check their deadline on such a
+    CANCELLED); grpc-core then reports CANCELLED, not DEADLINE_EXCEEDED. Before the deadline it means the
+    server gave the call up."""
+    return code == grpc.StatusCode.CANCELLED and "rst_stream" in (details or "").lower()
+
+
 def classify(code: grpc.StatusCode | None, details: str, *, transport_ready: bool = True) -> Failure:
     """Pure classification of one gRPC outcome.
 
@@ -92,8 +100,8 @@ def classify(code: grpc.StatusCode | None, details: str, *, transport_ready: boo
         return Failure.BROKEN
     if code == grpc.StatusCode.CANCELLED and "channel closed" in text:
         return Failure.EJECTED
-    if code == grpc.StatusCode.CANCELLED and text.startswith("etcdserver:"):
-        return Failure.SERVER_UNAVAILABLE  # e.g. a leader stepping down cancels in-flight requests
+    if code == grpc.StatusCode.CANCELLED and (text.startswith("etcdserver:") or server_reset(code, text)):
+        return Failure.SERVER_UNAVAILABLE  # a leader stepping down cancels in-flight requests; a server reset
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return Failure.TIMEOUT
     return Failure.FATAL

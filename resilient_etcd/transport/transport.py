@@ -26,6 +26,7 @@ from .channels import BlockingChannels, Channels, Stubs
 from .core import (
     _BASE_OPTIONS,
     _PLANTED,
+    _RESET_SKEW,
     _UNSET,
     Authenticate,
     Invoke,
@@ -47,7 +48,7 @@ from .core import (
 from .diagnose import permanent_cause
 from .endpoints import TlsConfig
 from .pool import NOT_ANSWERS, Connection
-from .retry import RetryableError, RetryClass
+from .retry import RetryableError, RetryClass, server_reset
 
 __all__ = ["_BASE_OPTIONS", "_PLANTED", "Metadata", "Transport", "_session_key"]
 
@@ -141,8 +142,11 @@ class Transport(TransportCore):
         except (grpc.RpcError, ValueError) as e:
             conn.end(_answered(e))
             first: BaseException = e
-            if hedge and isinstance(e, grpc.RpcError) and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED \
-                    and (budget is None or time.monotonic() < started + budget):  # cut by us, not by the deadline
+            # cut by us at the hedge delay (or reset by the server at that deadline: see server_reset), not by the
+            # call's own deadline
+            if hedge and isinstance(e, grpc.RpcError) and (e.code() == grpc.StatusCode.DEADLINE_EXCEEDED or (
+                    server_reset(e.code(), e.details()) and time.monotonic() >= sent + (wait or 0.0) - _RESET_SKEW)) \
+                    and (budget is None or time.monotonic() < started + budget):
                 deadline = None if budget is None else started + budget
                 try:
                     return self._hedge(service, method, request, conn, deadline, md, sent)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import time
+import types
+from typing import Any
 
+import grpc
 import pytest
 
 import resilient_etcd as etcd3
@@ -128,3 +131,65 @@ def test_one_endpoint_reads_are_sent_once_however_slow(etcd_cluster: EtcdCluster
             member.require_proxy().heal()
     assert spy.sent == 1, f"the slow read was sent {spy.sent} times"
     assert _count("hedges") == hedges
+
+
+class _ServerReset(grpc.RpcError):
+    """What grpc-core reports when the server resets the stream with CANCEL."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.CANCELLED
+
+    def details(self) -> str:
+        return "Stream removed (RST_STREAM (Received RST_STREAM with error code 8))"
+
+
+class _ResetAtTheDeadline:
+    """A Range whose blocking calls the server resets at the call's deadline, before the client's own timer
+    fires (gRPC servers reset a call whose deadline they see expire; on a loaded machine the client's timer
+    can come later). Emulated: the race cannot be forced on a real server. Futures (the hedge's copies)
+    go to the real stub."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.calls = real, []  # type: list[float]
+
+    def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None) -> Any:
+        self.calls.append(timeout or 0.0)
+        time.sleep(timeout or 0.0)  # the server's wait until the deadline it saw
+        raise _ServerReset()
+
+    def future(self, *args: Any, **kwargs: Any) -> Any:
+        return self.real.future(*args, **kwargs)
+
+
+def test_a_read_the_server_resets_at_the_hedge_delay_is_hedged_and_at_the_deadline_is_a_timeout(
+        etcd_cluster: EtcdCluster) -> None:
+    """CI found a get failing as ConnectionFailedError ('Received RST_STREAM with error code 8') during a
+    member kill: the server had reset the read at its hedge delay before the client's timer fired, and a
+    CANCELLED was neither taken as the cut nor retried. Now it is the cut (hedged) at the hedge delay, a
+    deadline at the deadline, and a server giving the call up (retried elsewhere) before either."""
+    with etcd3.client(endpoints=etcd_cluster.endpoints, timeout=5,
+                      health=etcd3.HealthPolicy(share_connections=False)) as c:
+        c.put("/reset/k", "v")
+        for _ in range(20):
+            c.get("/reset/k")
+        conn = c._transport.pool.pick()
+        real = conn.stubs.kv
+        reset = _ResetAtTheDeadline(real.Range)
+        conn.stubs.kv = types.SimpleNamespace(Range=reset)
+        try:
+            hedges = _count("hedges")
+            assert c.get("/reset/k")[0] == b"v"  # reset at the hedge delay: the cut, answered by the copies
+            assert reset.calls and reset.calls[0] < 1.0 and _count("hedges") > hedges, reset.calls
+        finally:
+            conn.stubs.kv = real
+    with etcd3.client(endpoints=[etcd_cluster.endpoints[0]], timeout=5,
+                      health=etcd3.HealthPolicy(share_connections=False)) as one:
+        one.get("/reset/k")
+        conn = one._transport.pool.pick()
+        real = conn.stubs.kv
+        conn.stubs.kv = types.SimpleNamespace(Range=_ResetAtTheDeadline(real.Range))
+        try:
+            with pytest.raises(etcd3.DeadlineExceeded):
+                one.get("/reset/k", timeout=0.3)  # one endpoint: no hedge; reset at the call's own deadline
+        finally:
+            conn.stubs.kv = real

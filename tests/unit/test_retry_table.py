@@ -31,6 +31,10 @@ def test_connect_failure_words_prove_nothing_on_a_ready_transport() -> None:
     (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: user name is empty", Failure.AUTH_TOKEN),
     (grpc.StatusCode.CANCELLED, "Channel closed!", Failure.EJECTED),
     (grpc.StatusCode.CANCELLED, "etcdserver: request cancelled", Failure.SERVER_UNAVAILABLE),
+    # the server reset the stream (gRPC servers do at a deadline they see expire first): given up there
+    (grpc.StatusCode.CANCELLED, "Stream removed (RST_STREAM (Received RST_STREAM with error code 8))",
+     Failure.SERVER_UNAVAILABLE),
+    (grpc.StatusCode.CANCELLED, "Locally cancelled by application!", Failure.FATAL),
     (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", Failure.TIMEOUT),
     (grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: duplicate key", Failure.FATAL),
 ])

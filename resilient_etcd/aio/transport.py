@@ -239,13 +239,10 @@ class AsyncTransport(TransportCore):
     def _hedge(self, race: _Race) -> None:
         """The read on ``race.conn`` is not answered after its hedge delay: send the copy."""
         conn, pool, budget = race.conn, self.pool, race.budget
-        conn.want_probe = True  # how slow is that connection itself? (latency-aware choice, ejection)
-        pool.wake()
-        other = pool.hedge_target(conn)
         left = None if budget is None else budget - (time.monotonic() - race.sent)
-        if other is None or (left is not None and left <= 0) or not pool.hedges.withdraw(1):
+        other = pool.hedge_start(conn, 1, left)
+        if other is None:
             return
-        METRICS.inc("hedges", conn.name)
         race.hedge = self.loop.create_task(self._hedge_copy(race, other, race, left, race.md))
         race.hedge.add_done_callback(_retrieved)
 
@@ -253,9 +250,7 @@ class AsyncTransport(TransportCore):
                           md: Metadata) -> Any:
         hedged_at = time.monotonic()
         result = await self._send(other, other.generation, invoke, left, md)
-        METRICS.inc("hedges_won", other.name)
-        other.call_times.observe(time.monotonic() - hedged_at)
-        self.pool.hedge_won(race.conn, other)
+        self.pool.hedge_answered(race.conn, other, time.monotonic() - hedged_at)
         race.beaten = True
         if race.first is not None:
             race.first.cancel()  # the first copy's await ends, and takes this answer

@@ -159,6 +159,26 @@ class HealthDriver(Generic[P]):
             return None
         return min(others, key=lambda p: p.health.round_trip() or 0.0)
 
+    def hedge_start(self, slow: P, extra: int, left: float | None = None,
+                    also: Callable[[P], bool] = lambda p: True) -> P | None:
+        """A read on ``slow`` is past its hedge delay: ``slow`` is probed (how slow is it itself? latency-aware
+        choice, ejection), and the endpoint for its copy is returned — None when there is none (see
+        :meth:`hedge_target`), no time is ``left``, or the budget cannot afford ``extra`` requests."""
+        slow.want_probe = True
+        self.wake()
+        other = self.hedge_target(slow, also)
+        if other is None or (left is not None and left <= 0) or not self.hedges.withdraw(extra):
+            return None
+        METRICS.inc("hedges", slow.name)
+        return other
+
+    def hedge_answered(self, slow: P, fast: P, seconds: float) -> None:
+        """The copy on ``fast`` answered first, ``seconds`` after it was sent: counted, its time feeds
+        ``fast``'s hedge delay, and reads move there (:meth:`hedge_won`)."""
+        METRICS.inc("hedges_won", fast.name)
+        fast.call_times.observe(seconds)
+        self.hedge_won(slow, fast)
+
     def hedge_won(self, slow: P, fast: P) -> None:
         """A read on ``slow`` was answered by its hedge on ``fast`` first: reads move there (``slow`` is
         probed, and wins them back like any endpoint once it answers as fast)."""

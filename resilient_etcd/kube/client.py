@@ -490,13 +490,10 @@ class ApiClient(k8s.ApiClient):
             return p not in failed and (resource is None or not self.resources.is_out(p.name, resource[0]))
 
         def copy_to() -> str | None:
-            other = servers.hedge_target(srv, serves)
-            if other is None or not servers.hedges.withdraw(1):
+            other = servers.hedge_start(srv, 1, also=serves)
+            if other is None:
                 return None
             other.begin()
-            METRICS.inc("hedges", srv.name)
-            srv.want_probe = True  # how slow is that apiserver itself? (its probe tells; choice follows)
-            servers.wake()
             return other.name
 
         return Hedge(delay, copy_to)
@@ -558,9 +555,7 @@ class _ApiServers(HealthDriver[_ApiServer]):
         if plan.headers_after is None:
             return
         if plan.won_by_copy and other is not None:
-            METRICS.inc("hedges_won", other.name)
-            other.call_times.observe(plan.headers_after)
-            self.hedge_won(srv, other)
+            self.hedge_answered(srv, other, plan.headers_after)
         elif not plan.won_by_copy:
             srv.call_times.observe(plan.headers_after)
 

@@ -224,13 +224,10 @@ class Transport(TransportCore):
         endpoint; the first answer wins and the other call is cancelled. Raises :class:`_NoHedge` when no
         hedge can be sent (the caller sends the read again on ``conn`` alone), :class:`_HedgeLost` when
         neither copy was answered."""
-        conn.want_probe = True  # how slow is that connection itself? (latency-aware choice, ejection)
-        self.pool.wake()
-        other = self.pool.hedge_target(conn)
         left = None if deadline is None else deadline - time.monotonic()
-        if other is None or (left is not None and left <= 0) or not self.pool.hedges.withdraw(2):
+        other = self.pool.hedge_start(conn, 2, left)
+        if other is None:
             raise _NoHedge
-        METRICS.inc("hedges", conn.name)
         hedged_at = time.monotonic()
         done = threading.Event()
         calls: list[tuple[Connection, int, Any]] = []
@@ -256,9 +253,7 @@ class Transport(TransportCore):
                     c, gen, f = item
                     if f.code() == grpc.StatusCode.OK:
                         if c is other:
-                            METRICS.inc("hedges_won", other.name)
-                            other.call_times.observe(time.monotonic() - hedged_at)
-                            self.pool.hedge_won(conn, other)
+                            self.pool.hedge_answered(conn, other, time.monotonic() - hedged_at)
                         else:  # slow but alive: its usual time grows, and reads of this size stop being cut
                             conn.call_times.observe(time.monotonic() - sent)
                         return f.result()

@@ -111,7 +111,8 @@ class Etcd3Client(ClientBase):
         if kwargs:
             resp = self.get_response(key, timeout=timeout, **kwargs)
         else:  # the hot path: one key is never paged, straight to the transport
-            resp = self._transport.unary("kv", "Range", rpc_pb2.RangeRequest(key=to_bytes(key)), timeout=timeout)
+            resp = self._transport.unary("kv", "Range", rpc_pb2.RangeRequest(
+                key=key.encode("utf-8") if type(key) is str else to_bytes(key)), timeout=timeout)
         return shapes.value_of(resp)
 
     def get_prefix_response(self, key_prefix: Key, *, timeout: float | None = None,

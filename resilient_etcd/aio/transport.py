@@ -138,11 +138,7 @@ class AsyncTransport(TransportCore):
                 self._racing[race] = None
                 if self._sweeper is None:
                     self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
-        # conn.begin(), the frame of HealthDriver.arun, written out on the hot path without its lock: only
-        # this loop's thread counts calls on an asyncio pool's connections (the prober thread only reads)
-        conn.outstanding += 1
-        if conn.outstanding == 1:
-            conn.idle_ends()
+        conn.begin()  # (HealthDriver.arun's frame, written out on the hot path)
         try:
             race.first = conn.stubs.kv.Range(request, timeout=budget, metadata=race.md)
             result = await race.first
@@ -159,8 +155,7 @@ class AsyncTransport(TransportCore):
             first: BaseException = error
         else:
             now = time.monotonic()
-            conn.outstanding -= 1  # conn.end(True), as above
-            conn.health.last_heard = now
+            conn.answered_at(now)
             if hedged:
                 self._racing.pop(race, None)
                 conn.call_times.observe(now - sent)

@@ -39,8 +39,11 @@ class Peer(Protocol):
 
     name: str
     health: EndpointHealth
-    outstanding: int  # calls waiting on it now
     want_probe: bool  # a call took long: measure its round trip against the others
+
+    @property
+    def outstanding(self) -> int:
+        """Calls waiting on it now."""
 
 
 P = TypeVar("P", bound=Peer)

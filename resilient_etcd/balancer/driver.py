@@ -47,31 +47,47 @@ class BasePeer:
     def __init__(self, name: str, policy: Timing, wake: Callable[[], None] = lambda: None) -> None:
         self.name = name
         self.health = EndpointHealth(policy, time.monotonic())
-        self.outstanding = 0  # calls waiting on it now
+        # one entry per call waiting on it now: list.append and list.pop are atomic, so the hot path takes
+        # no lock (a contended lock costs a thread switch, and with 16 threads on the GIL every one counts)
+        self._calls: list[None] = []
         self.want_probe = False  # a call took long: measure its round trip against the others
         self.generation = 0
         self.call_times = CallTimes()  # of its hedgeable reads: when to hedge one
         self._count = threading.Lock()
         self._wake = wake
+        # the driver's Waker: wakes the prober only while it dozes, and it reads every count after it starts
+        # dozing, so a call that starts meanwhile is seen or wakes it — no "first call" test, no lock
+        self._waker = wake if isinstance(wake, Waker) else None
+
+    @property
+    def outstanding(self) -> int:
+        """Calls waiting on it now."""
+        return len(self._calls)
 
     def begin(self) -> None:
         """A call starts on this endpoint (the first one on an idle endpoint wakes the prober)."""
-        with self._count:
-            self.outstanding += 1
-            first = self.outstanding == 1
+        waker = self._waker
+        if waker is not None:
+            self._calls.append(None)
+            if waker.dozing:
+                waker()
+            return
+        with self._count:  # any other wake: only the first call on an idle endpoint calls it
+            self._calls.append(None)
+            first = len(self._calls) == 1
         if first:
             self._wake()
 
-    def idle_ends(self) -> None:
-        """The first call on an idle endpoint started: the prober watches it from now on."""
-        self._wake()
-
     def end(self, answered: bool) -> None:
         """The call ended; ``answered``: the server answered it (proof of life, no probe needed)."""
-        with self._count:
-            self.outstanding -= 1
+        self._calls.pop()
         if answered:
-            self.heard()
+            self.health.last_heard = time.monotonic()
+
+    def answered_at(self, now: float) -> None:
+        """The call ended with the server's answer at ``now`` (``end(True)`` for a caller that read the clock)."""
+        self._calls.pop()
+        self.health.last_heard = now
 
     def heard(self) -> None:
         """Something arrived from the server (an answer, an event, a chunk of a stream): it is alive,

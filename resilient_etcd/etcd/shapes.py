@@ -146,11 +146,9 @@ def alarm_type(name: str) -> Any:
 # ---- answers ----
 def value_of(resp: rpc_pb2.RangeResponse) -> tuple[bytes, KVMetadata] | tuple[None, None]:
     """``get``'s answer: ``(value, metadata)``, or ``(None, None)`` when the key does not exist."""
-    kvs = resp.kvs
-    if not kvs:
-        return None, None
-    kv = kvs[0]
-    return kv.value, KVMetadata.of(kv, resp)
+    for kv in resp.kvs:  # (the first, if any: no len() and index on the protobuf container)
+        return kv.value, KVMetadata.of(kv, resp)
+    return None, None
 
 
 def items(resp: rpc_pb2.RangeResponse) -> Iterator[tuple[bytes, KVMetadata]]:

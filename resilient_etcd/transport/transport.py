@@ -116,8 +116,10 @@ class Transport(TransportCore):
         started = time.monotonic()
         rclass = _class_of(service, method) if idempotent is None and pin is None else \
             _rclass(_qualified(service, method), idempotent, pin)
-        if rclass is _IDEMPOTENT:  # no wait for a leader: inline pick
-            conn = self.pool.pick()
+        if rclass is _IDEMPOTENT:  # no wait for a leader: HealthDriver.pick, inline while the one in use is usable
+            conn = self.pool.balancer.active
+            if not conn.health.usable:
+                conn = self.pool.pick()
         else:
             conn, budget = self._first_conn(rclass, pin, None if budget is None else started + budget, budget)
         gen = conn.generation
@@ -164,8 +166,9 @@ class Transport(TransportCore):
                 except _HedgeLost as lost:  # neither copy was answered: the usual recovery, from the last
                     conn, gen, first = lost.conn, lost.gen, lost.error
         else:
-            conn.end(True)
-            took = time.monotonic() - sent
+            now = time.monotonic()
+            conn.answered_at(now)
+            took = now - sent
             if hedge:
                 conn.call_times.observe(took)
             if took > self.pool.slow_call:

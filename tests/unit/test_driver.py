@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 import pytest
@@ -71,6 +72,47 @@ def test_the_first_call_on_an_idle_endpoint_asks_for_a_probe_round_and_an_answer
     assert d.sent == ["m0"] and busy_at <= 0.11 + P.probe_interval
     a.end(answered=True)
     assert a.outstanding == 0 and a.health.last_heard > 0
+
+
+def test_calls_are_counted_exactly_without_a_lock_under_forced_thread_switches() -> None:
+    """begin/end take no lock on the hot path: the count must still be exact when threads switch between
+    any two bytecodes (a counter updated with ``+=`` loses updates here), and a call that starts while the
+    prober dozes wakes it once."""
+    d = Driver(1)
+    (a,) = d.peers
+    wakes: list[int] = []
+    d.waker.reg = type("Reg", (), {"wake": lambda self: wakes.append(1)})()  # type: ignore[assignment]
+    d.waker.dozing = True
+    a.begin()
+    a.begin()
+    assert wakes == [1] and a.outstanding == 2, "woken by the first call only: it ticks from then on"
+    a.end(answered=False)
+    a.end(answered=False)
+    d.waker.dozing = False
+    seen_negative: list[int] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(20_000):
+                a.begin()
+                if a.outstanding < 1:
+                    seen_negative.append(a.outstanding)
+                a.end(answered=True)
+        except BaseException as e:  # an end() with no call counted: pop from an empty list
+            errors.append(e)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == [] and seen_negative == [] and a.outstanding == 0
 
 
 def test_a_result_that_came_from_elsewhere_is_no_proof_of_life() -> None:

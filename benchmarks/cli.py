@@ -123,9 +123,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     log(f"idle 100x{procs} {kind}: {t.extra}")
             if "steady" in scenarios:
                 # many short pairs: a shift of the shared machine falls within one pair, not across them
-                steady = steady_throughput(cluster, calls=300, rounds=11 if args.quick else 61)
+                steady = steady_throughput(cluster, seconds=0.25, rounds=11 if args.quick else 61)
                 log(f"steady: ratio {steady['ratio']:.3f}")
-                steady16 = steady_throughput(cluster, calls=1600, rounds=11 if args.quick else 121, threads=16)
+                steady16 = steady_throughput(cluster, seconds=1.0, rounds=11 if args.quick else 121, threads=16)
                 log(f"steady, 16 threads: ratio {steady16['ratio']:.3f}")
             if "aio-steady" in scenarios:
                 steady64 = aio.steady64(cluster, calls=1280, rounds=11 if args.quick else 101)

@@ -199,7 +199,8 @@ def markdown(results: dict[str, Any]) -> str:
             if st.get("pair_ratios"):
                 pairs = sorted(st["pair_ratios"])
                 low, high = median_interval(pairs)
-                out[-1] += (f" (median of {len(pairs)} back-to-back pairs of rounds, order alternating; "
+                rounds = f"rounds of {st['round_seconds']:g} s" if st.get("round_seconds") else "rounds"
+                out[-1] += (f" (median of {len(pairs)} back-to-back pairs of {rounds}, order alternating; "
                             f"90 % bootstrap interval of that median {low:.3f} to {high:.3f}; "
                             f"pairs ranged {pairs[0]:.3f} to {pairs[-1]:.3f})")
     s13 = [t for t in results["trials"] if t["scenario"].startswith("S13")]

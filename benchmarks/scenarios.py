@@ -198,13 +198,19 @@ def restart_gap_trial(cluster: EtcdCluster, session: Session, cap: float) -> Tri
                  {"note": "recover = first success minus the moment etcd first served a request"})
 
 
-def steady_throughput(cluster: EtcdCluster, calls: int, rounds: int, threads: int = 1) -> dict[str, Any]:
+def steady_throughput(cluster: EtcdCluster, seconds: float, rounds: int, threads: int = 1) -> dict[str, Any]:
     """Range calls in this process from ``threads`` threads: raw generated stubs vs resilient_etcd, in
     pairs of back-to-back rounds, the order alternating (ABBA), so the machine's drift (toxiproxy and
-    three etcd members share its two cores; a round of 16 threads varies by ±15 %) falls on both alike.
-    The ratio is the median of the pairs' ratios. Rounds are short (a fraction of a second) and many:
-    with rounds of seconds, a shift of the machine between the two halves of a pair moved the median of
-    nine pairs by ±3 % from run to run; with 60-100 short pairs, by about ±1 %."""
+    three etcd members share its two cores) falls on both alike. The ratio is the median of the pairs'
+    ratios. Rounds are short and many: with rounds of seconds, a shift of the machine between the two
+    halves of a pair moved the median of nine pairs by ±3 % from run to run; with 60-120 short pairs, by
+    about ±1 %.
+
+    A round is a fixed time (``seconds``) in which every thread calls back to back from a common start;
+    its throughput is the calls answered within it. (Rounds of a fixed number of calls per thread, as
+    before, measured the unluckiest thread: with 16 threads on the GIL, how evenly the threads happened
+    to be scheduled set the round's end — its last stretch ran with a few threads only — and a pair's
+    ratio ranged 0.53 to 1.79.)"""
     endpoint = cluster.endpoints[0]
     opts = [("grpc.use_local_subchannel_pool", 1)]
     results: dict[str, list[float]] = {"raw": [], "resilient": []}
@@ -220,29 +226,43 @@ def steady_throughput(cluster: EtcdCluster, calls: int, rounds: int, threads: in
         for fn in ops.values():
             for _ in range(200):
                 fn()
-        def loop(fn: Callable[[], object], n: int, out: list[float]) -> None:
-            for _ in range(n):
+
+        def loop(fn: Callable[[], object], start: threading.Barrier, end: list[float], out: list[float],
+                 answered: list[int], i: int) -> None:
+            start.wait()
+            until, n = end[0], 0
+            while True:
                 s = time.perf_counter()
                 fn()
-                out.append(time.perf_counter() - s)
+                e = time.perf_counter()
+                out.append(e - s)
+                if e >= until:  # (answered after the round: not counted)
+                    break
+                n += 1
+            answered[i] = n
 
         pairs: list[float] = []
         for r in range(rounds):
             order = list(ops.items()) if r % 2 == 0 else list(reversed(ops.items()))
             for name, fn in order:
-                per = calls // threads
                 outs: list[list[float]] = [[] for _ in range(threads)]
-                workers = [threading.Thread(target=loop, args=(fn, per, outs[i])) for i in range(threads)]
-                t0 = time.perf_counter()
+                answered = [0] * threads
+                start, end = threading.Barrier(threads + 1), [0.0]
+                workers = [threading.Thread(target=loop, args=(fn, start, end, outs[i], answered, i))
+                           for i in range(threads)]
                 for w in workers:
                     w.start()
+                end[0] = time.perf_counter() + seconds
+                start.wait()
                 for w in workers:
                     w.join()
-                results[name].append(per * threads / (time.perf_counter() - t0))
+                results[name].append(sum(answered) / seconds)
                 for o in outs:
                     lat[name].extend(o)
             pairs.append(results["resilient"][-1] / results["raw"][-1])
-    return throughput_summary(results, lat, pairs)
+    summary = throughput_summary(results, lat, pairs)
+    summary["round_seconds"] = seconds
+    return summary
 
 
 def throughput_summary(results: dict[str, list[float]], lat: dict[str, list[float]],

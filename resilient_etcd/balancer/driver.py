@@ -82,7 +82,7 @@ class BasePeer:
         """The call ended; ``answered``: the server answered it (proof of life, no probe needed)."""
         self._calls.pop()
         if answered:
-            self.health.last_heard = time.monotonic()
+            self.heard()
 
     def answered_at(self, now: float) -> None:
         """The call ended with the server's answer at ``now`` (``end(True)`` for a caller that read the clock)."""
